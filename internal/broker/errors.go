@@ -1,0 +1,65 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Sentinel errors. Every error a Broker method returns matches exactly one of
+// them with errors.Is; the transport maps each to one code in one table.
+var (
+	ErrNotFound         = errors.New("broker: credential not found")
+	ErrInvalidArgument  = errors.New("broker: invalid argument")
+	ErrReauthRequired   = errors.New("broker: credential needs a new refresh token")
+	ErrIdPUnavailable   = errors.New("broker: identity provider unavailable")
+	ErrLockTimeout      = errors.New("broker: timed out waiting for the refresh lock")
+	ErrStoreUnavailable = errors.New("broker: store unavailable")
+	ErrRateLimited      = errors.New("broker: rate limited")
+	ErrMinValidTooLong  = errors.New("broker: min_valid exceeds the token lifetime")
+	ErrPermissionDenied = errors.New("broker: permission denied")
+	ErrUnauthenticated  = errors.New("broker: unauthenticated")
+	ErrUnavailable      = errors.New("broker: shutting down")
+)
+
+// Errors of the Store seam. The Broker handles them; they never reach a caller.
+var (
+	ErrLockHeld = errors.New("broker: lock held by another holder")
+	ErrLockLost = errors.New("broker: lock lost")
+	ErrConflict = errors.New("broker: stored generation changed")
+)
+
+// Error is a failure with details for the caller. It matches its Kind with
+// errors.Is. Its message never holds a secret.
+type Error struct {
+	Kind         error         // one of the sentinel errors above
+	CredentialID string        // the credential concerned, if any
+	Field        string        // with ErrInvalidArgument: the offending field
+	RetryAfter   time.Duration // with retryable kinds: when to try again
+	Detail       string        // what happened, safe to show
+	Err          error         // the cause, if any; never holds a secret
+}
+
+func (e *Error) Error() string {
+	msg := e.Kind.Error()
+	if e.Field != "" {
+		msg += ": " + e.Field
+	}
+	if e.Detail != "" {
+		msg += ": " + e.Detail
+	}
+	if e.CredentialID != "" {
+		msg += fmt.Sprintf(" (credential %q)", e.CredentialID)
+	}
+	return msg
+}
+
+// Is reports whether target is e's Kind.
+func (e *Error) Is(target error) bool { return target == e.Kind }
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+func invalidArg(field, format string, args ...any) *Error {
+	return &Error{Kind: ErrInvalidArgument, Field: field, Detail: fmt.Sprintf(format, args...)}
+}
