@@ -1,0 +1,361 @@
+package fakeidp
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Errors returned by Start.
+var (
+	ErrStarted = errors.New("fakeidp: server already started")
+	ErrClosed  = errors.New("fakeidp: server closed")
+)
+
+// Defaults for zero Options fields.
+const (
+	DefaultAccessTokenTTL = time.Hour
+	DefaultGraceWindow    = 30 * time.Second
+	defaultAddr           = "127.0.0.1:0"
+	maxBodyBytes          = 64 << 10
+	shutdownTimeout       = 5 * time.Second
+)
+
+// Paths served by a Server.
+const (
+	TokenPath    = "/token"
+	ResourcePath = "/resource"
+)
+
+// Rotation is what a successful refresh does with the presented refresh token.
+type Rotation int
+
+// Rotation modes.
+const (
+	// Rotate answers each refresh with a new refresh token and spends the
+	// presented one. The default.
+	Rotate Rotation = iota
+	// NoRotation answers each refresh with the presented refresh token, which
+	// stays valid.
+	NoRotation
+	// OmitRefreshToken answers without a refresh_token field; the presented
+	// refresh token stays valid (RFC 6749 section 6).
+	OmitRefreshToken
+)
+
+func (r Rotation) String() string {
+	switch r {
+	case Rotate:
+		return "rotate"
+	case NoRotation:
+		return "no-rotation"
+	case OmitRefreshToken:
+		return "omit-refresh-token"
+	}
+	return "unknown"
+}
+
+// ReusePolicy is how the token endpoint answers a spent refresh token that is
+// presented again. Only Rotate spends refresh tokens.
+type ReusePolicy int
+
+// Reuse policies.
+const (
+	// RevokeFamily answers 400 invalid_grant and revokes the whole family:
+	// its current refresh token and every access token it issued die. The
+	// default, and what Auth0, Okta and Ory Hydra do.
+	RevokeFamily ReusePolicy = iota
+	// Grace answers a reuse within the grace window after the rotation that
+	// spent the token with the same new pair again (a fresh access token if
+	// that one has expired meanwhile), provided the family has not rotated
+	// since. Any other reuse is handled as RevokeFamily.
+	Grace
+	// DexInvalidRequest answers 400 invalid_request with Dex's description
+	// ("already been claimed") and revokes nothing.
+	DexInvalidRequest
+)
+
+func (p ReusePolicy) String() string {
+	switch p {
+	case RevokeFamily:
+		return "revoke-family"
+	case Grace:
+		return "grace"
+	case DexInvalidRequest:
+		return "dex-invalid-request"
+	}
+	return "unknown"
+}
+
+// Options configure a Server. The zero value is a valid configuration
+// without clients.
+type Options struct {
+	// Addr is the TCP address Start listens on; "127.0.0.1:0" when empty.
+	Addr string
+	// Clients maps a client ID to its secret. The empty secret registers a
+	// public client. More secrets per client can be added with
+	// AddClientSecret.
+	Clients map[string]string
+	// AccessTokenTTL is the lifetime of issued access tokens;
+	// DefaultAccessTokenTTL when zero or negative.
+	AccessTokenTTL time.Duration
+	// Rotation is the initial rotation mode (Rotate when zero).
+	Rotation Rotation
+	// OnReuse is the initial reuse policy (RevokeFamily when zero).
+	OnReuse ReusePolicy
+	// GraceWindow is how long after a rotation the Grace policy answers a
+	// reuse of the spent token; DefaultGraceWindow when zero or negative.
+	GraceWindow time.Duration
+	// Latency delays every token request; see SetLatency.
+	Latency time.Duration
+	// FailureRate is the probability in [0, 1] that a token request fails
+	// with 503; see SetFailureRate.
+	FailureRate float64
+	// RandSeed seeds the generator behind FailureRate, so a run's faults
+	// can be repeated.
+	RandSeed uint64
+	// OnEvent, when set, is called once for every request to /token and
+	// /resource that got an answer or lost it on purpose, synchronously on
+	// the request's goroutine and before the answer is written. It must be
+	// safe for concurrent use and quick.
+	OnEvent func(Event)
+}
+
+// A Server is a fake identity provider. Its methods are safe for concurrent
+// use. Create one with New.
+type Server struct {
+	addr    string
+	onEvent func(Event)
+	handler http.Handler
+	done    chan struct{} // closed by Close; ends latency sleeps
+
+	mu       sync.RWMutex // guards the token state and the grant knobs
+	clients  map[string][]string
+	refresh  map[string]*refreshEntry
+	access   map[string]*accessEntry
+	families int // families created, for IDs
+	rotation Rotation
+	onReuse  ReusePolicy
+	grace    time.Duration
+	ttl      time.Duration
+
+	kmu         sync.Mutex // guards the fault knobs
+	latency     time.Duration
+	failNext    int
+	failStatus  int
+	rateNext    int
+	retryAfter  time.Duration
+	loseNext    int
+	failureRate float64
+	rng         *rand.Rand
+
+	stats counters
+
+	lmu       sync.Mutex // guards the lifecycle below
+	closed    bool
+	srv       *http.Server
+	ln        net.Listener
+	serveDone chan struct{}
+}
+
+// New returns a Server configured by opts. It serves nothing until Start is
+// called or its Handler is mounted elsewhere.
+func New(opts Options) *Server {
+	s := &Server{
+		addr:     opts.Addr,
+		onEvent:  opts.OnEvent,
+		done:     make(chan struct{}),
+		clients:  make(map[string][]string, len(opts.Clients)),
+		refresh:  make(map[string]*refreshEntry),
+		access:   make(map[string]*accessEntry),
+		rotation: opts.Rotation,
+		onReuse:  opts.OnReuse,
+		rng:      rand.New(rand.NewPCG(opts.RandSeed, opts.RandSeed^0x9e3779b97f4a7c15)),
+	}
+	if s.addr == "" {
+		s.addr = defaultAddr
+	}
+	for id, secret := range opts.Clients {
+		s.clients[id] = []string{secret}
+	}
+	s.SetAccessTokenTTL(opts.AccessTokenTTL)
+	s.SetGraceWindow(opts.GraceWindow)
+	s.SetLatency(opts.Latency)
+	s.SetFailureRate(opts.FailureRate)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc(TokenPath, s.handleToken)
+	mux.HandleFunc(ResourcePath, s.handleResource)
+	s.handler = mux
+	return s
+}
+
+// NewTest returns a started Server that is closed when tb's test ends. It
+// fails the test if the server cannot start.
+func NewTest(tb testing.TB, opts Options) *Server {
+	tb.Helper()
+	s := New(opts)
+	if err := s.Start(); err != nil {
+		tb.Fatalf("fakeidp: start: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := s.Close(); err != nil {
+			tb.Errorf("fakeidp: close: %v", err)
+		}
+	})
+	return s
+}
+
+// Handler returns the Server's HTTP handler (TokenPath and ResourcePath), for
+// mounting in an httptest.Server or elsewhere instead of calling Start.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Start listens on the configured address and serves in the background
+// until Close.
+func (s *Server) Start() error {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if s.srv != nil {
+		return ErrStarted
+	}
+	ln, err := net.Listen("tcp", s.addr)
+	if err != nil {
+		return err
+	}
+	s.ln = ln
+	s.srv = &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	s.serveDone = make(chan struct{})
+	go func(srv *http.Server, done chan<- struct{}) {
+		defer close(done)
+		_ = srv.Serve(ln) // returns http.ErrServerClosed after Close
+	}(s.srv, s.serveDone)
+	return nil
+}
+
+// Close stops serving: it ends pending latency sleeps, waits (a few seconds
+// at most) for requests in flight, and closes every connection. A closed
+// Server cannot be started again. Close is idempotent.
+func (s *Server) Close() error {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
+	if s.srv == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	err := s.srv.Shutdown(ctx)
+	if err != nil {
+		err = s.srv.Close()
+	}
+	<-s.serveDone
+	s.srv = nil
+	return err
+}
+
+// URL returns the base URL ("http://127.0.0.1:port"), or "" when the Server
+// has not been started.
+func (s *Server) URL() string {
+	s.lmu.Lock()
+	defer s.lmu.Unlock()
+	if s.ln == nil {
+		return ""
+	}
+	return "http://" + s.ln.Addr().String()
+}
+
+// TokenURL returns the token endpoint's URL, or "" before Start.
+func (s *Server) TokenURL() string { return s.urlOf(TokenPath) }
+
+// ResourceURL returns the protected resource's URL, or "" before Start.
+func (s *Server) ResourceURL() string { return s.urlOf(ResourcePath) }
+
+func (s *Server) urlOf(path string) string {
+	u := s.URL()
+	if u == "" {
+		return ""
+	}
+	return u + path
+}
+
+// SetRotation switches the rotation mode for later refreshes.
+func (s *Server) SetRotation(r Rotation) {
+	s.mu.Lock()
+	s.rotation = r
+	s.mu.Unlock()
+}
+
+// SetReusePolicy switches how later reuses of spent refresh tokens are
+// answered.
+func (s *Server) SetReusePolicy(p ReusePolicy) {
+	s.mu.Lock()
+	s.onReuse = p
+	s.mu.Unlock()
+}
+
+// SetGraceWindow sets the Grace policy's window; DefaultGraceWindow when d is
+// zero or negative.
+func (s *Server) SetGraceWindow(d time.Duration) {
+	if d <= 0 {
+		d = DefaultGraceWindow
+	}
+	s.mu.Lock()
+	s.grace = d
+	s.mu.Unlock()
+}
+
+// SetAccessTokenTTL sets the lifetime of access tokens issued from now on;
+// DefaultAccessTokenTTL when d is zero or negative.
+func (s *Server) SetAccessTokenTTL(d time.Duration) {
+	if d <= 0 {
+		d = DefaultAccessTokenTTL
+	}
+	s.mu.Lock()
+	s.ttl = d
+	s.mu.Unlock()
+}
+
+// AddClientSecret makes secret an accepted secret of clientID, registering
+// the client if it is new. The empty secret makes the client public.
+func (s *Server) AddClientSecret(clientID, secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, have := range s.clients[clientID] {
+		if have == secret {
+			return
+		}
+	}
+	s.clients[clientID] = append(s.clients[clientID], secret)
+}
+
+// RemoveClientSecret stops accepting secret for clientID. The client stays
+// registered, even when no secret is left (it then cannot authenticate).
+func (s *Server) RemoveClientSecret(clientID, secret string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	secrets := s.clients[clientID]
+	kept := secrets[:0]
+	for _, have := range secrets {
+		if have != secret {
+			kept = append(kept, have)
+		}
+	}
+	if secrets != nil {
+		s.clients[clientID] = kept
+	}
+}

@@ -1,0 +1,359 @@
+package fakeidp
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// dexReuseDescription is Dex's error_description for a refresh token that was
+// already claimed.
+const dexReuseDescription = "Refresh token is invalid or has already been claimed by another client."
+
+// tokenResponse is a successful token response (RFC 6749 section 5.1).
+type tokenResponse struct {
+	AccessToken  string `json:"access_token"`
+	TokenType    string `json:"token_type"`
+	ExpiresIn    int64  `json:"expires_in"`
+	RefreshToken string `json:"refresh_token,omitempty"`
+	Scope        string `json:"scope,omitempty"`
+}
+
+// errorBody is an error response (RFC 6749 section 5.2).
+type errorBody struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description,omitempty"`
+}
+
+// oauthError is an error answer: its status, code and description. The
+// description never holds a token or a secret.
+type oauthError struct {
+	status int
+	code   string
+	desc   string
+}
+
+func badRequest(code, desc string) *oauthError {
+	return &oauthError{status: http.StatusBadRequest, code: code, desc: desc}
+}
+
+func invalidClient(desc string) *oauthError {
+	return &oauthError{status: http.StatusUnauthorized, code: "invalid_client", desc: desc}
+}
+
+func (e *oauthError) write(w http.ResponseWriter) {
+	h := w.Header()
+	noStore(h)
+	if e.status == http.StatusUnauthorized {
+		h.Set("WWW-Authenticate", `Basic realm="fakeidp"`)
+	}
+	writeJSON(w, e.status, errorBody{Error: e.code, Description: e.desc})
+}
+
+func noStore(h http.Header) {
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only plain structs of strings and integers are written.
+		panic("fakeidp: " + err.Error())
+	}
+	w.Header().Set("Content-Type", "application/json;charset=UTF-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// expiresIn is d in whole seconds, rounded up and at least 1.
+func expiresIn(d time.Duration) int64 {
+	return max(int64((d+time.Second-1)/time.Second), 1)
+}
+
+// handleToken serves the token endpoint.
+func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
+	s.stats.tokenRequests.Add(1)
+	ev := Event{Time: time.Now(), Path: TokenPath, Generation: -1}
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		s.answer(w, &ev, tokenResponse{}, &oauthError{
+			status: http.StatusMethodNotAllowed, code: "invalid_request",
+			desc: "The token endpoint accepts only POST",
+		})
+		return
+	}
+	if !s.sleep(r.Context(), s.currentLatency()) {
+		return // the client went away or the Server is closing
+	}
+	if f, ok := s.takeFault(); ok {
+		s.stats.faults.Add(1)
+		ev.Fault, ev.Status = f.kind, f.status
+		s.emit(&ev)
+		writeFault(w, f)
+		return
+	}
+	form, oe := readForm(w, r)
+	if oe != nil {
+		s.answer(w, &ev, tokenResponse{}, oe)
+		return
+	}
+	ev.GrantType = form.Get("grant_type")
+	client, verified, oe := s.authenticate(r, form, &ev)
+	if oe != nil {
+		s.answer(w, &ev, tokenResponse{}, oe)
+		return
+	}
+	var resp tokenResponse
+	switch ev.GrantType {
+	case "":
+		oe = badRequest("invalid_request", "Missing grant_type")
+	case "refresh_token":
+		resp, oe = s.refreshGrant(client, form, &ev)
+	case "client_credentials":
+		resp, oe = s.clientCredentialsGrant(client, verified, form, &ev)
+	default:
+		oe = badRequest("unsupported_grant_type", "The grant_type is not supported")
+	}
+	if s.takeLoseReply() {
+		s.stats.faults.Add(1)
+		ev.Fault = FaultLostReply
+		s.emit(&ev)
+		dropConnection(w)
+		return
+	}
+	s.answer(w, &ev, resp, oe)
+}
+
+// answer writes a token response or an error, after telling OnEvent.
+func (s *Server) answer(w http.ResponseWriter, ev *Event, resp tokenResponse, oe *oauthError) {
+	if oe != nil {
+		if oe.code == "invalid_client" {
+			s.stats.invalidClient.Add(1)
+		}
+		ev.Status, ev.Error = oe.status, oe.code
+		s.emit(ev)
+		oe.write(w)
+		return
+	}
+	ev.Status = http.StatusOK
+	s.emit(ev)
+	noStore(w.Header())
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// knownParams are the parameters an error description may name.
+var knownParams = map[string]bool{
+	"grant_type": true, "refresh_token": true, "scope": true,
+	"client_id": true, "client_secret": true,
+}
+
+// readForm reads the form-encoded body (RFC 6749 section 3.2): bounded in
+// size, no parameter repeated, and empty parameters treated as omitted.
+func readForm(w http.ResponseWriter, r *http.Request) (url.Values, *oauthError) {
+	if r.URL.RawQuery != "" {
+		return nil, badRequest("invalid_request", "Parameters must be sent in the request body, not the URL")
+	}
+	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || ct != "application/x-www-form-urlencoded" {
+		return nil, badRequest("invalid_request", "The body must be application/x-www-form-urlencoded")
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, &oauthError{status: http.StatusRequestEntityTooLarge, code: "invalid_request", desc: "The request body is too large"}
+		}
+		return nil, badRequest("invalid_request", "The request body could not be read")
+	}
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return nil, badRequest("invalid_request", "The request body is not a valid form")
+	}
+	for k, v := range form {
+		if len(v) > 1 {
+			if knownParams[k] {
+				return nil, badRequest("invalid_request", "The parameter "+k+" is repeated")
+			}
+			return nil, badRequest("invalid_request", "A parameter is repeated")
+		}
+		if v[0] == "" {
+			delete(form, k)
+		}
+	}
+	return form, nil
+}
+
+// authenticate identifies and authenticates the client (RFC 6749 section
+// 2.3): HTTP basic with form-urlencoded id and secret, or client_id and
+// client_secret in the body, never both; a public client by client_id
+// alone. verified is true when a secret was checked.
+func (s *Server) authenticate(r *http.Request, form url.Values, ev *Event) (clientID string, verified bool, oe *oauthError) {
+	formID := form.Get("client_id")
+	_, postSecret := form["client_secret"]
+	if len(r.Header.Values("Authorization")) > 0 {
+		if postSecret {
+			return "", false, badRequest("invalid_request", "The client used more than one authentication method")
+		}
+		user, pass, ok := r.BasicAuth()
+		if !ok {
+			return "", false, invalidClient("Unsupported or malformed Authorization header")
+		}
+		id, err1 := url.QueryUnescape(user)
+		secret, err2 := url.QueryUnescape(pass)
+		if err1 != nil || err2 != nil {
+			return "", false, invalidClient("The client credentials in the Authorization header are not form-urlencoded")
+		}
+		ev.ClientID = id
+		if formID != "" && formID != id {
+			return "", false, badRequest("invalid_request", "client_id does not match the Authorization header")
+		}
+		return s.checkClient(id, secret)
+	}
+	ev.ClientID = formID
+	if formID == "" {
+		return "", false, invalidClient("Client authentication is required")
+	}
+	return s.checkClient(formID, form.Get("client_secret"))
+}
+
+// checkClient checks secret against the client's accepted secrets. The empty
+// secret passes only for a public client.
+func (s *Server) checkClient(id, secret string) (string, bool, *oauthError) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	secrets, ok := s.clients[id]
+	if !ok {
+		return "", false, invalidClient("Unknown client")
+	}
+	for _, have := range secrets {
+		if secret == "" && have == "" {
+			return id, false, nil
+		}
+		if secret != "" && have != "" && subtle.ConstantTimeCompare([]byte(have), []byte(secret)) == 1 {
+			return id, true, nil
+		}
+	}
+	return "", false, invalidClient("Client authentication failed")
+}
+
+// refreshGrant serves grant_type=refresh_token (RFC 6749 section 6).
+func (s *Server) refreshGrant(clientID string, form url.Values, ev *Event) (tokenResponse, *oauthError) {
+	s.stats.refreshRequests.Add(1)
+	rt := form.Get("refresh_token")
+	if rt == "" {
+		return tokenResponse{}, badRequest("invalid_request", "Missing refresh_token")
+	}
+	reqScope, ok := parseScope(form.Get("scope"))
+	if !ok {
+		return tokenResponse{}, badRequest("invalid_scope", "The scope is malformed")
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.refresh[rt]
+	if !ok {
+		return tokenResponse{}, badRequest("invalid_grant", "The refresh token is invalid")
+	}
+	f := e.fam
+	ev.Family, ev.Generation = f.id, e.gen
+	if f.clientID != clientID {
+		return tokenResponse{}, badRequest("invalid_grant", "The refresh token was issued to another client")
+	}
+	if reqScope != nil && !subset(reqScope, f.scope) {
+		return tokenResponse{}, badRequest("invalid_scope", "The requested scope exceeds the scope originally granted")
+	}
+	if e.spent {
+		ev.Reuse = true
+		s.stats.reuses.Add(1)
+	}
+	if f.revoked {
+		return tokenResponse{}, badRequest("invalid_grant", "The refresh token has been revoked")
+	}
+	if e.spent {
+		return s.reuse(e, now)
+	}
+
+	scope := f.scope
+	if reqScope != nil {
+		scope = reqScope
+	}
+	f.gen++
+	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now)
+	resp := tokenResponse{
+		AccessToken: at,
+		TokenType:   "Bearer",
+		ExpiresIn:   expiresIn(ttl),
+		Scope:       strings.Join(scope, " "),
+	}
+	switch s.rotation {
+	case NoRotation:
+		resp.RefreshToken = rt
+	case OmitRefreshToken:
+		// No refresh_token: the client keeps the one it has.
+	default:
+		next := newToken("rt", f.id)
+		s.refresh[next] = &refreshEntry{fam: f, gen: f.gen}
+		f.current = next
+		resp.RefreshToken = next
+		e.spent, e.spentAt, e.reply = true, now, resp
+	}
+	s.stats.refreshes.Add(1)
+	return resp, nil
+}
+
+// reuse answers a spent refresh token of a live family. Call with s.mu held.
+func (s *Server) reuse(e *refreshEntry, now time.Time) (tokenResponse, *oauthError) {
+	f := e.fam
+	switch s.onReuse {
+	case DexInvalidRequest:
+		return tokenResponse{}, badRequest("invalid_request", dexReuseDescription)
+	case Grace:
+		if now.Sub(e.spentAt) > s.grace || e.reply.RefreshToken != f.current {
+			break
+		}
+		resp := e.reply
+		if a := s.access[resp.AccessToken]; now.Before(a.expiry) {
+			resp.ExpiresIn = expiresIn(a.expiry.Sub(now))
+		} else {
+			at, ttl := s.issueAccess(f, a.scope, now)
+			resp.AccessToken, resp.ExpiresIn = at, expiresIn(ttl)
+			e.reply = resp
+		}
+		s.stats.refreshes.Add(1)
+		return resp, nil
+	}
+	s.revoke(f)
+	return tokenResponse{}, badRequest("invalid_grant", "The refresh token was already used; its token family has been revoked")
+}
+
+// clientCredentialsGrant serves grant_type=client_credentials (RFC 6749
+// section 4.4), for confidential clients only. Each grant starts a family of
+// its own that has no refresh token.
+func (s *Server) clientCredentialsGrant(clientID string, verified bool, form url.Values, ev *Event) (tokenResponse, *oauthError) {
+	if !verified {
+		return tokenResponse{}, badRequest("unauthorized_client", "A public client cannot use client_credentials")
+	}
+	scope, ok := parseScope(form.Get("scope"))
+	if !ok {
+		return tokenResponse{}, badRequest("invalid_scope", "The scope is malformed")
+	}
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.newFamily(clientID, scope)
+	ev.Family = f.id
+	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now)
+	s.stats.clientCredentials.Add(1)
+	return tokenResponse{
+		AccessToken: at,
+		TokenType:   "Bearer",
+		ExpiresIn:   expiresIn(ttl),
+		Scope:       strings.Join(scope, " "),
+	}, nil
+}
