@@ -19,7 +19,7 @@ var (
 	ErrMinValidTooLong  = errors.New("broker: min_valid exceeds the token lifetime")
 	ErrPermissionDenied = errors.New("broker: permission denied")
 	ErrUnauthenticated  = errors.New("broker: unauthenticated")
-	ErrUnavailable      = errors.New("broker: shutting down")
+	ErrShuttingDown     = errors.New("broker: shutting down")
 )
 
 // Errors of the Store seam. The Broker handles them; they never reach a caller.

@@ -1,0 +1,220 @@
+package broker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"time"
+)
+
+// Page sizes of ListCredentials.
+const (
+	DefaultPageSize = 100
+	MaxPageSize     = 1000
+)
+
+// PutCredential creates a credential or replaces an existing one. On an
+// existing credential, an empty refreshToken keeps the stored refresh token
+// and token state, and no client secrets keeps the stored ones; a non-empty
+// refreshToken re-seeds the credential: the access token is dropped and the
+// state returns to ACTIVE. It waits for a refresh in flight to finish, so
+// it never discards a refresh token the IdP just issued.
+func (b *Broker) PutCredential(ctx context.Context, c Credential, refreshToken string) (*Record, error) {
+	return b.put(ctx, c, refreshToken, false)
+}
+
+// EnsureCredential is PutCredential for configuration loaded at start by
+// every replica: refreshToken seeds the credential only if it does not exist
+// yet (decided under its lease), so a restart never writes an already spent
+// refresh token over the rotated one. An existing credential gets the new
+// configuration and keeps its refresh token and state.
+func (b *Broker) EnsureCredential(ctx context.Context, c Credential, refreshToken string) (*Record, error) {
+	return b.put(ctx, c, refreshToken, true)
+}
+
+func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, seedOnly bool) (*Record, error) {
+	if err := b.admin(ctx); err != nil {
+		return nil, err
+	}
+	if err := validateCredential(&c, refreshToken, false); err != nil {
+		return nil, err
+	}
+	lease, err := b.acquire(ctx, c.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+		_ = lease.Release(rctx)
+		cancel()
+	}()
+	cur, err := b.store.Get(ctx, c.ID)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, storeErr(c.ID, err)
+	}
+	if seedOnly && cur != nil && c.GrantType == cur.GrantType {
+		refreshToken = ""
+	}
+	if err := validateCredential(&c, refreshToken, cur == nil); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	var next *Record
+	if cur == nil {
+		next = &Record{State: StateActive, CreatedAt: now}
+	} else {
+		next = cur.Clone()
+		if len(c.ClientSecrets) == 0 {
+			c.ClientSecrets = next.ClientSecrets
+		}
+		if c.GrantType != cur.GrantType {
+			next.Token = Token{}
+		}
+	}
+	next.Credential = c
+	next.UpdatedAt = now
+	if cur == nil || refreshToken != "" || c.GrantType != cur.GrantType {
+		next.RefreshToken = refreshToken
+		next.Token = Token{}
+		next.State = StateActive
+		next.LastError, next.LastErrorAt = "", time.Time{}
+		next.Failures, next.NextAttemptAt = 0, time.Time{}
+	}
+	epoch := b.epoch(c.ID)
+	gen, err := b.store.Commit(ctx, lease, next)
+	if err != nil {
+		if errors.Is(err, ErrConflict) || errors.Is(err, ErrLockLost) {
+			return nil, &Error{Kind: ErrLockTimeout, CredentialID: c.ID, Err: err, Detail: "the credential changed meanwhile; try again"}
+		}
+		return nil, storeErr(c.ID, err)
+	}
+	next.Generation = gen
+	b.fill(next, epoch)
+	return next, nil
+}
+
+// GetCredential returns a credential's record. Callers must not hand its
+// secrets out.
+func (b *Broker) GetCredential(ctx context.Context, id string) (*Record, error) {
+	if err := b.admin(ctx); err != nil {
+		return nil, err
+	}
+	if err := ValidateID("id", id); err != nil {
+		return nil, err
+	}
+	rec, err := b.store.Get(ctx, id)
+	if err != nil {
+		return nil, storeErr(id, err)
+	}
+	return rec, nil
+}
+
+// ListCredentials returns up to pageSize records (0: DefaultPageSize) in ID
+// order after the position pageToken names, and the token of the next page
+// ("" on the last).
+func (b *Broker) ListCredentials(ctx context.Context, pageSize int, pageToken string) ([]*Record, string, error) {
+	if err := b.admin(ctx); err != nil {
+		return nil, "", err
+	}
+	if pageSize < 0 || pageSize > MaxPageSize {
+		return nil, "", invalidArg("page_size", "must be 0 to %d", MaxPageSize)
+	}
+	if pageSize == 0 {
+		pageSize = DefaultPageSize
+	}
+	after := ""
+	if pageToken != "" {
+		raw, err := base64.RawURLEncoding.DecodeString(pageToken)
+		if err != nil || ValidateID("page_token", string(raw)) != nil {
+			return nil, "", invalidArg("page_token", "not a token from a previous page")
+		}
+		after = string(raw)
+	}
+	recs, err := b.store.List(ctx, after, pageSize+1)
+	if err != nil {
+		return nil, "", storeErr("", err)
+	}
+	next := ""
+	if len(recs) > pageSize {
+		recs = recs[:pageSize]
+		next = base64.RawURLEncoding.EncodeToString([]byte(recs[pageSize-1].ID))
+	}
+	return recs, next, nil
+}
+
+// DeleteCredential removes a credential. Deleting a missing one fails with
+// ErrNotFound.
+func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
+	if err := b.admin(ctx); err != nil {
+		return err
+	}
+	if err := ValidateID("id", id); err != nil {
+		return err
+	}
+	if _, err := b.store.Get(ctx, id); err != nil {
+		return storeErr(id, err)
+	}
+	if err := b.store.Delete(ctx, id); err != nil {
+		return storeErr(id, err)
+	}
+	b.slotFor(id).forget()
+	return nil
+}
+
+// RefreshCredential refreshes a credential now, unless another refresh
+// finished since the call began; forced refreshes are rate-limited by
+// Config.ForceInterval.
+func (b *Broker) RefreshCredential(ctx context.Context, id string) (*Record, error) {
+	if err := b.admin(ctx); err != nil {
+		return nil, err
+	}
+	if err := ValidateID("id", id); err != nil {
+		return nil, err
+	}
+	caller, _ := CallerFrom(ctx)
+	start := time.Now()
+	return b.refresh(ctx, "force\x00"+id, flight{
+		id:     id,
+		caller: caller.ID,
+		reason: ReasonForced,
+		forced: true,
+		need:   func(r *Record, _ time.Time) bool { return r.LastRefreshAt.Before(start) },
+	})
+}
+
+func (b *Broker) admin(ctx context.Context) error {
+	c, _ := CallerFrom(ctx)
+	if !b.mayAdmin(c) {
+		return &Error{Kind: ErrPermissionDenied, Detail: "admin identity required"}
+	}
+	return nil
+}
+
+// acquire waits for a credential's lease, up to Config.LockWait.
+func (b *Broker) acquire(ctx context.Context, id string) (Lease, error) {
+	wake, stop := b.watch(id)
+	defer stop()
+	deadline := time.Now().Add(b.cfg.LockWait)
+	timer := time.NewTimer(b.cfg.PollInterval)
+	defer timer.Stop()
+	for {
+		lease, err := b.store.TryLock(ctx, id, b.cfg.LockTTL)
+		if err == nil {
+			return lease, nil
+		}
+		if !errors.Is(err, ErrLockHeld) {
+			return nil, storeErr(id, err)
+		}
+		wait := min(b.cfg.PollInterval, time.Until(deadline))
+		if wait <= 0 {
+			return nil, &Error{Kind: ErrLockTimeout, CredentialID: id, RetryAfter: b.cfg.PollInterval}
+		}
+		timer.Reset(wait)
+		select {
+		case <-wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}

@@ -1,0 +1,108 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config tunes a Broker. The zero value of every field means its default.
+type Config struct {
+	// DefaultMinValid is how long a token must stay valid when the caller
+	// does not say; at most a quarter of the token's lifetime is used.
+	DefaultMinValid time.Duration // default 30s
+	// DefaultRefreshAhead starts a background refresh once a token has less
+	// than this left, for credentials that set no RefreshAhead; at most half
+	// the token's lifetime is used.
+	DefaultRefreshAhead time.Duration // default 5m
+	// RefreshTimeout bounds one IdP call. A caller that goes away does not
+	// cut it short.
+	RefreshTimeout time.Duration // default 10s
+	// LockTTL is how long a refresh lease lasts; it must exceed
+	// RefreshTimeout so that the call gives up before the lease runs out.
+	LockTTL time.Duration // default RefreshTimeout + 5s
+	// LockWait bounds how long a refresh waits for another holder of the
+	// credential's lease before failing with ErrLockTimeout. It should exceed
+	// LockTTL so that a crashed holder's lease expires within it.
+	LockWait time.Duration // default LockTTL + 5s
+	// PollInterval is how often a waiter re-reads the Store when no event
+	// wakes it (a missed event, a crashed holder).
+	PollInterval time.Duration // default 250ms
+	// ForceInterval is the least time between forced refreshes (InvalidateToken
+	// of the current token, RefreshCredential) of one credential.
+	ForceInterval time.Duration // default 5s
+	// BackoffMin and BackoffMax bound the wait after a transient IdP failure;
+	// it doubles with each failure in a row. A longer Retry-After from the
+	// IdP wins, up to BackoffMaxRetryAfter.
+	BackoffMin           time.Duration // default 1s
+	BackoffMax           time.Duration // default 1m
+	BackoffMaxRetryAfter time.Duration // default 10m
+	// DefaultLifetime is assumed for a token the IdP sent without expires_in.
+	DefaultLifetime time.Duration // default 1h
+	// Open turns authorization off: every caller may read every credential
+	// and call the admin methods. For dev mode only.
+	Open bool
+	// Observer is told about refreshes and cache hits; nil means none.
+	Observer Observer
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.DefaultMinValid, 30*time.Second)
+	def(&c.DefaultRefreshAhead, 5*time.Minute)
+	def(&c.RefreshTimeout, 10*time.Second)
+	def(&c.LockTTL, c.RefreshTimeout+5*time.Second)
+	def(&c.LockWait, c.LockTTL+5*time.Second)
+	def(&c.PollInterval, 250*time.Millisecond)
+	def(&c.ForceInterval, 5*time.Second)
+	def(&c.BackoffMin, time.Second)
+	def(&c.BackoffMax, time.Minute)
+	def(&c.BackoffMaxRetryAfter, 10*time.Minute)
+	def(&c.DefaultLifetime, time.Hour)
+	if c.Observer == nil {
+		c.Observer = nopObserver{}
+	}
+}
+
+// Validate reports the first inconsistent setting, after defaults apply.
+func (c Config) Validate() error {
+	c.setDefaults()
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"DefaultMinValid", c.DefaultMinValid}, {"DefaultRefreshAhead", c.DefaultRefreshAhead},
+		{"RefreshTimeout", c.RefreshTimeout}, {"LockTTL", c.LockTTL}, {"LockWait", c.LockWait},
+		{"PollInterval", c.PollInterval}, {"ForceInterval", c.ForceInterval},
+		{"BackoffMin", c.BackoffMin}, {"BackoffMax", c.BackoffMax},
+		{"BackoffMaxRetryAfter", c.BackoffMaxRetryAfter}, {"DefaultLifetime", c.DefaultLifetime},
+	} {
+		if d.v < 0 {
+			return fmt.Errorf("broker: %s must not be negative", d.name)
+		}
+	}
+	if c.LockTTL <= c.RefreshTimeout {
+		return fmt.Errorf("broker: LockTTL (%s) must exceed RefreshTimeout (%s), so a refresh gives up before its lock expires", c.LockTTL, c.RefreshTimeout)
+	}
+	if c.BackoffMax < c.BackoffMin {
+		return errors.New("broker: BackoffMax must not be below BackoffMin")
+	}
+	return nil
+}
+
+// backoff is the wait after the n-th transient failure in a row.
+func (c *Config) backoff(n int, retryAfter time.Duration) time.Duration {
+	d := c.BackoffMin
+	for i := 1; i < n && d < c.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, c.BackoffMax)
+	if retryAfter > d {
+		d = min(retryAfter, c.BackoffMaxRetryAfter)
+	}
+	return d
+}

@@ -1,0 +1,53 @@
+package broker
+
+import "time"
+
+// Refresh reasons, as reported in RefreshEvent.Reason.
+const (
+	ReasonExpired     = "expired"     // a caller needed a fresher token
+	ReasonAhead       = "ahead"       // background refresh ahead of expiry
+	ReasonInvalidated = "invalidated" // a caller reported the current token rejected
+	ReasonForced      = "forced"      // an operator asked for a refresh
+)
+
+// Refresh outcomes, as reported in RefreshEvent.Outcome.
+const (
+	OutcomeOK        = "ok"        // refreshed and stored
+	OutcomeTransient = "transient" // the IdP or the network failed; retried later
+	OutcomePermanent = "permanent" // the IdP said the grant is dead: REAUTH_REQUIRED
+	OutcomeLost      = "lost"      // refreshed, but the result could not be stored
+	OutcomeAbandoned = "abandoned" // not sent: the lease would not outlive the call
+)
+
+// RefreshEvent describes one attempt to call the IdP. It never holds a
+// secret.
+type RefreshEvent struct {
+	CredentialID string
+	Caller       string // who caused it; empty for background refreshes
+	Reason       string
+	Outcome      string
+	Generation   uint64        // the stored generation afterwards
+	Duration     time.Duration // of the IdP call
+	Err          error         // nil on OutcomeOK
+}
+
+// Observer is told what a Broker does, for metrics and audit. Its methods are
+// called synchronously on hot paths, so they must be fast, non-blocking and
+// safe for concurrent use.
+type Observer interface {
+	// TokenServed is called for every token handed out; cached says whether
+	// it came from the local cache without touching the Store.
+	TokenServed(cached bool)
+	// LockWaited is called when a refresh got past waiting for the
+	// credential's lock: obtained, or not (another holder refreshed first, or
+	// the wait timed out).
+	LockWaited(d time.Duration, obtained bool)
+	// Refreshed is called after every IdP call, or a call abandoned.
+	Refreshed(ev RefreshEvent)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) TokenServed(bool)               {}
+func (nopObserver) LockWaited(time.Duration, bool) {}
+func (nopObserver) Refreshed(RefreshEvent)         {}
