@@ -1,0 +1,22 @@
+// Package clientsdk is the client side of tokenbroker: it gets a
+// credential's access tokens from the broker and puts them on outgoing HTTP
+// and gRPC calls.
+//
+// Dial (or New, over a connection you own) gives a Client; its TokenSource
+// method gives an oauth2.TokenSource per credential, with a local cache that
+// hands out a token until shortly before it expires, and one broker call at
+// a time however many goroutines ask. On top of a TokenSource:
+//
+//   - Transport, an http.RoundTripper that sets Authorization and, when the
+//     resource server answers 401, reports the rejected token to the broker
+//     and retries once with a new one;
+//   - PerRPCCredentials, and UnaryClientInterceptor and
+//     StreamClientInterceptor, which do the same for gRPC calls to other
+//     services on codes.Unauthenticated.
+//
+// Failed broker calls return an *Error, which matches the package's sentinel
+// errors (ErrReauthRequired, ErrCredentialNotFound, ErrPermissionDenied,
+// ErrUnavailable, ...) with errors.Is and keeps the gRPC status.
+//
+// Tokens are secrets: this package never puts one in an error message.
+package clientsdk
