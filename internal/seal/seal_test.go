@@ -116,6 +116,20 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// TestGoldenRecord opens a record sealed by an earlier build: stored records
+// must stay readable, so the layout may only change under a new version.
+func TestGoldenRecord(t *testing.T) {
+	const golden = "00746273310141898c09cd70dfab8a747108e80e39304ecf7658ce5b3b1155920f61d40c7ad4f4072aa1fd79311e2cca"
+	sealed, err := hex.DecodeString(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, id, err := testRing(t).Open(sealed, []byte("cred-1"))
+	if err != nil || id != "A" || string(pt) != "refresh-token" {
+		t.Fatalf("Open(golden) = %q, %q, %v", pt, id, err)
+	}
+}
+
 func TestSealedRecordHasNoSpareCapacity(t *testing.T) {
 	k := testRing(t)
 	sealed := mustSeal(t, k, []byte("secret"), []byte("cred-1"))
