@@ -25,7 +25,9 @@ const (
 )
 
 // SetLatency makes every later token request wait d before it is looked at.
-// A request whose client goes away during the wait is dropped unprocessed.
+// A request whose client goes away during the wait, or that is still waiting
+// when the Server closes, is dropped unprocessed and without an answer (and
+// without an Event).
 func (s *Server) SetLatency(d time.Duration) {
 	s.kmu.Lock()
 	s.latency = max(d, 0)

@@ -90,7 +90,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.sleep(r.Context(), s.currentLatency()) {
-		return // the client went away or the Server is closing
+		// The client went away or the Server is closing: nothing was
+		// looked at, and nothing is answered (not even an empty 200).
+		dropConnection(w)
+		return
 	}
 	if f, ok := s.takeFault(); ok {
 		s.stats.faults.Add(1)
