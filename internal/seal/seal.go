@@ -17,9 +17,9 @@
 //
 // The header (magic, version, idlen and id) is authenticated together with the
 // caller's additional data, so a record cannot be moved to another key id,
-// truncated or re-labelled without Open failing. The leading zero byte makes a
-// sealed record distinguishable from JSON, text and protobuf encodings, none
-// of which can start with it.
+// truncated or re-labelled without Open failing. The leading zero byte tells a
+// sealed record apart from JSON and protobuf records, which never start with
+// it (protobuf has no field number 0).
 //
 // Because nonces are random, a single key should seal no more than 2^32
 // records; rotate keys long before that.
@@ -66,9 +66,9 @@ var (
 )
 
 // Keyring is a set of named AES-256-GCM keys, one of which is primary. It is
-// immutable and safe for concurrent use. It keeps no copy of the raw key bytes
-// and never prints them: its String, GoString, Format and LogValue methods
-// show only key ids.
+// immutable and safe for concurrent use. It holds its keys only inside their
+// ciphers, never as raw bytes, and never prints them: its String, GoString,
+// Format and LogValue methods show only key ids.
 type Keyring struct {
 	primary string
 	header  []byte      // the primary key's record header
@@ -126,7 +126,11 @@ func newAEAD(id string, key []byte) (cipher.AEAD, error) {
 	if err != nil {
 		return nil, fmt.Errorf("seal: key %q: %w", id, err)
 	}
-	return cipher.NewGCMWithRandomNonce(block)
+	aead, err := cipher.NewGCMWithRandomNonce(block)
+	if err != nil {
+		return nil, fmt.Errorf("seal: key %q: %w", id, err)
+	}
+	return aead, nil
 }
 
 // ParseKeyring parses a keyring spec of the form "id1:KEY1,id2:KEY2", where
@@ -287,7 +291,7 @@ func parseHeader(b []byte) (id string, n int, err error) {
 		return "", 0, fmt.Errorf("%w: truncated header", ErrFormat)
 	}
 	if b[len(magic)] != version {
-		return "", 0, fmt.Errorf("%w: unsupported version %d", ErrFormat, b[len(magic)])
+		return "", 0, fmt.Errorf("%w: unsupported version %q", ErrFormat, b[len(magic)])
 	}
 	l := int(b[fixed-1])
 	n = fixed + l
