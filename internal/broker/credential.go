@@ -44,9 +44,9 @@ func (s State) String() string {
 // Credential is the configuration of an upstream OAuth2 credential: everything
 // an operator puts in, except the refresh token.
 type Credential struct {
-	ID       string    `json:"id"`
-	TokenURL string    `json:"token_url"`
-	ClientID string    `json:"client_id"`
+	ID       string `json:"id"`
+	TokenURL string `json:"token_url"`
+	ClientID string `json:"client_id"`
 	// ClientSecrets are tried in order when the IdP answers invalid_client;
 	// the first is the primary. Secret.
 	ClientSecrets  []string      `json:"client_secrets,omitempty"`
@@ -92,8 +92,11 @@ type Record struct {
 
 	State         State     `json:"state"`
 	LastRefreshAt time.Time `json:"last_refresh_at,omitzero"`
-	LastError     string    `json:"last_error,omitempty"` // never holds a secret
-	LastErrorAt   time.Time `json:"last_error_at,omitzero"`
+	// LastForcedAt is when a forced refresh (invalidation, operator) last
+	// called the IdP; forced refreshes are rate-limited from it.
+	LastForcedAt time.Time `json:"last_forced_at,omitzero"`
+	LastError    string    `json:"last_error,omitempty"` // never holds a secret
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
 	// Failures counts transient failures since the last success; it drives
 	// the backoff.
 	Failures int `json:"failures,omitempty"`

@@ -19,6 +19,26 @@ const (
 	OutcomeAbandoned = "abandoned" // not sent: the lease would not outlive the call
 )
 
+// Source is where a served token came from.
+type Source int
+
+// Sources.
+const (
+	FromCache   Source = iota // the local cache: no Store call, no wait
+	FromStore                 // read from the Store, no refresh waited for
+	FromRefresh               // the caller waited for a refresh
+)
+
+func (s Source) String() string {
+	switch s {
+	case FromCache:
+		return "cache"
+	case FromStore:
+		return "store"
+	}
+	return "refresh"
+}
+
 // RefreshEvent describes one attempt to call the IdP. It never holds a
 // secret.
 type RefreshEvent struct {
@@ -35,9 +55,9 @@ type RefreshEvent struct {
 // called synchronously on hot paths, so they must be fast, non-blocking and
 // safe for concurrent use.
 type Observer interface {
-	// TokenServed is called for every token handed out; cached says whether
-	// it came from the local cache without touching the Store.
-	TokenServed(cached bool)
+	// TokenServed is called for every token handed out, with where it came
+	// from.
+	TokenServed(from Source)
 	// LockWaited is called when a refresh got past waiting for the
 	// credential's lock: obtained, or not (another holder refreshed first, or
 	// the wait timed out).
@@ -48,6 +68,6 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) TokenServed(bool)               {}
+func (nopObserver) TokenServed(Source)             {}
 func (nopObserver) LockWaited(time.Duration, bool) {}
 func (nopObserver) Refreshed(RefreshEvent)         {}

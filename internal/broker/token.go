@@ -34,7 +34,7 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 			if !now.Before(e.aheadAt) && e.triggered.CompareAndSwap(false, true) {
 				b.refreshAhead(id)
 			}
-			b.obs.TokenServed(true)
+			b.obs.TokenServed(FromCache)
 			return e.token, nil
 		}
 	}
@@ -42,7 +42,7 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 	if err != nil {
 		return Token{}, err
 	}
-	return b.fresh(ctx, caller, rec, minValid, ReasonExpired)
+	return b.fresh(ctx, caller, rec, minValid, false)
 }
 
 // InvalidateToken reports that rejected was refused by a resource server.
@@ -67,7 +67,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
 		}
 		if m, err := b.minValid(id, minValid, &e.token); err == nil && e.token.Valid(time.Now(), m) {
-			b.obs.TokenServed(true)
+			b.obs.TokenServed(FromCache)
 			return e.token, nil
 		}
 	}
@@ -75,7 +75,9 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 	if err != nil {
 		return Token{}, err
 	}
+	refreshed := false
 	if sameToken(rec.Token.AccessToken, rejected) {
+		refreshed = true
 		rec, err = b.refresh(ctx, "inv\x00"+id+"\x00"+rejected, flight{
 			id:     id,
 			caller: caller.ID,
@@ -87,7 +89,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 			return Token{}, err
 		}
 	}
-	return b.fresh(ctx, caller, rec, minValid, ReasonExpired)
+	return b.fresh(ctx, caller, rec, minValid, refreshed)
 }
 
 // load reads a credential's record from the Store, caches it and checks
@@ -112,7 +114,7 @@ func (b *Broker) load(ctx context.Context, caller Caller, id string) (*Record, e
 // fresh returns rec's token if it is valid for minValid, refreshing the
 // credential until it is (at most twice: a token fresh from the IdP that
 // still does not satisfy minValid means minValid is too long).
-func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid time.Duration, reason string) (Token, error) {
+func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid time.Duration, refreshed bool) (Token, error) {
 	for i := 0; ; i++ {
 		if rec.State == StateReauthRequired {
 			return Token{}, &Error{Kind: ErrReauthRequired, CredentialID: rec.ID, Detail: rec.LastError}
@@ -126,21 +128,26 @@ func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid
 			if !now.Before(b.aheadAt(rec)) {
 				b.refreshAhead(rec.ID)
 			}
-			b.obs.TokenServed(false)
+			if i == 0 && !refreshed {
+				b.obs.TokenServed(FromStore)
+			} else {
+				b.obs.TokenServed(FromRefresh)
+			}
 			return rec.Token, nil
 		}
 		if i == 2 {
 			return Token{}, &Error{Kind: ErrMinValidTooLong, CredentialID: rec.ID,
 				Detail: "the IdP's tokens do not stay valid that long"}
 		}
-		ahead := b.aheadWindow(rec)
 		rec, err = b.refresh(ctx, rec.ID, flight{
 			id:     rec.ID,
 			caller: caller.ID,
-			reason: reason,
+			reason: ReasonExpired,
+			// Judged on the record at hand: a token another replica just
+			// fetched has its own lifetime, hence its own windows.
 			need: func(r *Record, now time.Time) bool {
 				m, err := b.minValid(r.ID, minValid, &r.Token)
-				return err == nil && !r.Token.Valid(now, max(m, ahead))
+				return err == nil && !r.Token.Valid(now, max(m, b.aheadWindow(r)))
 			},
 		})
 		if err != nil {
@@ -280,10 +287,10 @@ func (b *Broker) settled(rec *Record, f flight) (bool, error) {
 		return true, &Error{Kind: ErrIdPUnavailable, CredentialID: rec.ID,
 			RetryAfter: rec.NextAttemptAt.Sub(now), Detail: "backing off after: " + rec.LastError}
 	}
-	if f.forced && !rec.LastRefreshAt.IsZero() {
-		if wait := rec.LastRefreshAt.Add(b.cfg.ForceInterval).Sub(now); wait > 0 {
+	if f.forced && !rec.LastForcedAt.IsZero() {
+		if wait := rec.LastForcedAt.Add(b.cfg.ForceInterval).Sub(now); wait > 0 {
 			return true, &Error{Kind: ErrRateLimited, CredentialID: rec.ID, RetryAfter: wait,
-				Detail: "the credential was refreshed less than " + b.cfg.ForceInterval.String() + " ago"}
+				Detail: "a forced refresh ran less than " + b.cfg.ForceInterval.String() + " ago"}
 		}
 	}
 	return false, nil
@@ -323,6 +330,9 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 	now := time.Now()
 
 	next := rec.Clone()
+	if f.forced {
+		next.LastForcedAt = now
+	}
 	ev := RefreshEvent{CredentialID: f.id, Caller: f.caller, Reason: f.reason, Duration: took}
 	if err != nil {
 		return nil, b.recordFailure(ctx, lease, next, ev, err, now)
