@@ -27,8 +27,14 @@ var ErrInvalidRequest = errors.New("upstream: invalid request")
 // the HTTP status, the RFC 6749 error code and description (control
 // characters removed, cut to 200 characters, the request's refresh token and
 // client secrets replaced by "[redacted]" wherever they occur) and a short,
-// equally scrubbed account of a transport failure. It never holds the
+// equally scrubbed account of a transport failure (which may quote a
+// malformed status line or header, never the body). It never holds the
 // response body, the token URL or anything else from the request.
+//
+// Transient does not mean "not spent": after a timeout, a cancellation, a
+// 5xx or an unreadable 2xx the IdP may have rotated the refresh token and the
+// answer was lost. Of the failures without an answer, only ErrInvalidRequest
+// is known not to have reached the IdP.
 //
 // Classification, first matching row wins:
 //
