@@ -120,9 +120,9 @@ type Options struct {
 	// can be repeated.
 	RandSeed uint64
 	// OnEvent, when set, is called once for every request to /token and
-	// /resource that got an answer or lost it on purpose, synchronously on
-	// the request's goroutine and before the answer is written. It must be
-	// safe for concurrent use and quick.
+	// /resource, synchronously on the request's goroutine and before the
+	// answer (if any) is written. It must be safe for concurrent use and
+	// quick.
 	OnEvent func(Event)
 }
 

@@ -470,20 +470,50 @@ func TestRateLimitNext(t *testing.T) {
 }
 
 func TestLatencyHonoursCancel(t *testing.T) {
-	s := newIdP(t, fakeidp.Options{Latency: time.Hour})
+	abandoned := make(chan struct{}, 1)
+	s := newIdP(t, fakeidp.Options{Latency: time.Hour, OnEvent: func(ev fakeidp.Event) {
+		if ev.Abandoned {
+			abandoned <- struct{}{}
+		}
+	}})
 	c := config(s, clientID, secret, oauth2.AuthStyleInHeader)
 	rt := s.Seed(clientID)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	if _, err := refreshCtx(ctx, t, c, rt); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("got %v, want a deadline error", err)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := refreshCtx(ctx, t, c, rt)
+		errc <- err
+	}()
+	waitTokenRequests(t, s, 1)
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	select {
+	case <-abandoned:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the server did not abandon the request")
 	}
 	s.SetLatency(10 * time.Millisecond)
 	mustRefresh(t, c, rt) // the abandoned request spent nothing
 	if st := s.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 {
 		t.Fatalf("stats %+v", st)
 	}
+}
+
+// waitTokenRequests waits, boundedly, until the Server has seen n token
+// requests.
+func waitTokenRequests(t *testing.T, s *fakeidp.Server, n int64) {
+	t.Helper()
+	for range 2000 {
+		if s.Stats().TokenRequests >= n {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	t.Fatalf("the server did not see %d token requests", n)
 }
 
 func TestCloseEndsLatency(t *testing.T) {
@@ -497,13 +527,7 @@ func TestCloseEndsLatency(t *testing.T) {
 		_, err := refresh(t, c, s.Seed(clientID))
 		errc <- err
 	}()
-	// Wait (boundedly) until the request is in the server.
-	for i := 0; s.Stats().TokenRequests == 0; i++ {
-		if i == 1000 {
-			t.Fatal("request never arrived")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitTokenRequests(t, s, 1)
 	if err := s.Close(); err != nil {
 		t.Fatalf("close: %v", err)
 	}

@@ -26,8 +26,8 @@ const (
 
 // SetLatency makes every later token request wait d before it is looked at.
 // A request whose client goes away during the wait, or that is still waiting
-// when the Server closes, is dropped unprocessed and without an answer (and
-// without an Event).
+// when the Server closes, is dropped unprocessed and without an answer; its
+// Event has Abandoned set.
 func (s *Server) SetLatency(d time.Duration) {
 	s.kmu.Lock()
 	s.latency = max(d, 0)

@@ -92,7 +92,11 @@ type Event struct {
 	Generation int
 	// Reuse is set when the presented refresh token was already spent.
 	Reuse bool
-	// Status is the HTTP status answered, 0 when the reply was lost.
+	// Abandoned is set when the client went away, or the Server closed,
+	// while the request waited out the latency: nothing was looked at and
+	// nothing answered.
+	Abandoned bool
+	// Status is the HTTP status answered, 0 when nothing was answered.
 	Status int
 	// Error is the OAuth error code answered ("invalid_grant", ...), or ""
 	// on success and for faults.

@@ -89,9 +89,18 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		})
 		return
 	}
+	// Reading the whole body first also lets net/http notice a client that
+	// goes away during the latency (it watches the connection only then).
+	body, oe := readBody(w, r)
+	if oe != nil {
+		s.answer(w, &ev, tokenResponse{}, oe)
+		return
+	}
 	if !s.sleep(r.Context(), s.currentLatency()) {
 		// The client went away or the Server is closing: nothing was
 		// looked at, and nothing is answered (not even an empty 200).
+		ev.Abandoned = true
+		s.emit(&ev)
 		dropConnection(w)
 		return
 	}
@@ -102,7 +111,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		writeFault(w, f)
 		return
 	}
-	form, oe := readForm(w, r)
+	form, oe := parseForm(r, body)
 	if oe != nil {
 		s.answer(w, &ev, tokenResponse{}, oe)
 		return
@@ -157,22 +166,27 @@ var knownParams = map[string]bool{
 	"client_id": true, "client_secret": true,
 }
 
-// readForm reads the form-encoded body (RFC 6749 section 3.2): bounded in
-// size, no parameter repeated, and empty parameters treated as omitted.
-func readForm(w http.ResponseWriter, r *http.Request) (url.Values, *oauthError) {
-	if r.URL.RawQuery != "" {
-		return nil, badRequest("invalid_request", "Parameters must be sent in the request body, not the URL")
-	}
-	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || ct != "application/x-www-form-urlencoded" {
-		return nil, badRequest("invalid_request", "The body must be application/x-www-form-urlencoded")
-	}
+// readBody reads the request body, bounded in size.
+func readBody(w http.ResponseWriter, r *http.Request) ([]byte, *oauthError) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 	if err != nil {
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, &oauthError{status: http.StatusRequestEntityTooLarge, code: "invalid_request", desc: "The request body is too large"}
 		}
 		return nil, badRequest("invalid_request", "The request body could not be read")
+	}
+	return body, nil
+}
+
+// parseForm parses the form-encoded body (RFC 6749 section 3.2): parameters
+// in the body only, none repeated, and empty ones treated as omitted.
+func parseForm(r *http.Request, body []byte) (url.Values, *oauthError) {
+	if r.URL.RawQuery != "" {
+		return nil, badRequest("invalid_request", "Parameters must be sent in the request body, not the URL")
+	}
+	ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || ct != "application/x-www-form-urlencoded" {
+		return nil, badRequest("invalid_request", "The body must be application/x-www-form-urlencoded")
 	}
 	form, err := url.ParseQuery(string(body))
 	if err != nil {
