@@ -1,0 +1,198 @@
+package grpcapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionalphapb "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
+)
+
+// publicServices answer without authentication, so that probes and grpcurl
+// work out of the box. They expose no credential.
+var publicServices = []string{
+	healthpb.Health_ServiceDesc.ServiceName,
+	reflectionpb.ServerReflection_ServiceDesc.ServiceName,
+	reflectionalphapb.ServerReflection_ServiceDesc.ServiceName,
+}
+
+func isPublic(fullMethod string) bool {
+	for _, name := range publicServices {
+		if strings.HasPrefix(fullMethod, "/"+name+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// errPanic is what a call that panicked ends with: INTERNAL, as the table
+// does not know it.
+var errPanic = errors.New("grpcapi: handler panicked")
+
+// unary is the one unary interceptor: authenticate, call with panic
+// recovery, convert the error through errorTable, log one line.
+func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	id := requestCredentialID(req)
+	ctx, caller, err := s.authenticate(ctx, info.FullMethod)
+	var resp any
+	if err == nil {
+		err = s.protect(ctx, info.FullMethod, func() error {
+			var herr error
+			resp, herr = handler(ctx, req)
+			return herr
+		})
+	}
+	st := toStatus(err, id)
+	s.logCall(ctx, info.FullMethod, start, st, err, id, caller)
+	if err != nil {
+		return nil, st.Err()
+	}
+	return resp, nil
+}
+
+// stream is the stream counterpart of unary.
+func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	start := time.Now()
+	ctx, caller, err := s.authenticate(ss.Context(), info.FullMethod)
+	if err == nil {
+		if ctx != ss.Context() {
+			ss = &serverStream{ServerStream: ss, ctx: ctx}
+		}
+		err = s.protect(ctx, info.FullMethod, func() error { return handler(srv, ss) })
+	}
+	st := toStatus(err, "")
+	s.logCall(ctx, info.FullMethod, start, st, err, "", caller)
+	return st.Err()
+}
+
+// serverStream is a ServerStream whose context carries the caller.
+type serverStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *serverStream) Context() context.Context { return s.ctx }
+
+// authenticate returns ctx carrying the caller of a call to fullMethod.
+// Public services are not authenticated; without an Authenticator every
+// caller is anonymous.
+func (s *Server) authenticate(ctx context.Context, fullMethod string) (context.Context, broker.Caller, error) {
+	if isPublic(fullMethod) {
+		return ctx, broker.Caller{}, nil
+	}
+	if s.auth == nil {
+		return broker.NewContext(ctx, broker.Caller{}), broker.Caller{}, nil
+	}
+	c, err := s.auth.Authenticate(ctx)
+	if err != nil {
+		var be *broker.Error
+		switch {
+		case errors.As(err, &be):
+		case errors.Is(err, broker.ErrPermissionDenied):
+			err = &broker.Error{Kind: broker.ErrPermissionDenied, Err: err}
+		default:
+			err = &broker.Error{Kind: broker.ErrUnauthenticated, Err: err}
+		}
+		return ctx, broker.Caller{}, err
+	}
+	return broker.NewContext(ctx, c), c, nil
+}
+
+// protect runs call, turning a panic into errPanic. The panic is logged with
+// its stack, as it is a bug.
+func (s *Server) protect(ctx context.Context, method string, call func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.LogAttrs(ctx, slog.LevelError, "panic in grpc handler",
+				slog.String("method", method), slog.String("panic", fmt.Sprint(r)), slog.String("stack", string(debug.Stack())))
+			err = errPanic
+		}
+	}()
+	return call()
+}
+
+// logCall writes the access log line of one call: what was called, how it
+// ended and how long it took, never a token, a secret or a request body.
+// OK is logged at Debug, INTERNAL (with the real error, which the client
+// does not see) at Warn, anything else at Info.
+func (s *Server) logCall(ctx context.Context, method string, start time.Time, st *status.Status, err error, id string, caller broker.Caller) {
+	level := slog.LevelInfo
+	switch st.Code() {
+	case codes.OK:
+		level = slog.LevelDebug
+	case codes.Internal, codes.Unknown, codes.DataLoss:
+		level = slog.LevelWarn
+	}
+	if !s.log.Enabled(ctx, level) {
+		return
+	}
+	if id == "" {
+		var be *broker.Error
+		if errors.As(err, &be) {
+			id = be.CredentialID
+		}
+	}
+	attrs := make([]slog.Attr, 0, 7)
+	attrs = append(attrs,
+		slog.String("method", method),
+		slog.String("code", st.Code().String()),
+		slog.Duration("duration", time.Since(start)),
+	)
+	if id != "" {
+		attrs = append(attrs, slog.String("credential_id", id))
+	}
+	if caller.ID != "" {
+		attrs = append(attrs, slog.String("caller", caller.ID))
+	}
+	if st.Code() != codes.OK {
+		attrs = append(attrs, slog.String("reason", reasonOf(st)))
+		msg := st.Message()
+		if level == slog.LevelWarn && err != nil {
+			msg = err.Error()
+		}
+		attrs = append(attrs, slog.String("error", msg))
+	}
+	s.log.LogAttrs(ctx, level, "grpc call", attrs...)
+}
+
+// reasonOf returns the ErrorInfo reason of st, or "".
+func reasonOf(st *status.Status) string {
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == ErrorDomain {
+			return info.GetReason()
+		}
+	}
+	return ""
+}
+
+// requestCredentialID returns the credential a request names, if it is a
+// valid ID (anything else is not worth echoing into logs or errors).
+func requestCredentialID(req any) string {
+	var id string
+	switch r := req.(type) {
+	case interface{ GetCredentialId() string }:
+		id = r.GetCredentialId()
+	case interface{ GetCredential() *pb.Credential }:
+		id = r.GetCredential().GetId()
+	case interface{ GetId() string }:
+		id = r.GetId()
+	}
+	if id == "" || broker.ValidateID("id", id) != nil {
+		return ""
+	}
+	return id
+}

@@ -1,0 +1,123 @@
+// Package grpcapi is the gRPC transport of tokenbroker: the tokenbroker.v1
+// TokenService and AdminService over a broker.Broker, grpc.health.v1 and
+// server reflection, and the interceptors every call passes (panic recovery,
+// authentication, the one error table, an access log line).
+//
+// The services only convert: requests into the broker's arguments, records
+// into their public view (never a refresh token or client secret), and the
+// broker's errors into one gRPC code and a stable google.rpc.ErrorInfo
+// reason each (see errorTable).
+package grpcapi
+
+import (
+	"context"
+	"log/slog"
+	"net"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
+)
+
+// DefaultMaxRecvMsgSize is the largest request the server accepts unless
+// Options say otherwise.
+const DefaultMaxRecvMsgSize = 1 << 20
+
+// An Authenticator establishes who is calling. It must be safe for concurrent
+// use. An error fails the call with UNAUTHENTICATED (PERMISSION_DENIED if it
+// matches broker.ErrPermissionDenied); its text is not sent to the client
+// unless it is a *broker.Error, whose message is safe by contract.
+type Authenticator interface {
+	Authenticate(ctx context.Context) (broker.Caller, error)
+}
+
+// Options configure a Server. The zero value is open dev mode.
+type Options struct {
+	// Authenticator authenticates every call but health and reflection. Nil
+	// means open dev mode: every call runs as the anonymous broker.Caller,
+	// and the Broker must then be configured with Config.Open.
+	Authenticator Authenticator
+	// Logger receives the access log: one line per call. Nil means
+	// slog.Default().
+	Logger *slog.Logger
+	// MaxRecvMsgSize bounds a request's size in bytes; DefaultMaxRecvMsgSize
+	// when zero or negative.
+	MaxRecvMsgSize int
+	// ServerOptions are added to the grpc.Server's options, for transport
+	// credentials (TLS), stats handlers and the like. Interceptors given here
+	// run inside this package's, after authentication, and see the broker's
+	// errors before they are converted to statuses.
+	ServerOptions []grpc.ServerOption
+}
+
+// Server is the gRPC server of a Broker. Create it with NewServer, run it
+// with Serve and stop it with Shutdown.
+type Server struct {
+	grpc   *grpc.Server
+	health *health.Server
+	auth   Authenticator
+	log    *slog.Logger
+}
+
+// NewServer returns a Server of b's TokenService and AdminService, with
+// grpc.health.v1 (SERVING for "" and both services) and server reflection.
+func NewServer(b *broker.Broker, opts Options) *Server {
+	s := &Server{
+		health: health.NewServer(),
+		auth:   opts.Authenticator,
+		log:    opts.Logger,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	maxRecv := opts.MaxRecvMsgSize
+	if maxRecv <= 0 {
+		maxRecv = DefaultMaxRecvMsgSize
+	}
+	sopts := []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(maxRecv),
+		grpc.ChainUnaryInterceptor(s.unary),
+		grpc.ChainStreamInterceptor(s.stream),
+	}
+	s.grpc = grpc.NewServer(append(sopts, opts.ServerOptions...)...)
+
+	pb.RegisterTokenServiceServer(s.grpc, &tokenService{b: b})
+	pb.RegisterAdminServiceServer(s.grpc, &adminService{b: b})
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	for _, name := range []string{"", pb.TokenService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
+		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
+	}
+	return s
+}
+
+// Serve accepts connections on lis until Shutdown. It returns nil after
+// Shutdown, and the listener's error otherwise.
+func (s *Server) Serve(lis net.Listener) error {
+	return s.grpc.Serve(lis)
+}
+
+// Shutdown stops the server: health turns NOT_SERVING for every service,
+// new calls are refused, and calls in flight may finish until ctx ends;
+// then the remaining connections are closed. It returns ctx's error when it
+// had to close calls in flight.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.grpc.GracefulStop()
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		s.grpc.Stop()
+		<-done
+		return ctx.Err()
+	}
+}

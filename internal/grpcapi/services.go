@@ -1,0 +1,112 @@
+package grpcapi
+
+import (
+	"context"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
+)
+
+// The services return the broker's errors as they are; the server's
+// interceptors turn them into statuses through errorTable.
+
+// tokenService implements tokenbroker.v1.TokenService over a Broker.
+type tokenService struct {
+	pb.UnimplementedTokenServiceServer
+	b *broker.Broker
+}
+
+func (s *tokenService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*pb.GetTokenResponse, error) {
+	if err := broker.ValidateID("credential_id", req.GetCredentialId()); err != nil {
+		return nil, err
+	}
+	minValid, err := durationArg("min_valid", req.GetMinValid())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := s.b.GetToken(ctx, req.GetCredentialId(), minValid)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetTokenResponse{
+		AccessToken: tok.AccessToken,
+		TokenType:   tok.TokenType,
+		ExpiresAt:   timestamp(tok.Expiry),
+	}, nil
+}
+
+func (s *tokenService) InvalidateToken(ctx context.Context, req *pb.InvalidateTokenRequest) (*pb.InvalidateTokenResponse, error) {
+	if err := broker.ValidateID("credential_id", req.GetCredentialId()); err != nil {
+		return nil, err
+	}
+	minValid, err := durationArg("min_valid", req.GetMinValid())
+	if err != nil {
+		return nil, err
+	}
+	tok, err := s.b.InvalidateToken(ctx, req.GetCredentialId(), req.GetRejectedAccessToken(), minValid)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.InvalidateTokenResponse{
+		AccessToken: tok.AccessToken,
+		TokenType:   tok.TokenType,
+		ExpiresAt:   timestamp(tok.Expiry),
+	}, nil
+}
+
+// adminService implements tokenbroker.v1.AdminService over a Broker. It
+// answers with public views only.
+type adminService struct {
+	pb.UnimplementedAdminServiceServer
+	b *broker.Broker
+}
+
+func (s *adminService) PutCredential(ctx context.Context, req *pb.PutCredentialRequest) (*pb.PutCredentialResponse, error) {
+	c, refreshToken, err := credentialArg(req.GetCredential())
+	if err != nil {
+		return nil, err
+	}
+	rec, err := s.b.PutCredential(ctx, c, refreshToken)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.PutCredentialResponse{Credential: publicView(rec)}, nil
+}
+
+func (s *adminService) GetCredential(ctx context.Context, req *pb.GetCredentialRequest) (*pb.GetCredentialResponse, error) {
+	rec, err := s.b.GetCredential(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.GetCredentialResponse{Credential: publicView(rec)}, nil
+}
+
+func (s *adminService) ListCredentials(ctx context.Context, req *pb.ListCredentialsRequest) (*pb.ListCredentialsResponse, error) {
+	recs, next, err := s.b.ListCredentials(ctx, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	resp := &pb.ListCredentialsResponse{
+		Credentials:   make([]*pb.Credential, 0, len(recs)),
+		NextPageToken: next,
+	}
+	for _, r := range recs {
+		resp.Credentials = append(resp.Credentials, publicView(r))
+	}
+	return resp, nil
+}
+
+func (s *adminService) DeleteCredential(ctx context.Context, req *pb.DeleteCredentialRequest) (*pb.DeleteCredentialResponse, error) {
+	if err := s.b.DeleteCredential(ctx, req.GetId()); err != nil {
+		return nil, err
+	}
+	return &pb.DeleteCredentialResponse{}, nil
+}
+
+func (s *adminService) RefreshCredential(ctx context.Context, req *pb.RefreshCredentialRequest) (*pb.RefreshCredentialResponse, error) {
+	rec, err := s.b.RefreshCredential(ctx, req.GetId())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.RefreshCredentialResponse{Credential: publicView(rec)}, nil
+}
