@@ -17,9 +17,10 @@ type Counter struct {
 }
 
 // CountCommands installs a hook on c that counts every command c sends, alone
-// or in a pipeline or transaction (MULTI and EXEC included), and returns the counts. Commands that a
-// PubSub connection sends (SUBSCRIBE, its PING) bypass client hooks and are
-// not counted.
+// or in a pipeline or transaction (MULTI and EXEC included), and returns the
+// counts. The handshake of each new connection (HELLO, CLIENT SETINFO) counts
+// too. Commands that a PubSub connection sends (SUBSCRIBE, its PING) bypass
+// client hooks and are not counted.
 func CountCommands(c redis.UniversalClient) *Counter {
 	n := &Counter{byName: make(map[string]int64)}
 	c.AddHook(counterHook{n})

@@ -1,0 +1,32 @@
+-- Fenced write of one credential record: the writer must still hold the
+-- credential's lock, and the stored generation must be the one it read.
+--
+-- KEYS[1]  the record, a hash with fields gen, data and lease
+-- KEYS[2]  the credential's redislock key (same hash slot as KEYS[1])
+-- ARGV[1]  the writer's lock value (redislock token and metadata)
+-- ARGV[2]  the generation the writer read ("0": the record does not exist)
+-- ARGV[3]  the generation to store, ARGV[2] + 1
+-- ARGV[4]  the encoded record
+-- ARGV[5]  the event channel
+-- ARGV[6]  the credential id
+--
+-- Returns 1 when written, -1 when the lock is not held with ARGV[1], -2 when
+-- the stored generation is another. A repeat of a write that was applied
+-- (same lock value, same generations) returns 1 again without writing, so a
+-- writer may retry a Commit whose reply it never saw.
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+  return -1
+end
+local gen = redis.call("HGET", KEYS[1], "gen")
+if not gen then
+  gen = "0"
+end
+if gen ~= ARGV[2] then
+  if gen == ARGV[3] and redis.call("HGET", KEYS[1], "lease") == ARGV[1] then
+    return 1
+  end
+  return -2
+end
+redis.call("HSET", KEYS[1], "gen", ARGV[3], "data", ARGV[4], "lease", ARGV[1])
+redis.call("PUBLISH", ARGV[5], "c " .. ARGV[3] .. " " .. ARGV[6])
+return 1

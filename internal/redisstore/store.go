@@ -1,0 +1,406 @@
+// Package redisstore keeps tokenbroker's credential records in Redis and
+// coordinates refreshes between broker replicas. Store implements broker.Store
+// on a go-redis UniversalClient (single node, Sentinel or Cluster) with
+// github.com/bsm/redislock for the per-credential refresh lock.
+//
+// Keys, for the default prefix "tokenbroker" and credential id ID:
+//
+//	tokenbroker:{ID}:cred   hash: gen (generation), data (the record), lease
+//	tokenbroker:{ID}:lock   the redislock lock of the credential
+//	tokenbroker:index       sorted set of all credential ids, for List
+//	tokenbroker:events      Pub/Sub channel of change events
+//
+// The hash tag {ID} puts a credential's record and lock in one Cluster slot,
+// so Commit checks the lock and writes the record in one Lua script. The
+// index lives in another slot and is kept outside the scripts: Commit adds
+// the id before writing and Delete removes it after deleting, and List skips
+// ids whose record is gone.
+//
+// Records are the JSON of broker.Record, sealed with a seal.Keyring (the
+// credential id as additional data) when one is configured. Plaintext records
+// found while a keyring is set are read (a migration path) and sealed on their
+// next write; records that fail to open are errors.
+//
+// Leases returned by TryLock also have a method Extend(ctx, ttl) error, which
+// extends the lock (redislock's Refresh) and moves Deadline, or reports
+// broker.ErrLockLost.
+//
+// Calls are bounded by their context only if the client honours context
+// deadlines (go-redis's ContextTimeoutEnabled); NewClient's clients do.
+package redisstore
+
+import (
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/bsm/redislock"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
+)
+
+// DefaultPrefix is the key prefix used when Options.Prefix is empty.
+const DefaultPrefix = "tokenbroker"
+
+var (
+	//go:embed commit.lua
+	commitLua    string
+	commitScript = redis.NewScript(commitLua)
+
+	//go:embed delete.lua
+	deleteLua    string
+	deleteScript = redis.NewScript(deleteLua)
+)
+
+// Options configure a Store.
+type Options struct {
+	// Prefix starts every key and the event channel; DefaultPrefix if empty.
+	// Brokers that share credentials use the same prefix. It may not contain
+	// braces or spaces.
+	Prefix string
+
+	// Keyring seals records at rest. Without one, New fails unless
+	// AllowPlaintext is set.
+	Keyring *seal.Keyring
+
+	// AllowPlaintext lets a Store without a Keyring write records,
+	// refresh tokens and client secrets included, in plaintext.
+	AllowPlaintext bool
+}
+
+// Store is a broker.Store in Redis. It is safe for concurrent use.
+type Store struct {
+	client  redis.UniversalClient
+	locker  *redislock.Client
+	keyring *seal.Keyring
+	prefix  string
+	index   string
+	channel string
+
+	// Event listener tuning; tests in this package shorten them.
+	pingEvery  time.Duration // silence on the event connection before a PING
+	backoffMin time.Duration // first pause after the event connection failed
+	backoffMax time.Duration
+
+	mu       sync.Mutex
+	subs     map[*subscriber]struct{}
+	listener *listener // nil while nobody is subscribed
+	closed   bool
+}
+
+var _ broker.Store = (*Store)(nil)
+
+// New returns a Store on client. The client stays the caller's to close,
+// after Close.
+func New(client redis.UniversalClient, opts Options) (*Store, error) {
+	if client == nil {
+		return nil, errors.New("redisstore: nil client")
+	}
+	if opts.Keyring == nil && !opts.AllowPlaintext {
+		return nil, errors.New("redisstore: no keyring: records would be stored in plaintext (set AllowPlaintext to allow it)")
+	}
+	prefix := opts.Prefix
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(prefix, "{} \t\r\n") {
+		return nil, fmt.Errorf("redisstore: prefix %q contains a brace or a space", prefix)
+	}
+	return &Store{
+		client:     client,
+		locker:     redislock.New(client),
+		keyring:    opts.Keyring,
+		prefix:     prefix,
+		index:      prefix + ":index",
+		channel:    prefix + ":events",
+		pingEvery:  5 * time.Second,
+		backoffMin: 100 * time.Millisecond,
+		backoffMax: 2 * time.Second,
+		subs:       make(map[*subscriber]struct{}),
+	}, nil
+}
+
+func (s *Store) recordKey(id string) string { return s.prefix + ":{" + id + "}:cred" }
+func (s *Store) lockKey(id string) string   { return s.prefix + ":{" + id + "}:lock" }
+
+// checkID rejects ids that would break the key layout; the domain allows
+// only [A-Za-z0-9._:-] anyway.
+func checkID(id string) error {
+	if id == "" || strings.ContainsAny(id, "{} \t\r\n") {
+		return fmt.Errorf("redisstore: invalid credential id %q", id)
+	}
+	return nil
+}
+
+// Get returns the record of a credential in one round trip, or
+// broker.ErrNotFound.
+func (s *Store) Get(ctx context.Context, id string) (*broker.Record, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	vals, err := s.client.HMGet(ctx, s.recordKey(id), "gen", "data").Result()
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: get %q: %w", id, err)
+	}
+	return s.decode(id, vals)
+}
+
+// List returns up to limit records whose ids sort after the given one, in id
+// order. A limit below 1 returns nothing.
+func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Record, error) {
+	var out []*broker.Record
+	// Each round consumes at least one index entry, so the loop ends.
+	for len(out) < limit {
+		want := limit - len(out)
+		lo := "-"
+		if after != "" {
+			lo = "(" + after
+		}
+		ids, err := s.client.ZRangeByLex(ctx, s.index, &redis.ZRangeBy{Min: lo, Max: "+", Count: int64(want)}).Result()
+		if err != nil {
+			return nil, fmt.Errorf("redisstore: list: %w", err)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		cmds := make([]*redis.SliceCmd, len(ids))
+		if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.HMGet(ctx, s.recordKey(id), "gen", "data")
+			}
+			return nil
+		}); err != nil {
+			return nil, fmt.Errorf("redisstore: list: %w", err)
+		}
+		for i, id := range ids {
+			if checkID(id) != nil {
+				continue // not written by a Store
+			}
+			rec, err := s.decode(id, cmds[i].Val())
+			if errors.Is(err, broker.ErrNotFound) {
+				continue // deleted, or a Commit that did not happen
+			}
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, rec)
+		}
+		after = ids[len(ids)-1]
+		if len(ids) < want {
+			break
+		}
+	}
+	return out, nil
+}
+
+// Delete removes a credential and announces it. Deleting a missing one is not
+// an error. A lease on the credential stays held; its Commit then fails with
+// broker.ErrConflict unless it creates the credential anew.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	if err := checkID(id); err != nil {
+		return err
+	}
+	if err := deleteScript.Run(ctx, s.client, []string{s.recordKey(id)}, s.channel, id).Err(); err != nil {
+		return fmt.Errorf("redisstore: delete %q: %w", id, err)
+	}
+	if err := s.client.ZRem(ctx, s.index, id).Err(); err != nil {
+		return fmt.Errorf("redisstore: delete %q from the index: %w", id, err)
+	}
+	return nil
+}
+
+// TryLock obtains the refresh lock of a credential for ttl (whole
+// milliseconds, at least one) without waiting, or returns broker.ErrLockHeld.
+func (s *Store) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, error) {
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	if ttl < time.Millisecond {
+		return nil, fmt.Errorf("redisstore: lock ttl %v is below 1ms", ttl)
+	}
+	ttl = ttl.Truncate(time.Millisecond)
+	start := time.Now() // before Redis starts the TTL
+	lk, err := s.locker.Obtain(ctx, s.lockKey(id), ttl, nil)
+	if errors.Is(err, redislock.ErrNotObtained) {
+		return nil, broker.ErrLockHeld
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: lock %q: %w", id, err)
+	}
+	l := &lease{store: s, id: id, lock: lk, value: lk.Token() + lk.Metadata()}
+	l.deadline.Store(deadline(start, ttl))
+	return l, nil
+}
+
+// Commit stores rec under lease in one Lua script that checks the lock and
+// the generation, bumps the generation and publishes the change. It returns
+// the new generation, broker.ErrLockLost or broker.ErrConflict; in both cases
+// nothing was written. Repeating a Commit with the same lease and generation
+// after an error whose outcome is unknown (a timeout) is safe: it returns the
+// new generation if the first one was applied.
+func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record) (uint64, error) {
+	l, ok := bl.(*lease)
+	if !ok || l.store != s {
+		return 0, errors.New("redisstore: commit under a lease of another store")
+	}
+	if rec.ID != l.id {
+		return 0, fmt.Errorf("redisstore: commit of %q under the lease of %q", rec.ID, l.id)
+	}
+	if !l.held() {
+		return 0, broker.ErrLockLost
+	}
+	data, err := s.encode(rec)
+	if err != nil {
+		return 0, err
+	}
+	// The index entry goes first: an entry without a record is skipped by
+	// List, a record without an entry would be invisible to it.
+	if err := s.client.ZAdd(ctx, s.index, redis.Z{Member: rec.ID}).Err(); err != nil {
+		return 0, fmt.Errorf("redisstore: commit %q: %w", rec.ID, err)
+	}
+	next := rec.Generation + 1
+	res, err := commitScript.Run(ctx, s.client,
+		[]string{s.recordKey(rec.ID), s.lockKey(rec.ID)},
+		l.value, rec.Generation, next, data, s.channel, rec.ID,
+	).Int64()
+	if err != nil {
+		return 0, fmt.Errorf("redisstore: commit %q: %w", rec.ID, err)
+	}
+	switch res {
+	case 1:
+		return next, nil
+	case -1:
+		return 0, broker.ErrLockLost
+	case -2:
+		return 0, broker.ErrConflict
+	}
+	return 0, fmt.Errorf("redisstore: commit %q: unexpected script result %d", rec.ID, res)
+}
+
+// encode returns the stored form of rec: its JSON, sealed if there is a
+// keyring.
+func (s *Store) encode(rec *broker.Record) ([]byte, error) {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: encode %q: %w", rec.ID, err)
+	}
+	if s.keyring == nil {
+		return b, nil
+	}
+	sealed, err := s.keyring.Seal(b, []byte(rec.ID))
+	if err != nil {
+		return nil, fmt.Errorf("redisstore: seal %q: %w", rec.ID, err)
+	}
+	return sealed, nil
+}
+
+// decode turns the reply of HMGET gen data into a record.
+func (s *Store) decode(id string, vals []any) (*broker.Record, error) {
+	if len(vals) != 2 {
+		return nil, fmt.Errorf("redisstore: get %q: %d values in reply", id, len(vals))
+	}
+	data, ok := vals[1].(string)
+	if !ok {
+		return nil, broker.ErrNotFound
+	}
+	genS, _ := vals[0].(string)
+	gen, err := strconv.ParseUint(genS, 10, 64)
+	if err != nil || gen == 0 {
+		return nil, fmt.Errorf("redisstore: credential %q: bad stored generation", id)
+	}
+	b := []byte(data)
+	switch {
+	case seal.IsSealed(b):
+		if s.keyring == nil {
+			return nil, fmt.Errorf("redisstore: credential %q is sealed and no keyring is configured", id)
+		}
+		if b, _, err = s.keyring.Open(b, []byte(id)); err != nil {
+			return nil, fmt.Errorf("redisstore: credential %q: %w", id, err)
+		}
+	case len(b) > 0 && b[0] == '{':
+		// Plaintext: written without a keyring, sealed on its next write.
+	default:
+		return nil, fmt.Errorf("redisstore: credential %q: stored record in an unknown format", id)
+	}
+	rec := new(broker.Record)
+	if err := json.Unmarshal(b, rec); err != nil {
+		// json's errors may quote the input; keep only that it failed.
+		return nil, fmt.Errorf("redisstore: credential %q: stored record is not valid JSON", id)
+	}
+	if rec.ID != id {
+		return nil, fmt.Errorf("redisstore: credential %q: stored record has another id", id)
+	}
+	rec.Generation = gen
+	return rec, nil
+}
+
+// deadline is when a lock obtained at start for ttl must be assumed lost: a
+// margin before its TTL runs out, against the two clocks' drift.
+func deadline(start time.Time, ttl time.Duration) time.Time {
+	margin := min(max(ttl/100, time.Millisecond), 100*time.Millisecond, ttl/2)
+	return start.Add(ttl - margin)
+}
+
+// lease is a held redislock lock on one credential.
+type lease struct {
+	store    *Store
+	id       string
+	lock     *redislock.Lock
+	value    string // the lock's stored value: token followed by metadata
+	deadline atomic.Value
+	released atomic.Bool
+}
+
+// ID is the credential the lease is on.
+func (l *lease) ID() string { return l.id }
+
+// Deadline is when the lease must be assumed lost unless extended.
+func (l *lease) Deadline() time.Time { return l.deadline.Load().(time.Time) }
+
+func (l *lease) held() bool {
+	return !l.released.Load() && time.Now().Before(l.Deadline())
+}
+
+// Extend keeps the lease for ttl from now, or returns broker.ErrLockLost when
+// it is no longer held.
+func (l *lease) Extend(ctx context.Context, ttl time.Duration) error {
+	if ttl < time.Millisecond {
+		return fmt.Errorf("redisstore: lock ttl %v is below 1ms", ttl)
+	}
+	if !l.held() {
+		return broker.ErrLockLost
+	}
+	ttl = ttl.Truncate(time.Millisecond)
+	start := time.Now()
+	err := l.lock.Refresh(ctx, ttl, nil)
+	if errors.Is(err, redislock.ErrNotObtained) {
+		return broker.ErrLockLost
+	}
+	if err != nil {
+		return fmt.Errorf("redisstore: extend lock %q: %w", l.id, err)
+	}
+	l.deadline.Store(deadline(start, ttl))
+	return nil
+}
+
+// Release gives the lock up and announces it, so that waiters on every
+// broker try again at once. Releasing a lost lock is not an error.
+func (l *lease) Release(ctx context.Context) error {
+	l.released.Store(true)
+	if err := l.lock.Release(ctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+		return fmt.Errorf("redisstore: release lock %q: %w", l.id, err)
+	}
+	if err := l.store.client.Publish(ctx, l.store.channel, "r 0 "+l.id).Err(); err != nil {
+		return fmt.Errorf("redisstore: announce release of %q: %w", l.id, err)
+	}
+	return nil
+}
