@@ -1,0 +1,208 @@
+package integration_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+)
+
+// pausingStore wraps a real Store and pauses its caller at chosen points, as
+// a stopped process or a long GC pause would.
+type pausingStore struct {
+	broker.Store
+	afterLock    func()
+	beforeCommit func()
+}
+
+func (s *pausingStore) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, error) {
+	l, err := s.Store.TryLock(ctx, id, ttl)
+	if err == nil && s.afterLock != nil {
+		s.afterLock()
+	}
+	return l, err
+}
+
+func (s *pausingStore) Commit(ctx context.Context, l broker.Lease, rec *broker.Record) (uint64, error) {
+	if s.beforeCommit != nil {
+		s.beforeCommit()
+	}
+	return s.Store.Commit(ctx, l, rec)
+}
+
+func pausing(afterLock, beforeCommit func()) func(broker.Store) broker.Store {
+	return func(s broker.Store) broker.Store {
+		return &pausingStore{Store: s, afterLock: afterLock, beforeCommit: beforeCommit}
+	}
+}
+
+func fencingCluster(t *testing.T, be backend) *cluster {
+	c := newCluster(t, be, fakeidp.Options{})
+	c.cfg.RefreshTimeout = 200 * time.Millisecond
+	c.cfg.LockTTL = 300 * time.Millisecond
+	c.cfg.PollInterval = 20 * time.Millisecond
+	return c
+}
+
+func TestHolderThatLostItsLeaseDoesNotCallTheIdP(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be backend) {
+		c := fencingCluster(t, be)
+		c.credential(c.replica(nil), "cred")
+		obs := &observer{}
+		paused, _ := c.replicaOn(pausing(func() {
+			time.Sleep(2 * c.cfg.LockTTL) // paused right after obtaining the lease
+		}, nil), obs)
+
+		_, err := paused.GetToken(context.Background(), "cred", 0)
+		if !errors.Is(err, broker.ErrLockTimeout) {
+			t.Fatalf("GetToken: %v; want ErrLockTimeout", err)
+		}
+		if n := c.idp.Stats().RefreshRequests; n != 0 {
+			t.Fatalf("the IdP saw %d refresh requests from a holder past its lease; want 0", n)
+		}
+		if got := obs.outcomes(); !slices.Equal(got, []string{broker.OutcomeAbandoned}) {
+			t.Fatalf("outcomes %v; want [abandoned]", got)
+		}
+		if rec := c.stored("cred"); rec.Generation != 1 || rec.State != broker.StateActive {
+			t.Fatalf("record changed: generation %d, state %v", rec.Generation, rec.State)
+		}
+	})
+}
+
+func TestStaleHolderCannotOverwriteNewerState(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be backend) {
+		c := fencingCluster(t, be)
+		healthy := c.replica(nil)
+		c.credential(healthy, "cred")
+		gen0 := c.stored("cred").Generation
+
+		other := make(chan struct{})
+		obs := &observer{}
+		stale, _ := c.replicaOn(pausing(nil, func() {
+			select { // paused with the IdP's answer in hand, until the other replica moved on
+			case <-other:
+			case <-time.After(10 * time.Second):
+			}
+		}), obs)
+
+		staleErr := make(chan error, 1)
+		go func() {
+			_, err := stale.GetToken(context.Background(), "cred", 0)
+			staleErr <- err
+		}()
+		eventually(t, "the stale holder's IdP call", func() bool { return c.idp.Stats().Refreshes == 1 })
+
+		// The healthy replica waits out the lease and refreshes from the
+		// stored (now spent) refresh token: the strict IdP revokes the family.
+		if _, err := healthy.GetToken(context.Background(), "cred", 0); !errors.Is(err, broker.ErrReauthRequired) {
+			t.Fatalf("healthy replica: %v; want ErrReauthRequired", err)
+		}
+		newer := c.stored("cred")
+		close(other)
+
+		if err := <-staleErr; !errors.Is(err, broker.ErrLockTimeout) {
+			t.Fatalf("stale holder: %v; want ErrLockTimeout", err)
+		}
+		got := c.stored("cred")
+		if got.Generation != newer.Generation || got.State != broker.StateReauthRequired || got.Generation != gen0+1 {
+			t.Fatalf("stored generation %d state %v; want the healthy replica's %d REAUTH_REQUIRED", got.Generation, got.State, newer.Generation)
+		}
+		if outcomes := obs.outcomes(); !slices.Equal(outcomes, []string{broker.OutcomeLost}) {
+			t.Fatalf("stale holder outcomes %v; want [lost]", outcomes)
+		}
+	})
+}
+
+// A holder whose lease ran out while the IdP answered stores the pair anyway
+// when nobody else took the lease: the generation fence proves nobody else
+// refreshed, and losing the pair would strand the credential.
+func TestLeaseLostDuringCallIsRetakenWhenNobodyElseMoved(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be backend) {
+		c := fencingCluster(t, be)
+		c.credential(c.replica(nil), "cred")
+		once := true
+		b, _ := c.replicaOn(pausing(nil, func() {
+			if once {
+				once = false
+				time.Sleep(2 * c.cfg.LockTTL)
+			}
+		}), nil)
+		tok, err := b.GetToken(context.Background(), "cred", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec := c.stored("cred"); rec.Token.AccessToken != tok.AccessToken || rec.Generation != 2 {
+			t.Fatalf("the pair was not stored (generation %d)", rec.Generation)
+		}
+		if !c.accepted(tok.AccessToken) {
+			t.Fatal("token refused")
+		}
+	})
+}
+
+func TestPutWaitsForARefreshInFlight(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be backend) {
+		c := newCluster(t, be, fakeidp.Options{Latency: 200 * time.Millisecond})
+		a, b := c.replica(nil), c.replica(nil)
+		c.credential(a, "cred")
+
+		done := make(chan error, 1)
+		go func() {
+			_, err := a.GetToken(context.Background(), "cred", 0)
+			done <- err
+		}()
+		eventually(t, "the refresh to start", func() bool { return c.idp.Stats().RefreshRequests == 1 })
+		// A configuration change on another replica during the refresh must
+		// not drop the rotated refresh token.
+		if _, err := b.PutCredential(c.admin, broker.Credential{ID: "cred", TokenURL: c.idp.TokenURL(), ClientID: clientID,
+			RefreshAhead: time.Minute}, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		rec := c.stored("cred")
+		if rec.RefreshAhead != time.Minute || len(rec.ClientSecrets) != 1 {
+			t.Fatalf("put did not apply (ahead %v) or dropped the secret (%d)", rec.RefreshAhead, len(rec.ClientSecrets))
+		}
+		c.idp.SetLatency(0)
+		if _, err := b.RefreshCredential(c.admin, "cred"); err != nil {
+			t.Fatalf("refresh after the put: %v", err)
+		}
+		if st := c.idp.Stats(); st.Reuses != 0 || st.Refreshes != 2 {
+			t.Fatalf("%d reuses, %d refreshes; want 0, 2", st.Reuses, st.Refreshes)
+		}
+	})
+}
+
+func TestEnsureCredentialNeverReseedsAnExistingOne(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be backend) {
+		c := newCluster(t, be, fakeidp.Options{})
+		a, b := c.replica(nil), c.replica(nil)
+		seed := c.idp.Seed(clientID)
+		cred := broker.Credential{ID: "cred", TokenURL: c.idp.TokenURL(), ClientID: clientID, ClientSecrets: []string{secret}}
+		if _, err := a.EnsureCredential(c.admin, cred, seed); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.GetToken(context.Background(), "cred", 0); err != nil { // spends the seed
+			t.Fatal(err)
+		}
+		// Another replica starts and loads the same file.
+		if _, err := b.EnsureCredential(c.admin, cred, seed); err != nil {
+			t.Fatal(err)
+		}
+		if rec := c.stored("cred"); rec.RefreshToken == seed || rec.Token.AccessToken == "" {
+			t.Fatal("EnsureCredential re-seeded an existing credential with a spent token")
+		}
+		if _, err := b.RefreshCredential(c.admin, "cred"); err != nil {
+			t.Fatal(err)
+		}
+		if st := c.idp.Stats(); st.Reuses != 0 {
+			t.Fatalf("%d reuses", st.Reuses)
+		}
+	})
+}
