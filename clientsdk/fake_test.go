@@ -224,9 +224,8 @@ func newFakeClock() *fakeClock {
 	return &fakeClock{base: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
 }
 
-func (c *fakeClock) now() time.Time          { return c.base.Add(time.Duration(c.off.Load())) }
-func (c *fakeClock) set(d time.Duration)     { c.off.Store(int64(d)) }
-func (c *fakeClock) advance(d time.Duration) { c.off.Add(int64(d)) }
+func (c *fakeClock) now() time.Time      { return c.base.Add(time.Duration(c.off.Load())) }
+func (c *fakeClock) set(d time.Duration) { c.off.Store(int64(d)) }
 
 // waitFor polls cond every 5ms for up to 10s.
 func waitFor(t testing.TB, what string, cond func() bool) {

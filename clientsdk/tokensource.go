@@ -167,11 +167,13 @@ func (s *TokenSource) get(ctx context.Context, rejected string) (*oauth2.Token, 
 			// The caller who made the call gave up; try again.
 		case c.err != nil:
 			return nil, c.err
-		case rejected == "" || c.tok.AccessToken != rejected || last:
+		case rejected == "" || c.tok.AccessToken != rejected || c.rejected == rejected || last:
+			// A token other than the rejected one, or the broker's answer
+			// to this very report (which may be the same token).
 			return c.tok, nil
 		default:
 			// A GetToken call returned the very token this caller saw
-			// rejected: it must be invalidated, so go round again.
+			// rejected: it must still be reported, so go round again.
 		}
 	}
 }

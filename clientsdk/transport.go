@@ -23,8 +23,9 @@ const maxDrain = 64 << 10
 // and closing the first response. It never retries more than once: a second
 // 401 is returned as is. A request whose body cannot be replayed gets its 401
 // back; the rejected token is still reported, so the next request uses a new
-// one. If the broker has no other token, the 401 is returned; if the broker
-// call fails, RoundTrip returns the broker's error (an *Error).
+// one. If the broker has no other token, the 401 is returned. If the broker
+// call fails, RoundTrip returns its error (an *Error) instead of a 401 it
+// could have retried, and the 401 otherwise.
 //
 // The caller's request is never modified. Transport is safe for concurrent
 // use.
