@@ -29,15 +29,15 @@ const (
 // sees the same credentials.
 type backend struct {
 	name  string
-	start func(t *testing.T, opts ...redistest.Option) (newStore func() (broker.Store, redis.UniversalClient), srv *redistest.Server)
+	start func(t testing.TB, opts ...redistest.Option) (newStore func() (broker.Store, redis.UniversalClient), srv *redistest.Server)
 }
 
 var backends = []backend{
-	{"memstore", func(t *testing.T, _ ...redistest.Option) (func() (broker.Store, redis.UniversalClient), *redistest.Server) {
+	{"memstore", func(t testing.TB, _ ...redistest.Option) (func() (broker.Store, redis.UniversalClient), *redistest.Server) {
 		s := memstore.New()
 		return func() (broker.Store, redis.UniversalClient) { return s, nil }, nil
 	}},
-	{"redis", func(t *testing.T, opts ...redistest.Option) (func() (broker.Store, redis.UniversalClient), *redistest.Server) {
+	{"redis", func(t testing.TB, opts ...redistest.Option) (func() (broker.Store, redis.UniversalClient), *redistest.Server) {
 		srv := redistest.Start(t, opts...)
 		prefix := "tb" + randomHex(4)
 		return func() (broker.Store, redis.UniversalClient) { return redisStore(t, srv.URL(), prefix) }, srv
@@ -45,7 +45,7 @@ var backends = []backend{
 }
 
 // redisStore opens a replica's own client and Store, closed when t ends.
-func redisStore(t *testing.T, url, prefix string) (broker.Store, redis.UniversalClient) {
+func redisStore(t testing.TB, url, prefix string) (broker.Store, redis.UniversalClient) {
 	t.Helper()
 	client, err := redisstore.NewClient(url)
 	if err != nil {
@@ -68,7 +68,7 @@ func randomHex(n int) string {
 
 // cluster is one IdP, one shared store and the replicas on it.
 type cluster struct {
-	t        *testing.T
+	t        testing.TB
 	idp      *fakeidp.Server
 	redis    *redistest.Server // nil with memstore
 	cfg      broker.Config
@@ -76,7 +76,7 @@ type cluster struct {
 	admin    context.Context
 }
 
-func newCluster(t *testing.T, be backend, idpOpts fakeidp.Options, redisOpts ...redistest.Option) *cluster {
+func newCluster(t testing.TB, be backend, idpOpts fakeidp.Options, redisOpts ...redistest.Option) *cluster {
 	t.Helper()
 	if idpOpts.Clients == nil {
 		idpOpts.Clients = map[string]string{clientID: secret}
@@ -180,7 +180,7 @@ func (o *observer) outcomes() []string {
 	return out
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		if cond() {
