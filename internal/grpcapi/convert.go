@@ -28,10 +28,13 @@ func durationArg(field string, d *durationpb.Duration) (time.Duration, error) {
 	return d.AsDuration(), nil
 }
 
-// credentialArg converts the credential of a PutCredentialRequest into the
-// broker's configuration and the refresh token to seed it with. Output-only
-// fields are ignored.
-func credentialArg(c *pb.Credential) (broker.Credential, string, error) {
+// CredentialFromProto converts an API Credential, as PutCredential takes it,
+// into the broker's configuration and the refresh token to seed it with:
+// client_secret then fallback_client_secrets become ClientSecrets, the enums
+// their broker constants. Output-only fields are ignored. Its errors are
+// *broker.Error with ErrInvalidArgument naming the field; the broker checks
+// everything else when the credential is put.
+func CredentialFromProto(c *pb.Credential) (broker.Credential, string, error) {
 	if c == nil {
 		return broker.Credential{}, "", invalidArg("credential", "must be set")
 	}

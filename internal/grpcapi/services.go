@@ -62,7 +62,7 @@ type adminService struct {
 }
 
 func (s *adminService) PutCredential(ctx context.Context, req *pb.PutCredentialRequest) (*pb.PutCredentialResponse, error) {
-	c, refreshToken, err := credentialArg(req.GetCredential())
+	c, refreshToken, err := CredentialFromProto(req.GetCredential())
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,199 @@
+// Command broker serves tokenbroker's gRPC API: it holds upstream OAuth2
+// credentials, spends each refresh token once however many callers ask, and
+// hands out access tokens (tokenbroker.v1 TokenService and AdminService,
+// grpc.health.v1 and server reflection).
+//
+// Configuration comes from flags and their TOKENBROKER_* environment twins
+// (see broker --help) and is validated before anything starts: bad
+// configuration exits with status 2 and a one-line message on stderr.
+// Without --redis-url the broker runs in dev mode: one replica, an in-memory
+// store, no authentication.
+//
+// The broker logs to stderr with log/slog. Once it accepts calls it logs
+// "listening" with the gRPC address in the addr attribute; with
+// --grpc-addr 127.0.0.1:0 that is how a script or a test learns the port
+// (with --log-format json: the line {"msg":"listening","addr":"127.0.0.1:PORT",...}).
+//
+// SIGTERM or SIGINT turns health NOT_SERVING, lets calls in flight finish for
+// up to --shutdown-timeout, stops the broker's background refreshes and exits
+// 0. A second signal kills the process at once.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
+	"github.com/tokenbroker/tokenbroker/internal/memstore"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	context.AfterFunc(ctx, stop) // after the first signal, a second one kills
+	err := realMain(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+// exitCode reports err on stderr and returns the process's exit status: 0
+// for success and --help, 2 for bad configuration, 1 otherwise.
+func exitCode(err error, stderr io.Writer) int {
+	var ce *configError
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.As(err, &ce):
+		fmt.Fprintf(stderr, "broker: %v\n", err)
+		return 2
+	}
+	fmt.Fprintf(stderr, "broker: %v\n", err)
+	return 1
+}
+
+// realMain parses the configuration from args and getenv, then runs the
+// broker until ctx ends. --help prints the usage on stdout; logs go to
+// stderr.
+func realMain(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	return run(ctx, cfg, newLogger(cfg, stderr))
+}
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: logLevels[cfg.LogLevel]}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogFormat == "json" {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	return slog.New(h)
+}
+
+// run wires the broker from a valid cfg and serves until ctx ends.
+func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
+	var seeds []seedCredential
+	if cfg.CredentialsFile != "" {
+		var err error
+		if seeds, err = loadCredentials(ctx, cfg.CredentialsFile); err != nil {
+			return err
+		}
+	}
+
+	store, closeStore, err := openStore(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer closeStore()
+	b, err := broker.New(store, &upstream.Client{}, cfg.Broker())
+	if err != nil {
+		return badConfig("%v", err)
+	}
+	defer b.Close() // waits for refreshes in flight to be stored
+	if err := seedCredentials(ctx, b, seeds); err != nil {
+		return err
+	}
+	if cfg.CredentialsFile != "" {
+		log.Info("credentials file loaded", "file", cfg.CredentialsFile, "credentials", len(seeds))
+	}
+
+	lis, err := net.Listen("tcp", cfg.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("gRPC listener: %w", err)
+	}
+	srv := grpcapi.NewServer(b, grpcapi.Options{Logger: log, MaxRecvMsgSize: cfg.MaxRecvMsgSize})
+	grpcDone := make(chan error, 1)
+	go func() { grpcDone <- srv.Serve(lis) }()
+
+	var serving atomic.Bool
+	serving.Store(true)
+	var metrics *http.Server
+	metricsDone := make(chan error, 1)
+	if cfg.MetricsAddr != "" {
+		mlis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			_ = srv.Shutdown(ctx) // nothing is in flight yet
+			<-grpcDone
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		metrics = &http.Server{Handler: httpMux(&serving), ReadHeaderTimeout: 5 * time.Second}
+		go func() { metricsDone <- metrics.Serve(mlis) }()
+		log.Info("metrics listening", "addr", mlis.Addr().String())
+	}
+	log.Info("listening", "addr", lis.Addr().String(), "dev_mode", cfg.DevMode())
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-grpcDone:
+		serveErr = fmt.Errorf("gRPC server: %w", serveErr)
+		grpcDone <- nil
+	case serveErr = <-metricsDone:
+		serveErr = fmt.Errorf("metrics server: %w", serveErr)
+		metricsDone <- nil
+	}
+
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	serving.Store(false)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("shutdown deadline reached; calls in flight were cut", "timeout", cfg.ShutdownTimeout)
+	}
+	<-grpcDone
+	if metrics != nil {
+		if err := metrics.Shutdown(sctx); err != nil {
+			metrics.Close()
+		}
+		<-metricsDone
+	}
+	if err := b.Close(); err != nil {
+		log.Warn("broker close", "error", err)
+	}
+	log.Info("stopped")
+	return serveErr
+}
+
+// openStore returns the broker's Store and how to close it: in-memory in
+// dev mode.
+func openStore(cfg *Config, log *slog.Logger) (broker.Store, func(), error) {
+	if !cfg.DevMode() {
+		return nil, nil, badConfig("--redis-url: redis mode not built yet; leave it empty for the single-replica dev mode")
+	}
+	log.Warn("dev mode: single replica, in-memory store (nothing is kept across restarts), no authentication; set --redis-url for production")
+	return memstore.New(), func() {}, nil
+}
+
+// httpMux serves the HTTP endpoints of --metrics-addr. For now that is
+// /healthz only: 200 while the broker serves, 503 once it shuts down; the
+// Prometheus handler is to be mounted on this mux.
+func httpMux(serving *atomic.Bool) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !serving.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "shutting down\n")
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	return mux
+}
