@@ -52,3 +52,9 @@ proto-check: tools
 	for f in $$(find proto -name '*.pb.go'); do \
 		[ -f "$$tmp/$$f" ] || { echo "proto-check: $$f has no .proto; run make proto"; exit 1; }; \
 	done; echo "proto-check: generated code is current"
+
+## demo: the whole story on one machine: test IdP, broker, 50 workers for 20 s.
+## Flags go in DEMO_FLAGS, e.g. make demo DEMO_FLAGS=--naive, or
+## DEMO_FLAGS="--replicas 3" (starts a private redis-server), or --help.
+demo:
+	$(GO) run ./cmd/client-demo $(DEMO_FLAGS)

@@ -1,0 +1,11 @@
+package main
+
+import "syscall"
+
+// childSysProcAttr puts a child process in its own process group, so that a
+// Ctrl-C in the terminal reaches only client-demo, which then stops the
+// child itself; and has the kernel send the child SIGTERM should
+// client-demo die without stopping it.
+func childSysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+}
