@@ -3,8 +3,8 @@ package auth
 import (
 	"encoding/hex"
 	"encoding/json"
-	"slices"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 )
