@@ -7,13 +7,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
+	"github.com/tokenbroker/tokenbroker/internal/redisstore"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
 )
 
 // envPrefix starts the environment twin of every flag: TOKENBROKER_ and the
@@ -25,6 +26,9 @@ const envPrefix = "TOKENBROKER_"
 type Config struct {
 	GRPCAddr        string
 	RedisURL        string // empty: dev mode
+	RedisPrefix     string // key prefix in Redis
+	SealKeys        string // keyring spec sealing records in Redis; secret
+	AllowPlaintext  bool   // Redis mode without SealKeys
 	MetricsAddr     string // empty: no metrics listener
 	CredentialsFile string // empty: none
 	LogFormat       string // text or json
@@ -42,7 +46,7 @@ type Config struct {
 }
 
 // DevMode reports whether the broker runs without Redis: one replica,
-// nothing kept across restarts, no authentication.
+// nothing kept across restarts.
 func (c *Config) DevMode() bool { return c.RedisURL == "" }
 
 // Broker returns the broker's configuration.
@@ -54,7 +58,7 @@ func (c *Config) Broker() broker.Config {
 		LockTTL:             c.LockTTL,
 		LockWait:            c.LockWait,
 		ForceInterval:       c.ForceInterval,
-		Open:                c.DevMode(),
+		Open:                true, // no caller authentication is configurable yet
 	}
 }
 
@@ -88,7 +92,13 @@ func newFlagSet(c *Config) *flag.FlagSet {
 	fs.StringVar(&c.GRPCAddr, "grpc-addr", "127.0.0.1:7070",
 		"gRPC listen address, host:port; port 0 picks a free port (the \"listening\" log line's addr tells which)")
 	fs.StringVar(&c.RedisURL, "redis-url", "",
-		"Redis URL (redis://, rediss://); empty runs the single-replica dev mode")
+		"Redis URL (redis://, rediss://, redis+sentinel://, redis+cluster://); empty runs the single-replica dev mode")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", redisstore.DefaultPrefix,
+		"prefix of every Redis key; replicas sharing credentials use the same")
+	fs.StringVar(&c.SealKeys, "seal-keys", "",
+		"keys sealing records in Redis (AES-256-GCM): id1:base64key[,id2:base64key...], the first one seals new writes; secret, so prefer the env twin to the command line")
+	fs.BoolVar(&c.AllowPlaintext, "allow-plaintext", false,
+		"let Redis mode run without --seal-keys, storing refresh tokens and client secrets unencrypted")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "",
 		"HTTP listen address for /healthz (and metrics), host:port; empty turns it off")
 	fs.StringVar(&c.CredentialsFile, "credentials-file", "",
@@ -172,7 +182,7 @@ func (c *Config) validate() error {
 		}
 	}
 	if c.RedisURL != "" {
-		if err := checkRedisURL(c.RedisURL); err != nil {
+		if err := c.checkRedis(); err != nil {
 			return err
 		}
 	}
@@ -231,20 +241,25 @@ func checkAddr(flagName, addr string) error {
 	return nil
 }
 
-// checkRedisURL checks the form of a Redis URL without ever echoing it: it
-// may hold a password.
-func checkRedisURL(raw string) error {
-	u, err := url.Parse(raw)
+// checkRedis checks the Redis settings without dialling and without ever
+// echoing the URL or a key: both hold secrets.
+func (c *Config) checkRedis() error {
+	client, err := redisstore.NewClient(c.RedisURL)
 	if err != nil {
-		return badConfig("--redis-url is not a URL")
+		return badConfig("--redis-url: %v", err) // redisstore's errors hold no password
 	}
-	switch u.Scheme {
-	case "redis", "rediss":
-	default:
-		return badConfig("--redis-url must start with redis:// or rediss://")
+	_ = client.Close()
+	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, "{} \t\r\n") {
+		return badConfig("--redis-prefix must be non-empty, without braces or spaces")
 	}
-	if u.Host == "" {
-		return badConfig("--redis-url must name a host")
+	if c.SealKeys == "" {
+		if !c.AllowPlaintext {
+			return badConfig("redis mode needs --seal-keys (or --allow-plaintext to store refresh tokens and client secrets unencrypted)")
+		}
+		return nil
+	}
+	if _, err := seal.ParseKeyring(c.SealKeys); err != nil {
+		return badConfig("--seal-keys: %v", err) // seal's errors hold no key material
 	}
 	return nil
 }
@@ -261,8 +276,9 @@ and AdminService, grpc.health.v1, server reflection).
 
 Every flag has an environment twin, %sFLAG_NAME (listed with each flag);
 a flag given on the command line wins over its twin. Without --redis-url the
-broker runs in dev mode: one replica, nothing kept across restarts, no
-authentication.
+broker runs in dev mode: one replica, nothing kept across restarts. Caller
+authentication is not configurable yet: every caller may read every
+credential and call the admin methods.
 
 Flags:
 `, envPrefix)

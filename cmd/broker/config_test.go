@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
 )
 
 func env(m map[string]string) func(string) string {
@@ -23,7 +24,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		GRPCAddr: "127.0.0.1:7070", LogFormat: "text", LogLevel: "info",
+		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", LogFormat: "text", LogLevel: "info",
 		DefaultMinValid: 30 * time.Second, RefreshAhead: 5 * time.Minute, RefreshTimeout: 10 * time.Second,
 		ForceInterval: 5 * time.Second, ShutdownTimeout: 10 * time.Second, MaxRecvMsgSize: 1 << 20,
 	}
@@ -32,6 +33,24 @@ func TestParseConfigDefaults(t *testing.T) {
 	}
 	if !c.DevMode() || !c.Broker().Open {
 		t.Errorf("no --redis-url is not open dev mode")
+	}
+	key, err := seal.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err = parseConfig([]string{"--redis-url", "redis+sentinel://:pw@127.0.0.1:26379/mymaster"},
+		env(map[string]string{"TOKENBROKER_SEAL_KEYS": "k2:" + key + ",k1:" + key, "TOKENBROKER_REDIS_PREFIX": "tb-test"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DevMode() || c.RedisPrefix != "tb-test" || c.SealKeys == "" {
+		t.Errorf("redis config = %+v", c)
+	}
+	if _, err := parseConfig([]string{"--redis-url", "redis://127.0.0.1:6379", "--allow-plaintext"}, env(nil)); err != nil {
+		t.Errorf("--allow-plaintext: %v", err)
+	}
+	if _, err := parseConfig([]string{"--redis-url", "redis://127.0.0.1:6379"}, env(map[string]string{"TOKENBROKER_ALLOW_PLAINTEXT": "true"})); err != nil {
+		t.Errorf("TOKENBROKER_ALLOW_PLAINTEXT: %v", err)
 	}
 }
 
@@ -55,7 +74,7 @@ func TestParseConfigEnvTwins(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		GRPCAddr: "127.0.0.1:9999", MetricsAddr: "127.0.0.1:0", CredentialsFile: "/etc/creds.json",
+		GRPCAddr: "127.0.0.1:9999", RedisPrefix: "tokenbroker", MetricsAddr: "127.0.0.1:0", CredentialsFile: "/etc/creds.json",
 		LogFormat: "json", LogLevel: "debug",
 		DefaultMinValid: time.Minute, RefreshAhead: 2 * time.Minute, RefreshTimeout: 15 * time.Second,
 		LockTTL: 20 * time.Second, LockWait: 40 * time.Second, ForceInterval: time.Second,
@@ -95,8 +114,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"addr with bad port", []string{"--grpc-addr", "127.0.0.1:http"}, nil, "port must be a number"},
 		{"addr with big port", []string{"--grpc-addr", "127.0.0.1:70000"}, nil, "port must be a number"},
 		{"bad metrics addr", nil, map[string]string{"TOKENBROKER_METRICS_ADDR": "9090"}, "--metrics-addr"},
-		{"redis url scheme", []string{"--redis-url", "http://user:hunter2@redis:6379"}, nil, "--redis-url must start with redis://"},
-		{"redis url host", nil, map[string]string{"TOKENBROKER_REDIS_URL": "redis://:hunter2@"}, "--redis-url must name a host"},
+		{"redis url scheme", []string{"--redis-url", "http://user:hunter2@redis:6379", "--allow-plaintext"}, nil, `--redis-url: redisstore: invalid Redis URL: unsupported scheme "http"`},
+		{"redis url host", nil, map[string]string{"TOKENBROKER_REDIS_URL": "redis://:hunter2@", "TOKENBROKER_ALLOW_PLAINTEXT": "1"}, "--redis-url: redisstore: invalid Redis URL: empty host"},
+		{"redis without keys", []string{"--redis-url", "redis://:hunter2@127.0.0.1:6379"}, nil, "redis mode needs --seal-keys (or --allow-plaintext"},
+		{"bad seal keys", []string{"--redis-url", "redis://127.0.0.1:6379"}, map[string]string{"TOKENBROKER_SEAL_KEYS": "k1:aHVudGVyMg"}, `--seal-keys: seal: key "k1" is 7 bytes, want 32`},
+		{"malformed seal keys", []string{"--redis-url", "redis://127.0.0.1:6379", "--seal-keys", "hunter2"}, nil, "--seal-keys: seal: keyring entry 1: want id:base64key"},
+		{"bad redis prefix", []string{"--redis-url", "redis://127.0.0.1:6379", "--allow-plaintext", "--redis-prefix", "a b"}, nil, "--redis-prefix must be non-empty"},
+		{"bad bool env", nil, map[string]string{"TOKENBROKER_ALLOW_PLAINTEXT": "maybe"}, `invalid value "maybe" for TOKENBROKER_ALLOW_PLAINTEXT`},
 		{"recv size too small", []string{"--max-recv-msg-size", "10"}, nil, "--max-recv-msg-size must be"},
 		{"unknown flag", []string{"--grpc-address", "x"}, nil, "flag provided but not defined: -grpc-address"},
 		{"positional argument", []string{"serve"}, nil, `unexpected argument "serve"`},
@@ -108,7 +132,7 @@ func TestParseConfigErrors(t *testing.T) {
 				t.Fatalf("parseConfig = %v; want a configError", err)
 			}
 			msg := err.Error()
-			if !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") || strings.Contains(msg, "hunter2") {
+			if !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") || strings.Contains(msg, "hunter2") || strings.Contains(msg, "aHVudGVyMg") {
 				t.Errorf("message %q; want one line containing %q and no password", msg, tc.want)
 			}
 			if code := exitCode(err, &strings.Builder{}); code != 2 {
@@ -130,7 +154,7 @@ func TestHelp(t *testing.T) {
 			t.Errorf("--help does not document --%s and %s", f.Name, envName(f.Name))
 		}
 	})
-	for _, name := range []string{"grpc-addr", "redis-url", "metrics-addr", "credentials-file", "log-format", "log-level",
+	for _, name := range []string{"grpc-addr", "redis-url", "redis-prefix", "seal-keys", "allow-plaintext", "metrics-addr", "credentials-file", "log-format", "log-level",
 		"default-min-valid", "refresh-ahead", "refresh-timeout", "lock-ttl", "lock-wait", "force-interval",
 		"shutdown-timeout", "max-recv-msg-size"} {
 		if fs.Lookup(name) == nil {

@@ -24,6 +24,8 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/redistest"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
@@ -84,13 +86,14 @@ type proc struct {
 	err    error // of Wait, once exited is closed
 }
 
-// startBroker starts the binary with args (JSON logs) and kills it, by PID,
+// startBroker starts the binary with args (JSON logs) and the environment
+// variables env, and kills it, by PID,
 // when the test ends.
-func startBroker(t *testing.T, args ...string) *proc {
+func startBroker(t *testing.T, args []string, env []string) *proc {
 	t.Helper()
 	bin := brokerBinary(t)
 	cmd := exec.Command(bin, append([]string{"--log-format", "json", "--log-level", "debug"}, args...)...)
-	cmd.Env = []string{"PATH=" + os.Getenv("PATH")} // no TOKENBROKER_* from the caller's environment
+	cmd.Env = append([]string{"PATH=" + os.Getenv("PATH")}, env...) // no TOKENBROKER_* from the caller's environment
 	errPipe, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -205,7 +208,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "demo", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
 		idp.TokenURL(), e2eClientID, e2eClientSecret, refreshToken))
 
-	p := startBroker(t, "--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--credentials-file", creds, "--shutdown-timeout", "20s")
+	p := startBroker(t, []string{"--grpc-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--credentials-file", creds, "--shutdown-timeout", "20s"}, nil)
 	metricsAddr := p.waitLog(t, "metrics listening", "addr")
 	addr := p.waitLog(t, "listening", "addr")
 	if !strings.HasPrefix(addr, "127.0.0.1:") || strings.HasSuffix(addr, ":0") {
@@ -312,7 +315,7 @@ func TestBinaryEndToEnd(t *testing.T) {
 // TestBinaryForcedStop: a call that does not end within --shutdown-timeout
 // is cut, and the broker still exits 0.
 func TestBinaryForcedStop(t *testing.T) {
-	p := startBroker(t, "--grpc-addr", "127.0.0.1:0", "--shutdown-timeout", "200ms")
+	p := startBroker(t, []string{"--grpc-addr", "127.0.0.1:0", "--shutdown-timeout", "200ms"}, nil)
 	conn := dial(t, p.waitLog(t, "listening", "addr"))
 	w, err := healthpb.NewHealthClient(conn).Watch(ctxFor(t), &healthpb.HealthCheckRequest{})
 	if err != nil {
@@ -348,7 +351,8 @@ func TestBinaryBadConfig(t *testing.T) {
 		{"lock ttl", []string{"--refresh-timeout", "20s", "--lock-ttl", "20s"}, nil, "broker: --lock-ttl (20s) must exceed --refresh-timeout (20s), so a refresh gives up before its lock expires\n"},
 		{"credentials file", []string{"--credentials-file", badCreds}, nil,
 			"broker: --credentials-file " + badCreds + ": credentials[0] (id \"x\"): broker: invalid argument: credential.token_url: must be an absolute http or https URL\n"},
-		{"redis mode", nil, []string{"TOKENBROKER_REDIS_URL=redis://:SECRET@127.0.0.1:6379"}, "broker: --redis-url: redis mode not built yet; leave it empty for the single-replica dev mode\n"},
+		{"redis mode without keys", nil, []string{"TOKENBROKER_REDIS_URL=redis://:SECRET@127.0.0.1:6379"},
+			"broker: redis mode needs --seal-keys (or --allow-plaintext to store refresh tokens and client secrets unencrypted)\n"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
@@ -381,4 +385,66 @@ func httpStatus(t *testing.T, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestBinaryRedisMode runs the binary on a real Redis with sealed records,
+// twice: the second start finds the credential, does not re-seed it with
+// the spent seed token, and refreshes with the rotated one.
+func TestBinaryRedisMode(t *testing.T) {
+	brokerBinary(t)
+	rs := redistest.Start(t)
+	key, err := seal.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	seed := idp.Seed(e2eClientID)
+	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "shared", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
+		idp.TokenURL(), e2eClientID, e2eClientSecret, seed))
+	args := []string{"--grpc-addr", "127.0.0.1:0", "--redis-url", rs.URL(), "--redis-prefix", "e2e",
+		"--credentials-file", creds, "--force-interval", "1ms"}
+	env := []string{"TOKENBROKER_SEAL_KEYS=k1:" + key}
+
+	var first string
+	for run := 0; run < 2; run++ {
+		p := startBroker(t, args, env)
+		conn := dial(t, p.waitLog(t, "listening", "addr"))
+		ctx := ctxFor(t)
+		tok, err := pb.NewTokenServiceClient(conn).GetToken(ctx, &pb.GetTokenRequest{CredentialId: "shared"})
+		if err != nil {
+			t.Fatalf("run %d: GetToken: %v\n%s", run, err, p.output())
+		}
+		if run == 0 {
+			first = tok.GetAccessToken()
+		} else {
+			if tok.GetAccessToken() != first {
+				t.Errorf("the restarted broker did not serve the stored token")
+			}
+			ref, err := pb.NewAdminServiceClient(conn).RefreshCredential(ctx, &pb.RefreshCredentialRequest{Id: "shared"})
+			if err != nil || ref.GetCredential().GetState() != pb.State_ACTIVE {
+				t.Fatalf("RefreshCredential after restart = %v, %v", ref, err)
+			}
+		}
+		if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := p.wait(t); code != 0 {
+			t.Fatalf("run %d: exit code %d:\n%s", run, code, p.output())
+		}
+		if strings.Contains(p.output(), e2eClientSecret) || strings.Contains(p.output(), seed) || strings.Contains(p.output(), key) {
+			t.Errorf("run %d: the log holds a secret", run)
+		}
+	}
+	if st := idp.Stats(); st.Refreshes != 2 || st.Reuses != 0 {
+		t.Errorf("IdP refreshes %d, reuses %d; want 2 and 0", st.Refreshes, st.Reuses)
+	}
+	// Sealed at rest: Redis holds neither the client secret nor a token.
+	c := rs.NewClient(t)
+	dump, err := c.HGet(ctxFor(t), "e2e:{shared}:cred", "data").Result()
+	if err != nil {
+		t.Fatalf("reading the record from Redis: %v", err)
+	}
+	if strings.Contains(dump, e2eClientSecret) || strings.Contains(dump, first) || strings.Contains(dump, "refresh_token") {
+		t.Errorf("the record in Redis is not sealed")
+	}
 }

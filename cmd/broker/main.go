@@ -7,7 +7,10 @@
 // (see broker --help) and is validated before anything starts: bad
 // configuration exits with status 2 and a one-line message on stderr.
 // Without --redis-url the broker runs in dev mode: one replica, an in-memory
-// store, no authentication.
+// store. With --redis-url, every replica sharing the Redis (and
+// --redis-prefix) shares the credentials and refreshes each one once; records
+// are sealed with --seal-keys. Caller authentication is not configurable
+// yet: every caller may read every credential and call the admin methods.
 //
 // The broker logs to stderr with log/slog. Once it accepts calls it logs
 // "listening" with the gRPC address in the addr attribute; with
@@ -28,15 +31,21 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
+	"github.com/tokenbroker/tokenbroker/internal/redisstore"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -97,7 +106,7 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		}
 	}
 
-	store, closeStore, err := openStore(cfg, log)
+	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -171,14 +180,94 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	return serveErr
 }
 
-// openStore returns the broker's Store and how to close it: in-memory in
-// dev mode.
-func openStore(cfg *Config, log *slog.Logger) (broker.Store, func(), error) {
-	if !cfg.DevMode() {
-		return nil, nil, badConfig("--redis-url: redis mode not built yet; leave it empty for the single-replica dev mode")
+// openStore returns the broker's Store and how to close it: in memory in dev
+// mode, else in Redis. A Redis that does not answer at start is only logged:
+// calls fail with UNAVAILABLE until it does, and the broker recovers without
+// a restart.
+func openStore(ctx context.Context, cfg *Config, log *slog.Logger) (broker.Store, func(), error) {
+	if cfg.DevMode() {
+		log.Warn("dev mode: single replica, in-memory store (nothing is kept across restarts), no authentication; set --redis-url for production")
+		if cfg.SealKeys != "" {
+			log.Info("--seal-keys unused in dev mode: nothing is stored outside the process")
+		}
+		return memstore.New(), func() {}, nil
 	}
-	log.Warn("dev mode: single replica, in-memory store (nothing is kept across restarts), no authentication; set --redis-url for production")
-	return memstore.New(), func() {}, nil
+	log.Warn("no caller authentication: every caller may read every credential and call the admin methods")
+	redis.SetLogger(redisLogger{log: log, url: cfg.RedisURL})
+	client, err := redisstore.NewClient(cfg.RedisURL)
+	if err != nil {
+		return nil, nil, badConfig("--redis-url: %v", err)
+	}
+	opts := redisstore.Options{Prefix: cfg.RedisPrefix, AllowPlaintext: cfg.AllowPlaintext}
+	if cfg.SealKeys != "" {
+		if opts.Keyring, err = seal.ParseKeyring(cfg.SealKeys); err != nil {
+			_ = client.Close()
+			return nil, nil, badConfig("--seal-keys: %v", err)
+		}
+	} else {
+		log.Warn("redis mode without --seal-keys: refresh tokens and client secrets are stored unencrypted")
+	}
+	store, err := redisstore.New(client, opts)
+	if err != nil {
+		_ = client.Close()
+		return nil, nil, badConfig("%v", err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := client.Ping(pctx).Err(); err != nil {
+		log.Warn("redis does not answer; calls fail with UNAVAILABLE until it does", "error", redactURL(err.Error(), cfg.RedisURL))
+	}
+	return store, func() {
+		_ = store.Close()
+		_ = client.Close()
+	}, nil
+}
+
+// redisLogger sends go-redis's own log lines (failed dials and the like) to
+// the broker's log.
+type redisLogger struct {
+	log *slog.Logger
+	url string
+}
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, redactURL(fmt.Sprintf(format, v...), l.url), "component", "go-redis")
+}
+
+// redactURL removes from msg the secrets a Redis URL may hold: the
+// password of its user info and any option whose name mentions a password.
+func redactURL(msg, rawURL string) string {
+	var secrets []string
+	if _, rest, ok := strings.Cut(rawURL, "://"); ok {
+		authority, query := rest, ""
+		if i := strings.IndexAny(rest, "/?"); i >= 0 {
+			authority = rest[:i]
+		}
+		if _, q, ok := strings.Cut(rest, "?"); ok {
+			query = q
+		}
+		if i := strings.LastIndex(authority, "@"); i >= 0 {
+			if _, pw, ok := strings.Cut(authority[:i], ":"); ok {
+				secrets = append(secrets, pw)
+				if dec, err := url.PathUnescape(pw); err == nil {
+					secrets = append(secrets, dec)
+				}
+			}
+		}
+		if vals, err := url.ParseQuery(query); err == nil {
+			for k, vs := range vals {
+				if strings.Contains(strings.ToLower(k), "password") {
+					secrets = append(secrets, vs...)
+				}
+			}
+		}
+	}
+	for _, s := range secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "REDACTED")
+		}
+	}
+	return msg
 }
 
 // httpMux serves the HTTP endpoints of --metrics-addr. For now that is
