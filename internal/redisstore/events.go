@@ -59,8 +59,10 @@ func (s *Store) Subscribe(fn func(broker.Event)) (stop func()) {
 	}
 }
 
-// Close stops delivering events and ends the Store's goroutine. The client
-// is not closed. Close is idempotent.
+// Close stops delivering events and ends the Store's goroutine; Subscribe
+// does nothing afterwards. The client is not closed; the other methods keep
+// working while it is open. Close is idempotent and must not be called from a
+// subscriber's fn.
 func (s *Store) Close() error {
 	s.mu.Lock()
 	s.closed = true

@@ -14,7 +14,8 @@
 // so Commit checks the lock and writes the record in one Lua script. The
 // index lives in another slot and is kept outside the scripts: Commit adds
 // the id before writing and Delete removes it after deleting, and List skips
-// ids whose record is gone.
+// ids whose record is gone. (A Delete racing a re-creation of the same id can
+// leave a record out of the index until its next Commit.)
 //
 // Records are the JSON of broker.Record, sealed with a seal.Keyring (the
 // credential id as additional data) when one is configured. Plaintext records
@@ -27,6 +28,10 @@
 //
 // Calls are bounded by their context only if the client honours context
 // deadlines (go-redis's ContextTimeoutEnabled); NewClient's clients do.
+//
+// Redis must keep what it acknowledged: run it with maxmemory-policy
+// noeviction (an evicted lock or record breaks the guarantees) and, so that a
+// restart loses nothing, appendonly yes.
 package redisstore
 
 import (
@@ -204,7 +209,8 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Re
 
 // Delete removes a credential and announces it. Deleting a missing one is not
 // an error. A lease on the credential stays held; its Commit then fails with
-// broker.ErrConflict unless it creates the credential anew.
+// broker.ErrConflict unless it creates the credential anew, which starts over
+// at generation 1.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
