@@ -42,12 +42,24 @@ func isPublic(fullMethod string) bool {
 // does not know it.
 var errPanic = errors.New("grpcapi: handler panicked")
 
-// unary is the one unary interceptor: authenticate, call with panic
-// recovery, convert the error through errorTable, log one line.
+// limitedMethods may call the IdP on demand; Options.Limiter limits them.
+var limitedMethods = map[string]bool{
+	pb.TokenService_InvalidateToken_FullMethodName:   true,
+	pb.AdminService_RefreshCredential_FullMethodName: true,
+}
+
+// unary is the one unary interceptor: authenticate, apply the per-client
+// limit, call with panic recovery, convert the error through errorTable, log
+// one line.
 func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	id := requestCredentialID(req)
 	ctx, caller, err := s.authenticate(ctx, info.FullMethod)
+	if err == nil && s.limit != nil && limitedMethods[info.FullMethod] {
+		if ok, wait := s.limit.Allow(caller.ID); !ok {
+			err = &broker.Error{Kind: broker.ErrRateLimited, RetryAfter: wait, Detail: "too many calls from this client"}
+		}
+	}
 	var resp any
 	if err == nil {
 		err = s.protect(ctx, info.FullMethod, func() error {

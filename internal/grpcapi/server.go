@@ -13,6 +13,7 @@ import (
 	"context"
 	"log/slog"
 	"net"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -35,12 +36,27 @@ type Authenticator interface {
 	Authenticate(ctx context.Context) (broker.Caller, error)
 }
 
+// A Limiter limits, per client, how often the costly methods
+// (InvalidateToken and RefreshCredential, which may call the IdP) may be
+// called. It must be safe for concurrent use. auth.Limiter is one.
+type Limiter interface {
+	// Allow reports whether the client may make one more call now, and
+	// otherwise how long it should wait.
+	Allow(clientID string) (ok bool, retryAfter time.Duration)
+}
+
 // Options configure a Server. The zero value is open dev mode.
 type Options struct {
 	// Authenticator authenticates every call but health and reflection. Nil
 	// means open dev mode: every call runs as the anonymous broker.Caller,
 	// and the Broker must then be configured with Config.Open.
 	Authenticator Authenticator
+	// Limiter limits the costly methods per authenticated client (all
+	// anonymous callers share one budget); a call over the limit fails with
+	// RESOURCE_EXHAUSTED, reason RATE_LIMITED and a RetryInfo. Nil means no
+	// per-client limit (the broker still limits forced refreshes per
+	// credential).
+	Limiter Limiter
 	// Logger receives the access log: one line per call. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -60,6 +76,7 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 	auth   Authenticator
+	limit  Limiter
 	log    *slog.Logger
 }
 
@@ -69,6 +86,7 @@ func NewServer(b *broker.Broker, opts Options) *Server {
 	s := &Server{
 		health: health.NewServer(),
 		auth:   opts.Authenticator,
+		limit:  opts.Limiter,
 		log:    opts.Logger,
 	}
 	if s.log == nil {
