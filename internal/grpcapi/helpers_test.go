@@ -56,7 +56,7 @@ type envOptions struct {
 	idp  fakeidp.Options
 }
 
-func newEnv(t *testing.T, eo envOptions) *env {
+func newEnv(t testing.TB, eo envOptions) *env {
 	t.Helper()
 	if eo.idp.Clients == nil {
 		eo.idp.Clients = map[string]string{testClientID: testClientSecret}
@@ -99,7 +99,7 @@ func newEnv(t *testing.T, eo envOptions) *env {
 }
 
 // stop shuts the server down (once) and waits for Serve to return.
-func (e *env) stop(t *testing.T) error {
+func (e *env) stop(t testing.TB) error {
 	var err error
 	e.stopOnce.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
