@@ -93,10 +93,11 @@ func TestBrokerNoReuseNoFailure(t *testing.T) {
 	}
 }
 
-// Every naive worker starts from its own copy of the seeded refresh token, so
-// the second worker to refresh presents a spent token: against the strict
-// IdP that is a reuse on the first expiry, the family is revoked and requests
-// fail from then on.
+// Every naive worker starts from its own copy of the same token pair, so at
+// the first expiry (0.75 s into the run with 1 s tokens) the second worker to
+// refresh presents a spent refresh token: against the strict IdP that is a
+// reuse, the family is revoked and requests fail from then on. A 3 s run
+// spans three expiries.
 func TestNaiveReusesAndFails(t *testing.T) {
 	s := runJSON(t, context.Background(), "--naive", "--duration", "3s", "--workers", "8", "--token-ttl", "1s")
 	if s.Mode != modeNaive || s.Replicas != 0 || len(s.RequestsByReplica) != 0 {

@@ -64,7 +64,6 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		return nil, fmt.Errorf("starting the test IdP on %s: %w", idpAddr, err)
 	}
 	cl.add(func() { warn("stopping the test IdP", idp.Close()) })
-	seed := idp.Seed(demoClientID, demoScope)
 
 	// One connection pool to the IdP for the whole run, sized for the
 	// workers, so that the demo measures tokens rather than dials.
@@ -76,6 +75,23 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		ResponseHeaderTimeout: requestTimeout,
 	}
 	cl.add(base.CloseIdleConnections)
+	tokenHC := &http.Client{Transport: base, Timeout: requestTimeout}
+	conf := &oauth2.Config{
+		ClientID:     demoClientID,
+		ClientSecret: secret,
+		Endpoint:     oauth2.Endpoint{TokenURL: idp.TokenURL(), AuthStyle: oauth2.AuthStyleInHeader},
+	}
+
+	// The login: a user authorized the demo client and it got its first
+	// token pair. (The IdP starts the family with Seed; one refresh turns
+	// it into an access and a refresh token, as an authorization-code
+	// grant would.) The counters start after it.
+	login, err := conf.TokenSource(context.WithValue(ctx, oauth2.HTTPClient, tokenHC),
+		&oauth2.Token{RefreshToken: idp.Seed(demoClientID, demoScope)}).Token()
+	if err != nil {
+		return nil, fmt.Errorf("getting the first token pair from the test IdP: %w", err)
+	}
+	idp.ResetStats()
 
 	mode := cfg.mode()
 	sum := &Summary{Mode: mode, Workers: cfg.workers, TokenTTLSeconds: cfg.tokenTTL.Seconds()}
@@ -87,18 +103,13 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	)
 	if mode == modeNaive {
 		t = newTally(0)
-		conf := &oauth2.Config{
-			ClientID:     demoClientID,
-			ClientSecret: secret,
-			Endpoint:     oauth2.Endpoint{TokenURL: idp.TokenURL(), AuthStyle: oauth2.AuthStyleInHeader},
-		}
-		tokenHC := &http.Client{Transport: base, Timeout: requestTimeout}
 		// Refresh ahead as the broker would by default: a quarter of the
 		// token's lifetime before expiry (x/oauth2's own 10 s would mean a
 		// refresh before every request with short-lived tokens).
 		early := min(cfg.tokenTTL/4, 10*time.Second)
 		for range cfg.workers {
-			src := newNaiveSource(conf, tokenHC, seed, early)
+			// Every worker gets its own copy of the token pair.
+			src := newNaiveSource(conf, tokenHC, *login, early)
 			workers = append(workers, &worker{replica: -1, url: idp.ResourceURL(), do: naiveDo(src, base)})
 		}
 	} else {
@@ -134,7 +145,6 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 			addrs = append(addrs, cfg.brokerAddr)
 			plaintext = cfg.insecure
 		}
-		var err error
 		bc, err = dialBroker(addrs[0], plaintext, cfg.apiKey)
 		if err != nil {
 			return nil, fmt.Errorf("connecting to the broker at %s: %w", addrs[0], err)
@@ -146,7 +156,7 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 			ClientId:     demoClientID,
 			ClientSecret: secret,
 			Scopes:       []string{demoScope},
-			RefreshToken: seed,
+			RefreshToken: login.RefreshToken,
 			AuthStyle:    pb.AuthStyle_AUTH_STYLE_BASIC,
 		})
 		if err != nil {

@@ -168,8 +168,8 @@ func writeTable(w io.Writer, s *Summary) error {
 	num("idp_refreshes", s.IdPRefreshes)
 	num("reuses", s.Reuses)
 	num("revocations", s.Revocations)
-	row("latency p50", fmt.Sprintf("%.1f ms", s.LatencyP50MS))
-	row("latency p99", fmt.Sprintf("%.1f ms", s.LatencyP99MS))
+	row("latency p50", fmt.Sprintf("%.2f ms", s.LatencyP50MS))
+	row("latency p99", fmt.Sprintf("%.2f ms", s.LatencyP99MS))
 	if s.Replicas > 1 {
 		for i, n := range s.RequestsByReplica {
 			num(fmt.Sprintf("requests on replica %d", i), n)

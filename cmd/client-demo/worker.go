@@ -181,8 +181,9 @@ type naiveSource struct {
 	dead error // set once the IdP rejected the refresh token for good
 }
 
-func newNaiveSource(conf *oauth2.Config, hc *http.Client, refreshToken string, early time.Duration) *naiveSource {
-	return &naiveSource{conf: conf, hc: hc, early: early, tok: &oauth2.Token{RefreshToken: refreshToken}}
+// newNaiveSource returns a source that starts from its own copy of tok.
+func newNaiveSource(conf *oauth2.Config, hc *http.Client, tok oauth2.Token, early time.Duration) *naiveSource {
+	return &naiveSource{conf: conf, hc: hc, early: early, tok: &tok}
 }
 
 // token returns the worker's access token, refreshing it when it is about to
