@@ -39,6 +39,7 @@ type config struct {
 
 	brokerAddr string // --broker: an already running broker
 	apiKey     string // --api-key, for --broker
+	allowed    string // --allowed-client, for --broker
 	insecure   bool   // --insecure, for --broker
 
 	redisURL string
@@ -89,8 +90,10 @@ Modes:
                        redis-server (from PATH) is started and stopped.
   --broker ADDR        use a broker that is already running: the credential
                        is put in with AdminService/PutCredential (and deleted
-                       at the end). --api-key KEY authenticates (an admin key:
-                       the workers use it too); plaintext needs --insecure.
+                       at the end). --api-key KEY authenticates the admin
+                       calls and the workers: an admin key, whose client ID
+                       goes in --allowed-client if the broker does not let
+                       admins read tokens. Plaintext needs --insecure.
   --idp-only           only run the test IdP on --idp-addr (default
                        127.0.0.1:9090), print its token URL, client and a
                        fresh refresh token, and serve until interrupted.
@@ -122,6 +125,7 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.StringVar(&cfg.brokerAddr, "broker", "", "`address` of a running broker to use instead of an in-process one")
 	fs.StringVar(&cfg.apiKey, "api-key", "", "with --broker: API `key` (admin) for AdminService and the workers")
 	fs.BoolVar(&cfg.insecure, "insecure", false, "with --broker: connect without TLS")
+	fs.StringVar(&cfg.allowed, "allowed-client", "", "with --broker: client `ID` (of the --api-key) allowed to read the demo credential's tokens")
 	fs.StringVar(&cfg.redisURL, "redis-url", "", "Redis `URL` shared by the broker replicas (none: a private redis-server when --replicas > 1)")
 	fs.IntVar(&cfg.replicas, "replicas", cfg.replicas, "number of in-process broker `replicas`; more than 1 needs Redis")
 	fs.BoolVar(&cfg.json, "json", false, "print the summary as one JSON object")
@@ -165,7 +169,7 @@ func (c *config) validate(set map[string]bool) error {
 		}
 	}
 	if c.idpOnly {
-		for _, name := range []string{"naive", "broker", "api-key", "insecure", "redis-url", "replicas", "workers", "duration", "json"} {
+		for _, name := range []string{"naive", "broker", "api-key", "insecure", "allowed-client", "redis-url", "replicas", "workers", "duration", "json"} {
 			if set[name] {
 				return fmt.Errorf("--%s does not apply to --idp-only", name)
 			}
@@ -173,7 +177,7 @@ func (c *config) validate(set map[string]bool) error {
 		return nil
 	}
 	if c.naive {
-		for _, name := range []string{"broker", "api-key", "insecure", "redis-url"} {
+		for _, name := range []string{"broker", "api-key", "insecure", "allowed-client", "redis-url"} {
 			if set[name] {
 				return fmt.Errorf("--naive runs without a broker: --%s does not apply", name)
 			}
@@ -190,7 +194,7 @@ func (c *config) validate(set map[string]bool) error {
 			return errors.New("--broker uses a running broker: --redis-url and --replicas do not apply")
 		}
 	} else {
-		for _, name := range []string{"api-key", "insecure"} {
+		for _, name := range []string{"api-key", "insecure", "allowed-client"} {
 			if set[name] {
 				return fmt.Errorf("--%s only applies with --broker", name)
 			}

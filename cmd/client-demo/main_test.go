@@ -5,7 +5,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
+	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +19,12 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
+	"github.com/tokenbroker/tokenbroker/internal/memstore"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // summaryKeys are the JSON keys of the summary: DESIGN.md's and the rest of
@@ -150,6 +159,12 @@ func TestRunningBroker(t *testing.T) {
 	if s.Mode != modeExternal || s.Requests == 0 || s.Failed != 0 || s.Reuses != 0 {
 		t.Errorf("mode %q, requests %d, failed %d, reuses %d; want broker-external, >0, 0, 0", s.Mode, s.Requests, s.Failed, s.Reuses)
 	}
+	// Without --insecure the demo insists on TLS, and says what to do.
+	var stdout, stderr bytes.Buffer
+	if code := realMain(context.Background(), []string{"--broker", r.addr, "--duration", "1s"}, &stdout, &stderr); code != 1 ||
+		!strings.Contains(stderr.String(), "add --insecure") {
+		t.Errorf("TLS to a plaintext broker: exit %d, stderr %q; want 1 and a hint at --insecure", code, stderr.String())
+	}
 	// The demo deletes its credential at the end.
 	recs, _, err := r.b.ListCredentials(context.Background(), 10, "")
 	if err != nil {
@@ -157,6 +172,57 @@ func TestRunningBroker(t *testing.T) {
 	}
 	if len(recs) != 0 {
 		t.Errorf("%d credentials left in the broker; want 0", len(recs))
+	}
+}
+
+// keyAuth accepts one API key, as an admin.
+type keyAuth struct{ key string }
+
+func (a keyAuth) Authenticate(ctx context.Context) (broker.Caller, error) {
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) == 1 && md.Get("authorization")[0] == "Bearer "+a.key {
+		return broker.Caller{ID: "demo-admin", Admin: true}, nil
+	}
+	return broker.Caller{}, errors.New("bad key")
+}
+
+// With --api-key the demo authenticates its admin calls and its workers.
+func TestRunningBrokerWithAPIKey(t *testing.T) {
+	b, err := broker.New(memstore.New(), &upstream.Client{}, broker.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	srv := grpcapi.NewServer(b, grpcapi.Options{Authenticator: keyAuth{key: "k3y"}, Logger: slog.New(slog.DiscardHandler)})
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Error(err)
+		}
+		if err := <-served; err != nil {
+			t.Error(err)
+		}
+	}()
+	addr := lis.Addr().String()
+
+	s := runJSON(t, context.Background(), "--broker", addr, "--insecure", "--api-key", "k3y", "--allowed-client", "demo-admin", "--duration", "1s", "--workers", "2", "--token-ttl", "1s")
+	if s.Requests == 0 || s.Failed != 0 {
+		t.Errorf("requests %d, failed %d %v; want some, none failed", s.Requests, s.Failed, s.FailuresByReason)
+	}
+
+	var stdout, stderr bytes.Buffer
+	code := realMain(context.Background(), []string{"--broker", addr, "--insecure", "--api-key", "wrong", "--duration", "1s"}, &stdout, &stderr)
+	if code != 1 || !strings.Contains(stderr.String(), "Unauthenticated") {
+		t.Errorf("wrong key: exit %d, stderr %q; want 1 and Unauthenticated", code, stderr.String())
+	}
+	if strings.Contains(stderr.String(), "wrong") {
+		t.Errorf("the API key appears in the message: %q", stderr.String())
 	}
 }
 
@@ -217,6 +283,7 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--broker", "127.0.0.1:7070", "--replicas", "2"}, "--broker"},
 		{[]string{"--broker", "nohost"}, "--broker"},
 		{[]string{"--api-key", "k"}, "--api-key"},
+		{[]string{"--allowed-client", "c"}, "--allowed-client"},
 		{[]string{"--idp-only", "--naive"}, "--idp-only"},
 		{[]string{"--idp-addr", "9090"}, "--idp-addr"},
 		{[]string{"--bogus"}, "bogus"},

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/clientsdk"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
@@ -151,16 +153,21 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		}
 		cl.add(func() { _ = bc.admin.Close() })
 		err = bc.putCredential(ctx, &pb.Credential{
-			Id:           credID,
-			TokenUrl:     idp.TokenURL(),
-			ClientId:     demoClientID,
-			ClientSecret: secret,
-			Scopes:       []string{demoScope},
-			RefreshToken: login.RefreshToken,
-			AuthStyle:    pb.AuthStyle_AUTH_STYLE_BASIC,
+			Id:             credID,
+			TokenUrl:       idp.TokenURL(),
+			ClientId:       demoClientID,
+			ClientSecret:   secret,
+			Scopes:         []string{demoScope},
+			RefreshToken:   login.RefreshToken,
+			AuthStyle:      pb.AuthStyle_AUTH_STYLE_BASIC,
+			AllowedClients: allowedClients(cfg.allowed),
 		})
 		if err != nil {
-			return nil, fmt.Errorf("putting the credential into the broker at %s: %w", addrs[0], err)
+			hint := ""
+			if !plaintext && status.Code(err) == codes.Unavailable {
+				hint = " (for a broker without TLS, add --insecure)"
+			}
+			return nil, fmt.Errorf("putting the credential into the broker at %s: %w%s", addrs[0], err, hint)
 		}
 		cl.add(func() {
 			warn("deleting the demo credential", bc.deleteCredential(context.WithoutCancel(ctx), credID))
@@ -209,4 +216,12 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		sum.CredentialState = bc.credentialState(context.WithoutCancel(ctx), credID)
 	}
 	return sum, nil
+}
+
+// allowedClients is the credential's allowed_clients for --allowed-client.
+func allowedClients(id string) []string {
+	if id == "" {
+		return nil
+	}
+	return []string{id}
 }
