@@ -24,6 +24,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
+	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -143,6 +144,31 @@ func TestReplicasWithPrivateRedis(t *testing.T) {
 		t.Errorf("idp_refreshes %d; want at least 1", s.IdPRefreshes)
 	}
 	noChildren(t)
+}
+
+// With --redis-url the replicas share that Redis, and the demo leaves no
+// credential behind in it.
+func TestReplicasWithRedisURL(t *testing.T) {
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		t.Skip("redis-server not in PATH")
+	}
+	srv := redistest.Start(t)
+	s := runJSON(t, context.Background(), "--redis-url", srv.URL(), "--replicas", "2", "--duration", "1s", "--workers", "4", "--token-ttl", "1s")
+	if s.Mode != modeRedis || len(s.RequestsByReplica) != 2 || s.RequestsByReplica[0] == 0 || s.RequestsByReplica[1] == 0 {
+		t.Errorf("mode %q, requests_by_replica %v; want broker-redis on 2 replicas", s.Mode, s.RequestsByReplica)
+	}
+	if s.Failed != 0 || s.Reuses != 0 {
+		t.Errorf("failed %d %v, reuses %d; want none", s.Failed, s.FailuresByReason, s.Reuses)
+	}
+	keys, err := srv.NewClient(t).Keys(context.Background(), "*").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if strings.Contains(k, "client-demo-") {
+			t.Errorf("key %q left in Redis", k)
+		}
+	}
 }
 
 func TestRunningBroker(t *testing.T) {
