@@ -20,6 +20,10 @@ var (
 	ErrPermissionDenied = errors.New("broker: permission denied")
 	ErrUnauthenticated  = errors.New("broker: unauthenticated")
 	ErrShuttingDown     = errors.New("broker: shutting down")
+	// ErrUnreadable: a stored record exists but cannot be opened (tampered
+	// with, sealed under a key no longer configured, corrupt). It is never
+	// returned as data and never marks the credential REAUTH_REQUIRED.
+	ErrUnreadable = errors.New("broker: stored record cannot be read")
 )
 
 // Errors of the Store seam. The Broker handles them; they never reach a caller.

@@ -18,7 +18,8 @@ import (
 // Every error other than the sentinels named below means the Store could not
 // be reached or answered wrongly; the Broker reports it as ErrStoreUnavailable.
 type Store interface {
-	// Get returns the record of a credential, or ErrNotFound.
+	// Get returns the record of a credential, or ErrNotFound, or an error
+	// wrapping ErrUnreadable when the record exists but cannot be opened.
 	Get(ctx context.Context, id string) (*Record, error)
 
 	// List returns up to limit records whose IDs sort after the given one, in
@@ -44,6 +45,17 @@ type Store interface {
 	// When events may have been missed (a lost connection), the Store calls
 	// fn with Event{Reset: true}.
 	Subscribe(fn func(Event)) (stop func())
+}
+
+// Resealer is implemented by Stores that seal records at rest with rotating
+// keys, so that ReencryptCredentials can move records to the primary key.
+type Resealer interface {
+	// SealedWith returns the ID of the key a stored record is sealed under,
+	// "" for a plaintext record, or ErrNotFound.
+	SealedWith(ctx context.Context, id string) (string, error)
+	// PrimaryKey returns the ID of the key new writes are sealed under, ""
+	// when writes are not sealed.
+	PrimaryKey() string
 }
 
 // Lease is a held refresh lock on one credential.

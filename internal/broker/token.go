@@ -462,6 +462,8 @@ func storeErr(id string, err error) error {
 		return err
 	case errors.Is(err, ErrNotFound):
 		return &Error{Kind: ErrNotFound, CredentialID: id}
+	case errors.Is(err, ErrUnreadable):
+		return &Error{Kind: ErrUnreadable, CredentialID: id, Err: err, Detail: err.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &Error{Kind: ErrStoreUnavailable, CredentialID: id, Err: err, Detail: "store did not answer in time"}
 	}

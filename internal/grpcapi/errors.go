@@ -33,6 +33,7 @@ const (
 	ReasonCancelled          = "CANCELLED"
 	ReasonDeadlineExceeded   = "DEADLINE_EXCEEDED"
 	ReasonInternal           = "INTERNAL"
+	ReasonRecordUnreadable   = "RECORD_UNREADABLE"
 )
 
 // internalMessage is the status message of every error the table does not
@@ -59,8 +60,29 @@ var errorTable = []struct {
 	{broker.ErrMinValidTooLong, codes.OutOfRange, ReasonMinValidTooLong},
 	{broker.ErrPermissionDenied, codes.PermissionDenied, ReasonPermissionDenied},
 	{broker.ErrUnauthenticated, codes.Unauthenticated, ReasonUnauthenticated},
+	{broker.ErrUnreadable, codes.DataLoss, ReasonRecordUnreadable},
 	{context.Canceled, codes.Canceled, ReasonCancelled},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, ReasonDeadlineExceeded},
+}
+
+// Code returns the gRPC code an error a call ends with is sent as: OK for
+// nil, the code of an error that already carries a status, the error
+// table's code for the broker's errors and the context errors, INTERNAL for
+// anything else. It is what an interceptor in Options.UnaryInterceptors,
+// which sees errors before they are converted, passes as audit's codeOf.
+func Code(err error) codes.Code {
+	if err == nil {
+		return codes.OK
+	}
+	if st, ok := status.FromError(err); ok {
+		return st.Code()
+	}
+	for _, row := range errorTable {
+		if errors.Is(err, row.err) {
+			return row.code
+		}
+	}
+	return codes.Internal
 }
 
 // toStatus turns the error a call ended with into the status sent to the

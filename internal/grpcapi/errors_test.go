@@ -51,6 +51,8 @@ func TestErrorTable(t *testing.T) {
 		{name: "min valid too long", err: be(broker.ErrMinValidTooLong), code: codes.OutOfRange, reason: "MIN_VALID_TOO_LONG"},
 		{name: "permission denied", err: be(broker.ErrPermissionDenied), code: codes.PermissionDenied, reason: "PERMISSION_DENIED"},
 		{name: "unauthenticated", err: broker.ErrUnauthenticated, code: codes.Unauthenticated, reason: "UNAUTHENTICATED", noCredID: true},
+		{name: "unreadable record", err: &broker.Error{Kind: broker.ErrUnreadable, CredentialID: "cred-1", Detail: "seal: message authentication failed"},
+			code: codes.DataLoss, reason: "RECORD_UNREADABLE"},
 		{name: "canceled", err: context.Canceled, code: codes.Canceled, reason: "CANCELLED", noCredID: true},
 		{name: "deadline", err: context.DeadlineExceeded, code: codes.DeadlineExceeded, reason: "DEADLINE_EXCEEDED", noCredID: true},
 		{name: "unknown", err: errors.New("db password=hunter2 rejected"), code: codes.Internal, reason: "INTERNAL", noCredID: true, wantMsg: internalMessage},
@@ -113,7 +115,7 @@ func TestErrorTable(t *testing.T) {
 	t.Run("every sentinel has a row", func(t *testing.T) {
 		for _, s := range []error{broker.ErrNotFound, broker.ErrInvalidArgument, broker.ErrReauthRequired,
 			broker.ErrIdPUnavailable, broker.ErrLockTimeout, broker.ErrStoreUnavailable, broker.ErrRateLimited,
-			broker.ErrMinValidTooLong, broker.ErrPermissionDenied, broker.ErrUnauthenticated, broker.ErrShuttingDown} {
+			broker.ErrMinValidTooLong, broker.ErrPermissionDenied, broker.ErrUnauthenticated, broker.ErrShuttingDown, broker.ErrUnreadable} {
 			if toStatus(s, "").Code() == codes.Internal {
 				t.Errorf("%v has no row", s)
 			}

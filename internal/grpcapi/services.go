@@ -110,3 +110,16 @@ func (s *adminService) RefreshCredential(ctx context.Context, req *pb.RefreshCre
 	}
 	return &pb.RefreshCredentialResponse{Credential: publicView(rec)}, nil
 }
+
+func (s *adminService) ReencryptCredentials(ctx context.Context, req *pb.ReencryptCredentialsRequest) (*pb.ReencryptCredentialsResponse, error) {
+	r, err := s.b.ReencryptCredentials(ctx, int(req.GetPageSize()), req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.ReencryptCredentialsResponse{
+		PrimaryKeyId:  r.PrimaryKey,
+		Checked:       int32(r.Checked),
+		Reencrypted:   int32(r.Reencrypted),
+		NextPageToken: r.NextPageToken,
+	}, nil
+}

@@ -309,6 +309,45 @@ func (s *Store) encode(rec *broker.Record) ([]byte, error) {
 	return sealed, nil
 }
 
+// unreadable reports a stored record that cannot be turned into a record.
+func unreadable(id, why string) error {
+	return fmt.Errorf("redisstore: credential %q: %s: %w", id, why, broker.ErrUnreadable)
+}
+
+// SealedWith returns the ID of the key a stored record is sealed under, ""
+// for a plaintext record, or broker.ErrNotFound.
+func (s *Store) SealedWith(ctx context.Context, id string) (string, error) {
+	if err := checkID(id); err != nil {
+		return "", err
+	}
+	data, err := s.client.HGet(ctx, s.recordKey(id), "data").Bytes()
+	if errors.Is(err, redis.Nil) {
+		return "", broker.ErrNotFound
+	}
+	if err != nil {
+		return "", fmt.Errorf("redisstore: sealed-with %q: %w", id, err)
+	}
+	if !seal.IsSealed(data) {
+		return "", nil
+	}
+	key, err := seal.KeyID(data)
+	if err != nil {
+		return "", fmt.Errorf("redisstore: credential %q: %w: %w", id, err, broker.ErrUnreadable)
+	}
+	return key, nil
+}
+
+// PrimaryKey returns the ID of the key new records are sealed under, or ""
+// without a keyring.
+func (s *Store) PrimaryKey() string {
+	if s.keyring == nil {
+		return ""
+	}
+	return s.keyring.Primary()
+}
+
+var _ broker.Resealer = (*Store)(nil)
+
 // decode turns the reply of HMGET gen data into a record.
 func (s *Store) decode(id string, vals []any) (*broker.Record, error) {
 	if len(vals) != 2 {
@@ -321,29 +360,29 @@ func (s *Store) decode(id string, vals []any) (*broker.Record, error) {
 	genS, _ := vals[0].(string)
 	gen, err := strconv.ParseUint(genS, 10, 64)
 	if err != nil || gen == 0 {
-		return nil, fmt.Errorf("redisstore: credential %q: bad stored generation", id)
+		return nil, unreadable(id, "bad stored generation")
 	}
 	b := []byte(data)
 	switch {
 	case seal.IsSealed(b):
 		if s.keyring == nil {
-			return nil, fmt.Errorf("redisstore: credential %q is sealed and no keyring is configured", id)
+			return nil, unreadable(id, "sealed, and no keyring is configured")
 		}
 		if b, _, err = s.keyring.Open(b, []byte(id)); err != nil {
-			return nil, fmt.Errorf("redisstore: credential %q: %w", id, err)
+			return nil, fmt.Errorf("redisstore: credential %q: %w: %w", id, err, broker.ErrUnreadable)
 		}
 	case len(b) > 0 && b[0] == '{':
 		// Plaintext: written without a keyring, sealed on its next write.
 	default:
-		return nil, fmt.Errorf("redisstore: credential %q: stored record in an unknown format", id)
+		return nil, unreadable(id, "stored record in an unknown format")
 	}
 	rec := new(broker.Record)
 	if err := json.Unmarshal(b, rec); err != nil {
 		// json's errors may quote the input; keep only that it failed.
-		return nil, fmt.Errorf("redisstore: credential %q: stored record is not valid JSON", id)
+		return nil, unreadable(id, "stored record is not valid JSON")
 	}
 	if rec.ID != id {
-		return nil, fmt.Errorf("redisstore: credential %q: stored record has another id", id)
+		return nil, unreadable(id, "stored record has another id")
 	}
 	rec.Generation = gen
 	return rec, nil

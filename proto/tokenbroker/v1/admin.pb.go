@@ -909,6 +909,135 @@ func (x *RefreshCredentialResponse) GetCredential() *Credential {
 	return nil
 }
 
+// ReencryptCredentialsRequest asks for one page of credentials to re-seal.
+type ReencryptCredentialsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Maximum number of credentials to look at: 1 to 1000; 0 means 100.
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	// The next_page_token of the previous page; empty for the first page.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReencryptCredentialsRequest) Reset() {
+	*x = ReencryptCredentialsRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReencryptCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReencryptCredentialsRequest) ProtoMessage() {}
+
+func (x *ReencryptCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReencryptCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*ReencryptCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ReencryptCredentialsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ReencryptCredentialsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ReencryptCredentialsResponse reports one page of re-sealing.
+type ReencryptCredentialsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The key ID records are sealed under now; empty when the store does not
+	// seal records (dev mode, or Redis with --allow-plaintext).
+	PrimaryKeyId string `protobuf:"bytes,1,opt,name=primary_key_id,json=primaryKeyId,proto3" json:"primary_key_id,omitempty"`
+	// Credentials looked at on this page.
+	Checked int32 `protobuf:"varint,2,opt,name=checked,proto3" json:"checked,omitempty"`
+	// Credentials rewritten under the primary key on this page.
+	Reencrypted int32 `protobuf:"varint,3,opt,name=reencrypted,proto3" json:"reencrypted,omitempty"`
+	// Token for the next page; empty on the last page.
+	NextPageToken string `protobuf:"bytes,4,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReencryptCredentialsResponse) Reset() {
+	*x = ReencryptCredentialsResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReencryptCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReencryptCredentialsResponse) ProtoMessage() {}
+
+func (x *ReencryptCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReencryptCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*ReencryptCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *ReencryptCredentialsResponse) GetPrimaryKeyId() string {
+	if x != nil {
+		return x.PrimaryKeyId
+	}
+	return ""
+}
+
+func (x *ReencryptCredentialsResponse) GetChecked() int32 {
+	if x != nil {
+		return x.Checked
+	}
+	return 0
+}
+
+func (x *ReencryptCredentialsResponse) GetReencrypted() int32 {
+	if x != nil {
+		return x.Reencrypted
+	}
+	return 0
+}
+
+func (x *ReencryptCredentialsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
@@ -976,7 +1105,16 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x19RefreshCredentialResponse\x12:\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
-	"credential*?\n" +
+	"credential\"Y\n" +
+	"\x1bReencryptCredentialsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xa8\x01\n" +
+	"\x1cReencryptCredentialsResponse\x12$\n" +
+	"\x0eprimary_key_id\x18\x01 \x01(\tR\fprimaryKeyId\x12\x18\n" +
+	"\achecked\x18\x02 \x01(\x05R\achecked\x12 \n" +
+	"\vreencrypted\x18\x03 \x01(\x05R\vreencrypted\x12&\n" +
+	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken*?\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -989,13 +1127,14 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x01\x12!\n" +
-	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x022\xff\x03\n" +
+	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x022\xf2\x04\n" +
 	"\fAdminService\x12\\\n" +
 	"\rPutCredential\x12$.tokenbroker.v1.PutCredentialRequest\x1a%.tokenbroker.v1.PutCredentialResponse\x12\\\n" +
 	"\rGetCredential\x12$.tokenbroker.v1.GetCredentialRequest\x1a%.tokenbroker.v1.GetCredentialResponse\x12b\n" +
 	"\x0fListCredentials\x12&.tokenbroker.v1.ListCredentialsRequest\x1a'.tokenbroker.v1.ListCredentialsResponse\x12e\n" +
 	"\x10DeleteCredential\x12'.tokenbroker.v1.DeleteCredentialRequest\x1a(.tokenbroker.v1.DeleteCredentialResponse\x12h\n" +
-	"\x11RefreshCredential\x12(.tokenbroker.v1.RefreshCredentialRequest\x1a).tokenbroker.v1.RefreshCredentialResponseBGZEgithub.com/tokenbroker/tokenbroker/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\x11RefreshCredential\x12(.tokenbroker.v1.RefreshCredentialRequest\x1a).tokenbroker.v1.RefreshCredentialResponse\x12q\n" +
+	"\x14ReencryptCredentials\x12+.tokenbroker.v1.ReencryptCredentialsRequest\x1a,.tokenbroker.v1.ReencryptCredentialsResponseBGZEgithub.com/tokenbroker/tokenbroker/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_admin_proto_rawDescOnce sync.Once
@@ -1010,36 +1149,38 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
-	(State)(0),                        // 0: tokenbroker.v1.State
-	(AuthStyle)(0),                    // 1: tokenbroker.v1.AuthStyle
-	(GrantType)(0),                    // 2: tokenbroker.v1.GrantType
-	(*Credential)(nil),                // 3: tokenbroker.v1.Credential
-	(*PutCredentialRequest)(nil),      // 4: tokenbroker.v1.PutCredentialRequest
-	(*PutCredentialResponse)(nil),     // 5: tokenbroker.v1.PutCredentialResponse
-	(*GetCredentialRequest)(nil),      // 6: tokenbroker.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),     // 7: tokenbroker.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),    // 8: tokenbroker.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),   // 9: tokenbroker.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),   // 10: tokenbroker.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil),  // 11: tokenbroker.v1.DeleteCredentialResponse
-	(*RefreshCredentialRequest)(nil),  // 12: tokenbroker.v1.RefreshCredentialRequest
-	(*RefreshCredentialResponse)(nil), // 13: tokenbroker.v1.RefreshCredentialResponse
-	(*durationpb.Duration)(nil),       // 14: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),     // 15: google.protobuf.Timestamp
+	(State)(0),                           // 0: tokenbroker.v1.State
+	(AuthStyle)(0),                       // 1: tokenbroker.v1.AuthStyle
+	(GrantType)(0),                       // 2: tokenbroker.v1.GrantType
+	(*Credential)(nil),                   // 3: tokenbroker.v1.Credential
+	(*PutCredentialRequest)(nil),         // 4: tokenbroker.v1.PutCredentialRequest
+	(*PutCredentialResponse)(nil),        // 5: tokenbroker.v1.PutCredentialResponse
+	(*GetCredentialRequest)(nil),         // 6: tokenbroker.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),        // 7: tokenbroker.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),       // 8: tokenbroker.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),      // 9: tokenbroker.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),      // 10: tokenbroker.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil),     // 11: tokenbroker.v1.DeleteCredentialResponse
+	(*RefreshCredentialRequest)(nil),     // 12: tokenbroker.v1.RefreshCredentialRequest
+	(*RefreshCredentialResponse)(nil),    // 13: tokenbroker.v1.RefreshCredentialResponse
+	(*ReencryptCredentialsRequest)(nil),  // 14: tokenbroker.v1.ReencryptCredentialsRequest
+	(*ReencryptCredentialsResponse)(nil), // 15: tokenbroker.v1.ReencryptCredentialsResponse
+	(*durationpb.Duration)(nil),          // 16: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),        // 17: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: tokenbroker.v1.Credential.auth_style:type_name -> tokenbroker.v1.AuthStyle
-	14, // 1: tokenbroker.v1.Credential.refresh_ahead:type_name -> google.protobuf.Duration
+	16, // 1: tokenbroker.v1.Credential.refresh_ahead:type_name -> google.protobuf.Duration
 	2,  // 2: tokenbroker.v1.Credential.grant_type:type_name -> tokenbroker.v1.GrantType
 	0,  // 3: tokenbroker.v1.Credential.state:type_name -> tokenbroker.v1.State
-	15, // 4: tokenbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	15, // 5: tokenbroker.v1.Credential.last_refresh_at:type_name -> google.protobuf.Timestamp
-	15, // 6: tokenbroker.v1.Credential.last_error_at:type_name -> google.protobuf.Timestamp
-	15, // 7: tokenbroker.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	15, // 8: tokenbroker.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	15, // 9: tokenbroker.v1.Credential.next_attempt_at:type_name -> google.protobuf.Timestamp
+	17, // 4: tokenbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 5: tokenbroker.v1.Credential.last_refresh_at:type_name -> google.protobuf.Timestamp
+	17, // 6: tokenbroker.v1.Credential.last_error_at:type_name -> google.protobuf.Timestamp
+	17, // 7: tokenbroker.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	17, // 8: tokenbroker.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	17, // 9: tokenbroker.v1.Credential.next_attempt_at:type_name -> google.protobuf.Timestamp
 	3,  // 10: tokenbroker.v1.PutCredentialRequest.credential:type_name -> tokenbroker.v1.Credential
 	3,  // 11: tokenbroker.v1.PutCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
 	3,  // 12: tokenbroker.v1.GetCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
@@ -1050,13 +1191,15 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	8,  // 17: tokenbroker.v1.AdminService.ListCredentials:input_type -> tokenbroker.v1.ListCredentialsRequest
 	10, // 18: tokenbroker.v1.AdminService.DeleteCredential:input_type -> tokenbroker.v1.DeleteCredentialRequest
 	12, // 19: tokenbroker.v1.AdminService.RefreshCredential:input_type -> tokenbroker.v1.RefreshCredentialRequest
-	5,  // 20: tokenbroker.v1.AdminService.PutCredential:output_type -> tokenbroker.v1.PutCredentialResponse
-	7,  // 21: tokenbroker.v1.AdminService.GetCredential:output_type -> tokenbroker.v1.GetCredentialResponse
-	9,  // 22: tokenbroker.v1.AdminService.ListCredentials:output_type -> tokenbroker.v1.ListCredentialsResponse
-	11, // 23: tokenbroker.v1.AdminService.DeleteCredential:output_type -> tokenbroker.v1.DeleteCredentialResponse
-	13, // 24: tokenbroker.v1.AdminService.RefreshCredential:output_type -> tokenbroker.v1.RefreshCredentialResponse
-	20, // [20:25] is the sub-list for method output_type
-	15, // [15:20] is the sub-list for method input_type
+	14, // 20: tokenbroker.v1.AdminService.ReencryptCredentials:input_type -> tokenbroker.v1.ReencryptCredentialsRequest
+	5,  // 21: tokenbroker.v1.AdminService.PutCredential:output_type -> tokenbroker.v1.PutCredentialResponse
+	7,  // 22: tokenbroker.v1.AdminService.GetCredential:output_type -> tokenbroker.v1.GetCredentialResponse
+	9,  // 23: tokenbroker.v1.AdminService.ListCredentials:output_type -> tokenbroker.v1.ListCredentialsResponse
+	11, // 24: tokenbroker.v1.AdminService.DeleteCredential:output_type -> tokenbroker.v1.DeleteCredentialResponse
+	13, // 25: tokenbroker.v1.AdminService.RefreshCredential:output_type -> tokenbroker.v1.RefreshCredentialResponse
+	15, // 26: tokenbroker.v1.AdminService.ReencryptCredentials:output_type -> tokenbroker.v1.ReencryptCredentialsResponse
+	21, // [21:27] is the sub-list for method output_type
+	15, // [15:21] is the sub-list for method input_type
 	15, // [15:15] is the sub-list for extension type_name
 	15, // [15:15] is the sub-list for extension extendee
 	0,  // [0:15] is the sub-list for field type_name
@@ -1073,7 +1216,7 @@ func file_tokenbroker_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

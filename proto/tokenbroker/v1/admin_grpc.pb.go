@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutCredential_FullMethodName     = "/tokenbroker.v1.AdminService/PutCredential"
-	AdminService_GetCredential_FullMethodName     = "/tokenbroker.v1.AdminService/GetCredential"
-	AdminService_ListCredentials_FullMethodName   = "/tokenbroker.v1.AdminService/ListCredentials"
-	AdminService_DeleteCredential_FullMethodName  = "/tokenbroker.v1.AdminService/DeleteCredential"
-	AdminService_RefreshCredential_FullMethodName = "/tokenbroker.v1.AdminService/RefreshCredential"
+	AdminService_PutCredential_FullMethodName        = "/tokenbroker.v1.AdminService/PutCredential"
+	AdminService_GetCredential_FullMethodName        = "/tokenbroker.v1.AdminService/GetCredential"
+	AdminService_ListCredentials_FullMethodName      = "/tokenbroker.v1.AdminService/ListCredentials"
+	AdminService_DeleteCredential_FullMethodName     = "/tokenbroker.v1.AdminService/DeleteCredential"
+	AdminService_RefreshCredential_FullMethodName    = "/tokenbroker.v1.AdminService/RefreshCredential"
+	AdminService_ReencryptCredentials_FullMethodName = "/tokenbroker.v1.AdminService/ReencryptCredentials"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -51,6 +52,11 @@ type AdminServiceClient interface {
 	// Forced refreshes of one credential are rate-limited (RESOURCE_EXHAUSTED,
 	// reason RATE_LIMITED, with a RetryInfo).
 	RefreshCredential(ctx context.Context, in *RefreshCredentialRequest, opts ...grpc.CallOption) (*RefreshCredentialResponse, error)
+	// ReencryptCredentials re-seals stored credentials under the primary
+	// sealing key (the first of --seal-keys), one page at a time. Records
+	// already sealed under it are left alone. Once a full pass reencrypts
+	// nothing, no record uses the other keys and they can be retired.
+	ReencryptCredentials(ctx context.Context, in *ReencryptCredentialsRequest, opts ...grpc.CallOption) (*ReencryptCredentialsResponse, error)
 }
 
 type adminServiceClient struct {
@@ -111,6 +117,16 @@ func (c *adminServiceClient) RefreshCredential(ctx context.Context, in *RefreshC
 	return out, nil
 }
 
+func (c *adminServiceClient) ReencryptCredentials(ctx context.Context, in *ReencryptCredentialsRequest, opts ...grpc.CallOption) (*ReencryptCredentialsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReencryptCredentialsResponse)
+	err := c.cc.Invoke(ctx, AdminService_ReencryptCredentials_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -136,6 +152,11 @@ type AdminServiceServer interface {
 	// Forced refreshes of one credential are rate-limited (RESOURCE_EXHAUSTED,
 	// reason RATE_LIMITED, with a RetryInfo).
 	RefreshCredential(context.Context, *RefreshCredentialRequest) (*RefreshCredentialResponse, error)
+	// ReencryptCredentials re-seals stored credentials under the primary
+	// sealing key (the first of --seal-keys), one page at a time. Records
+	// already sealed under it are left alone. Once a full pass reencrypts
+	// nothing, no record uses the other keys and they can be retired.
+	ReencryptCredentials(context.Context, *ReencryptCredentialsRequest) (*ReencryptCredentialsResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -160,6 +181,9 @@ func (UnimplementedAdminServiceServer) DeleteCredential(context.Context, *Delete
 }
 func (UnimplementedAdminServiceServer) RefreshCredential(context.Context, *RefreshCredentialRequest) (*RefreshCredentialResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RefreshCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) ReencryptCredentials(context.Context, *ReencryptCredentialsRequest) (*ReencryptCredentialsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ReencryptCredentials not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -272,6 +296,24 @@ func _AdminService_RefreshCredential_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ReencryptCredentials_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReencryptCredentialsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ReencryptCredentials(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ReencryptCredentials_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ReencryptCredentials(ctx, req.(*ReencryptCredentialsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -298,6 +340,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RefreshCredential",
 			Handler:    _AdminService_RefreshCredential_Handler,
+		},
+		{
+			MethodName: "ReencryptCredentials",
+			Handler:    _AdminService_ReencryptCredentials_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
