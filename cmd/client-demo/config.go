@@ -72,8 +72,9 @@ const usageText = `Usage: client-demo [flags]
 client-demo shows the refresh-token reuse problem and tokenbroker solving it.
 It starts a strict test IdP (refresh tokens rotate; presenting a spent one
 revokes the whole token family, as Auth0, Okta and Ory Hydra do) with a
-protected API at /resource, seeds one credential, and runs --workers workers
-that call the API for --duration, with access tokens that live --token-ttl.
+protected API at /resource, logs one client in (its first token pair), and
+runs --workers workers that call the API for --duration, with access tokens
+that live --token-ttl.
 A progress line goes to stderr; the summary goes to stdout.
 
 Modes:
@@ -81,9 +82,10 @@ Modes:
                        workers get tokens from it through clientsdk and, on a
                        401, report the token and retry once.
   --naive              no broker: every worker keeps its own copy of the
-                       refresh token and refreshes on its own with
+                       token pair and refreshes on its own with
                        golang.org/x/oauth2, on expiry or on a 401. Expect
-                       reuses, a revoked family and failed requests.
+                       reuses, a revoked family and failed requests from
+                       the first expiry on.
   --replicas N         N in-process broker replicas sharing Redis, each with
   --redis-url URL      its own Redis client and gRPC port; worker i uses
                        replica i % N. Without --redis-url a private
@@ -118,16 +120,16 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs := flag.NewFlagSet("client-demo", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.Usage = func() {}
-	fs.IntVar(&cfg.workers, "workers", cfg.workers, "number of concurrent `workers`")
-	fs.Var((*seconds)(&cfg.duration), "duration", "how long the load runs")
-	fs.Var((*seconds)(&cfg.tokenTTL), "token-ttl", "lifetime of the IdP's access tokens, whole seconds, at least 1s")
+	fs.IntVar(&cfg.workers, "workers", cfg.workers, "`N` workers calling the API concurrently")
+	fs.Var((*seconds)(&cfg.duration), "duration", "`how long` the load runs")
+	fs.Var((*seconds)(&cfg.tokenTTL), "token-ttl", "`lifetime` of the IdP's access tokens: whole seconds, at least 1s")
 	fs.BoolVar(&cfg.naive, "naive", false, "no broker: every worker refreshes on its own")
 	fs.StringVar(&cfg.brokerAddr, "broker", "", "`address` of a running broker to use instead of an in-process one")
 	fs.StringVar(&cfg.apiKey, "api-key", "", "with --broker: API `key` (admin) for AdminService and the workers")
 	fs.BoolVar(&cfg.insecure, "insecure", false, "with --broker: connect without TLS")
 	fs.StringVar(&cfg.allowed, "allowed-client", "", "with --broker: client `ID` (of the --api-key) allowed to read the demo credential's tokens")
 	fs.StringVar(&cfg.redisURL, "redis-url", "", "Redis `URL` shared by the broker replicas (none: a private redis-server when --replicas > 1)")
-	fs.IntVar(&cfg.replicas, "replicas", cfg.replicas, "number of in-process broker `replicas`; more than 1 needs Redis")
+	fs.IntVar(&cfg.replicas, "replicas", cfg.replicas, "`N` in-process broker replicas; more than 1 needs Redis")
 	fs.BoolVar(&cfg.json, "json", false, "print the summary as one JSON object")
 	fs.BoolVar(&cfg.idpOnly, "idp-only", false, "only run the test IdP and print how to use it")
 	fs.StringVar(&cfg.idpAddr, "idp-addr", "", "`address` the test IdP listens on (default 127.0.0.1:0; 127.0.0.1:9090 with --idp-only)")
