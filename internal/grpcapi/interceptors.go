@@ -48,23 +48,18 @@ var limitedMethods = map[string]bool{
 	pb.AdminService_RefreshCredential_FullMethodName: true,
 }
 
-// unary is the one unary interceptor: authenticate, apply the per-client
-// limit, call with panic recovery, convert the error through errorTable, log
-// one line.
+// unary is the one unary interceptor: authenticate, then, with panic
+// recovery, run Options.UnaryInterceptors, apply the per-client limit and
+// call the handler; convert the error through errorTable, log one line.
 func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	id := requestCredentialID(req)
 	ctx, caller, err := s.authenticate(ctx, info.FullMethod)
-	if err == nil && s.limit != nil && limitedMethods[info.FullMethod] {
-		if ok, wait := s.limit.Allow(caller.ID); !ok {
-			err = &broker.Error{Kind: broker.ErrRateLimited, RetryAfter: wait, Detail: "too many calls from this client"}
-		}
-	}
 	var resp any
 	if err == nil {
 		err = s.protect(ctx, info.FullMethod, func() error {
 			var herr error
-			resp, herr = handler(ctx, req)
+			resp, herr = s.call(ctx, req, info, handler, caller, 0)
 			return herr
 		})
 	}
@@ -74,6 +69,22 @@ func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		return nil, st.Err()
 	}
 	return resp, nil
+}
+
+// call runs the interceptors s.inner[i:], then the per-client limit and the
+// handler, for an authenticated call of caller.
+func (s *Server) call(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler, caller broker.Caller, i int) (any, error) {
+	if i < len(s.inner) {
+		return s.inner[i](ctx, req, info, func(ctx context.Context, req any) (any, error) {
+			return s.call(ctx, req, info, handler, caller, i+1)
+		})
+	}
+	if s.limit != nil && limitedMethods[info.FullMethod] {
+		if ok, wait := s.limit.Allow(caller.ID); !ok {
+			return nil, &broker.Error{Kind: broker.ErrRateLimited, RetryAfter: wait, Detail: "too many calls from this client"}
+		}
+	}
+	return handler(ctx, req)
 }
 
 // stream is the stream counterpart of unary.

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
@@ -27,6 +28,20 @@ import (
 // DefaultMaxRecvMsgSize is the largest request the server accepts unless
 // Options say otherwise.
 const DefaultMaxRecvMsgSize = 1 << 20
+
+// Keepalive defaults of every Server; grpc.KeepaliveEnforcementPolicy and
+// grpc.KeepaliveParams in Options.ServerOptions replace them.
+//
+// The enforcement policy lets clients ping every 20s or more, with or without
+// calls in flight, so that clientsdk's 30s pings are welcome (a server that
+// finds a client pinging too often closes its connection with
+// ENHANCE_YOUR_CALM). The server pings a connection idle for a minute and
+// closes it when the ping gets no answer within 20s, so that connections of
+// vanished clients do not linger.
+var (
+	keepaliveEnforcement = keepalive.EnforcementPolicy{MinTime: 20 * time.Second, PermitWithoutStream: true}
+	keepaliveParams      = keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}
+)
 
 // An Authenticator establishes who is calling. It must be safe for concurrent
 // use. An error fails the call with UNAUTHENTICATED (PERMISSION_DENIED if it
@@ -57,6 +72,14 @@ type Options struct {
 	// per-client limit (the broker still limits forced refreshes per
 	// credential).
 	Limiter Limiter
+	// UnaryInterceptors run, in order, around every unary call that passed
+	// authentication: inside authentication and panic recovery (the
+	// caller is in the context: broker.CallerFrom; calls to health and
+	// reflection have none), outside the per-client limit and the handler.
+	// They see the broker's errors before they are converted to statuses;
+	// Code tells the code each will be sent with. This is where audit's
+	// interceptor goes. Nil entries are skipped.
+	UnaryInterceptors []grpc.UnaryServerInterceptor
 	// Logger receives the access log: one line per call. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -64,9 +87,10 @@ type Options struct {
 	// when zero or negative.
 	MaxRecvMsgSize int
 	// ServerOptions are added to the grpc.Server's options, for transport
-	// credentials (TLS), stats handlers and the like. Interceptors given here
-	// run inside this package's, after authentication, and see the broker's
-	// errors before they are converted to statuses.
+	// credentials (TLS), stats handlers, keepalive settings and the like.
+	// Interceptors given here run inside this package's, after
+	// authentication, UnaryInterceptors and the per-client limit, and see
+	// the broker's errors before they are converted to statuses.
 	ServerOptions []grpc.ServerOption
 }
 
@@ -77,6 +101,7 @@ type Server struct {
 	health *health.Server
 	auth   Authenticator
 	limit  Limiter
+	inner  []grpc.UnaryServerInterceptor
 	log    *slog.Logger
 }
 
@@ -92,12 +117,19 @@ func NewServer(b *broker.Broker, opts Options) *Server {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	for _, i := range opts.UnaryInterceptors {
+		if i != nil {
+			s.inner = append(s.inner, i)
+		}
+	}
 	maxRecv := opts.MaxRecvMsgSize
 	if maxRecv <= 0 {
 		maxRecv = DefaultMaxRecvMsgSize
 	}
 	sopts := []grpc.ServerOption{
 		grpc.MaxRecvMsgSize(maxRecv),
+		grpc.KeepaliveEnforcementPolicy(keepaliveEnforcement),
+		grpc.KeepaliveParams(keepaliveParams),
 		grpc.ChainUnaryInterceptor(s.unary),
 		grpc.ChainStreamInterceptor(s.stream),
 	}
