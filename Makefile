@@ -9,7 +9,7 @@ BUF_VERSION                ?= v1.47.2
 PROTOC_GEN_GO_VERSION      ?= v1.36.10
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.5.1
 
-.PHONY: all build test vet fmt-check proto proto-check tools demo bench lint clean
+.PHONY: all build test vet fmt-check proto proto-check tools demo bench lint clean fuzz
 
 all: build
 
@@ -58,3 +58,22 @@ proto-check: tools
 ## DEMO_FLAGS="--replicas 3" (starts a private redis-server), or --help.
 demo:
 	$(GO) run ./cmd/client-demo $(DEMO_FLAGS)
+
+# Every fuzz target, as package:Name. Their seed corpora (testdata/fuzz) also
+# run as ordinary tests in `make test`.
+FUZZ_TARGETS := \
+	internal/broker:FuzzValidateID internal/broker:FuzzValidateCredential \
+	internal/upstream:FuzzExchangeResponse \
+	internal/seal:FuzzOpen internal/seal:FuzzParseKeyring \
+	internal/auth:FuzzParseClients \
+	cmd/broker:FuzzParseConfig cmd/broker:FuzzCredentialsFile
+FUZZTIME ?= 5s
+
+## fuzz: run each fuzz target for FUZZTIME (CI runs them briefly).
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name ($(FUZZTIME))"; \
+		out=$$($(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg 2>&1) || { echo "$$out"; exit 1; }; \
+		echo "$$out" | tail -1; \
+	done
