@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"strconv"
 	"strings"
@@ -34,6 +35,18 @@ type Config struct {
 	LogFormat       string // text or json
 	LogLevel        string // debug, info, warn or error
 
+	ClientsFile          string // client registry; empty: no caller authentication
+	AllowUnauthenticated bool   // Redis mode without ClientsFile
+	TLSCert              string // PEM certificate of the gRPC port; empty: plaintext
+	TLSKey               string // its private key
+	TLSClientCA          string // CAs of client certificates (mTLS); empty: none asked for
+	TLSRequireClientCert bool   // refuse connections without a client certificate
+	ClientRate           float64
+	ClientBurst          int
+
+	MetricsPerCredential bool // credential_id labels on the refresh metrics
+	MetricsStateInterval time.Duration
+
 	DefaultMinValid time.Duration
 	RefreshAhead    time.Duration
 	RefreshTimeout  time.Duration
@@ -49,6 +62,13 @@ type Config struct {
 // nothing kept across restarts.
 func (c *Config) DevMode() bool { return c.RedisURL == "" }
 
+// Authenticated reports whether callers must authenticate: a client
+// registry is configured. Without one the broker runs open.
+func (c *Config) Authenticated() bool { return c.ClientsFile != "" }
+
+// TLS reports whether the gRPC port serves TLS.
+func (c *Config) TLS() bool { return c.TLSCert != "" }
+
 // Broker returns the broker's configuration.
 func (c *Config) Broker() broker.Config {
 	return broker.Config{
@@ -58,7 +78,7 @@ func (c *Config) Broker() broker.Config {
 		LockTTL:             c.LockTTL,
 		LockWait:            c.LockWait,
 		ForceInterval:       c.ForceInterval,
-		Open:                true, // no caller authentication is configurable yet
+		Open:                !c.Authenticated(),
 	}
 }
 
@@ -85,6 +105,13 @@ const (
 	maxRecvMsgSize = 64 << 20
 )
 
+// Limits of --client-rate, --client-burst and --metrics-state-interval.
+const (
+	maxClientRate           = 1e6
+	maxClientBurst          = 1_000_000
+	minMetricsStateInterval = time.Second
+)
+
 // newFlagSet defines the flags into c, with their defaults.
 func newFlagSet(c *Config) *flag.FlagSet {
 	fs := flag.NewFlagSet("broker", flag.ContinueOnError)
@@ -100,9 +127,27 @@ func newFlagSet(c *Config) *flag.FlagSet {
 	fs.BoolVar(&c.AllowPlaintext, "allow-plaintext", false,
 		"let Redis mode run without --seal-keys, storing refresh tokens and client secrets unencrypted")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", "",
-		"HTTP listen address for /healthz (and metrics), host:port; empty turns it off")
+		"HTTP listen address for /healthz and /metrics (Prometheus), host:port; empty turns it off")
+	fs.BoolVar(&c.MetricsPerCredential, "metrics-per-credential", false,
+		"add a credential_id label to the refresh metrics (about 60 series per credential: small fleets only)")
+	fs.DurationVar(&c.MetricsStateInterval, "metrics-state-interval", 30*time.Second,
+		"least time between two listings of every credential for the tokenbroker_credentials gauge")
 	fs.StringVar(&c.CredentialsFile, "credentials-file", "",
 		"JSON file {\"credentials\": [tokenbroker.v1.Credential, ...]} seeded at start; existing credentials keep their refresh token")
+	fs.StringVar(&c.ClientsFile, "clients-file", "",
+		"JSON client registry {\"clients\": [{\"id\", \"key_sha256\", \"cert_identity\", \"admin\"}, ...]}; turns caller authentication and authorization on")
+	fs.BoolVar(&c.AllowUnauthenticated, "allow-unauthenticated", false,
+		"let Redis mode run without --clients-file: every caller may read every credential and call the admin methods")
+	fs.StringVar(&c.TLSCert, "tls-cert", "", "PEM certificate (chain) of the gRPC port; with --tls-key turns TLS on")
+	fs.StringVar(&c.TLSKey, "tls-key", "", "PEM private key of --tls-cert")
+	fs.StringVar(&c.TLSClientCA, "tls-client-ca", "",
+		"PEM CA certificates that sign client certificates: a verified certificate's URI SAN (or CN) is matched to a client's cert_identity (mTLS)")
+	fs.BoolVar(&c.TLSRequireClientCert, "tls-require-client-cert", false,
+		"refuse TLS connections without a client certificate signed by --tls-client-ca")
+	fs.Float64Var(&c.ClientRate, "client-rate", 10,
+		"per authenticated client: InvalidateToken and RefreshCredential calls per second, on average")
+	fs.IntVar(&c.ClientBurst, "client-burst", 20,
+		"per authenticated client: InvalidateToken and RefreshCredential calls allowed at once; cover the processes sharing one client key")
 	fs.StringVar(&c.LogFormat, "log-format", "text", "log format: text or json")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.DurationVar(&c.DefaultMinValid, "default-min-valid", 30*time.Second,
@@ -218,10 +263,55 @@ func (c *Config) validate() error {
 	if c.MaxRecvMsgSize < minRecvMsgSize || c.MaxRecvMsgSize > maxRecvMsgSize {
 		return badConfig("--max-recv-msg-size must be %d to %d bytes (got %d)", minRecvMsgSize, maxRecvMsgSize, c.MaxRecvMsgSize)
 	}
+	if err := c.checkSecurity(); err != nil {
+		return err
+	}
+	if c.MetricsStateInterval < minMetricsStateInterval || c.MetricsStateInterval > broker.MaxDuration {
+		return badConfig("--metrics-state-interval must be %s to %s (got %s)", minMetricsStateInterval, broker.MaxDuration, c.MetricsStateInterval)
+	}
 	if err := c.Broker().Validate(); err != nil {
 		return badConfig("%v", err)
 	}
 	return nil
+}
+
+// checkSecurity checks how callers authenticate: the files themselves are
+// read at start (run), these are the rules between the settings.
+func (c *Config) checkSecurity() error {
+	switch {
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return badConfig("--tls-cert and --tls-key go together: give both or neither")
+	case c.TLSClientCA != "" && !c.TLS():
+		return badConfig("--tls-client-ca needs --tls-cert and --tls-key: client certificates are checked in the TLS handshake")
+	case c.TLSRequireClientCert && c.TLSClientCA == "":
+		return badConfig("--tls-require-client-cert needs --tls-client-ca to verify the certificates against")
+	case c.Authenticated() && c.AllowUnauthenticated:
+		return badConfig("--allow-unauthenticated contradicts --clients-file: give one or the other")
+	case !c.DevMode() && !c.Authenticated() && !c.AllowUnauthenticated:
+		return badConfig("redis mode needs --clients-file (caller authentication), or --allow-unauthenticated to let every caller read every credential and call the admin methods")
+	}
+	if math.IsNaN(c.ClientRate) || c.ClientRate <= 0 || c.ClientRate > maxClientRate {
+		return badConfig("--client-rate must be a positive number of calls per second, at most %g (got %g)", maxClientRate, c.ClientRate)
+	}
+	if c.ClientBurst < 1 || c.ClientBurst > maxClientBurst {
+		return badConfig("--client-burst must be 1 to %d (got %d)", maxClientBurst, c.ClientBurst)
+	}
+	return nil
+}
+
+// loopback reports whether a listen address only accepts connections from
+// this machine: a loopback IP or localhost. An empty host listens on every
+// interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // checkAddr checks a listen address: host:port with a numeric port (0 picks
@@ -276,9 +366,16 @@ and AdminService, grpc.health.v1, server reflection).
 
 Every flag has an environment twin, %sFLAG_NAME (listed with each flag);
 a flag given on the command line wins over its twin. Without --redis-url the
-broker runs in dev mode: one replica, nothing kept across restarts. Caller
-authentication is not configurable yet: every caller may read every
-credential and call the admin methods.
+broker runs in dev mode: one replica, nothing kept across restarts.
+
+Callers authenticate when --clients-file names a client registry: a bearer
+key ("authorization: Bearer <key>" metadata; the registry holds its SHA-256)
+and/or a client certificate (--tls-client-ca). Each credential lists the
+clients that may read it (allowed_clients); AdminService needs an admin
+client. Without --clients-file every caller may read every credential and
+call the admin methods: dev mode allows that with a warning, Redis mode only
+with --allow-unauthenticated. Serve TLS (--tls-cert, --tls-key) wherever
+keys cross a network.
 
 Flags:
 `, envPrefix)

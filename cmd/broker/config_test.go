@@ -4,12 +4,16 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/auth"
+	"github.com/tokenbroker/tokenbroker/internal/auth/authtest"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 )
@@ -27,29 +31,30 @@ func TestParseConfigDefaults(t *testing.T) {
 		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", LogFormat: "text", LogLevel: "info",
 		DefaultMinValid: 30 * time.Second, RefreshAhead: 5 * time.Minute, RefreshTimeout: 10 * time.Second,
 		ForceInterval: 5 * time.Second, ShutdownTimeout: 10 * time.Second, MaxRecvMsgSize: 1 << 20,
+		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second,
 	}
 	if *c != want {
 		t.Errorf("defaults = %+v; want %+v", *c, want)
 	}
-	if !c.DevMode() || !c.Broker().Open {
+	if !c.DevMode() || !c.Broker().Open || c.Authenticated() || c.TLS() {
 		t.Errorf("no --redis-url is not open dev mode")
 	}
 	key, err := seal.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err = parseConfig([]string{"--redis-url", "redis+sentinel://:pw@127.0.0.1:26379/mymaster"},
+	c, err = parseConfig([]string{"--redis-url", "redis+sentinel://:pw@127.0.0.1:26379/mymaster", "--clients-file", "/etc/tokenbroker/clients.json"},
 		env(map[string]string{"TOKENBROKER_SEAL_KEYS": "k2:" + key + ",k1:" + key, "TOKENBROKER_REDIS_PREFIX": "tb-test"}))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.DevMode() || c.RedisPrefix != "tb-test" || c.SealKeys == "" {
+	if c.DevMode() || c.RedisPrefix != "tb-test" || c.SealKeys == "" || !c.Authenticated() || c.Broker().Open {
 		t.Errorf("redis config = %+v", c)
 	}
-	if _, err := parseConfig([]string{"--redis-url", "redis://127.0.0.1:6379", "--allow-plaintext"}, env(nil)); err != nil {
+	if _, err := parseConfig([]string{"--redis-url", "redis://127.0.0.1:6379", "--allow-plaintext", "--allow-unauthenticated"}, env(nil)); err != nil {
 		t.Errorf("--allow-plaintext: %v", err)
 	}
-	if _, err := parseConfig([]string{"--redis-url", "redis://127.0.0.1:6379"}, env(map[string]string{"TOKENBROKER_ALLOW_PLAINTEXT": "true"})); err != nil {
+	if _, err := parseConfig([]string{"--redis-url", "redis://127.0.0.1:6379"}, env(map[string]string{"TOKENBROKER_ALLOW_PLAINTEXT": "true", "TOKENBROKER_CLIENTS_FILE": "c.json"})); err != nil {
 		t.Errorf("TOKENBROKER_ALLOW_PLAINTEXT: %v", err)
 	}
 }
@@ -69,6 +74,16 @@ func TestParseConfigEnvTwins(t *testing.T) {
 		"TOKENBROKER_FORCE_INTERVAL":    "1s",
 		"TOKENBROKER_SHUTDOWN_TIMEOUT":  "3s",
 		"TOKENBROKER_MAX_RECV_MSG_SIZE": "65536",
+
+		"TOKENBROKER_CLIENTS_FILE":            "/etc/clients.json",
+		"TOKENBROKER_TLS_CERT":                "/etc/tls/tls.crt",
+		"TOKENBROKER_TLS_KEY":                 "/etc/tls/tls.key",
+		"TOKENBROKER_TLS_CLIENT_CA":           "/etc/tls/ca.crt",
+		"TOKENBROKER_TLS_REQUIRE_CLIENT_CERT": "true",
+		"TOKENBROKER_CLIENT_RATE":             "2.5",
+		"TOKENBROKER_CLIENT_BURST":            "7",
+		"TOKENBROKER_METRICS_PER_CREDENTIAL":  "1",
+		"TOKENBROKER_METRICS_STATE_INTERVAL":  "5s",
 	}))
 	if err != nil {
 		t.Fatal(err)
@@ -79,9 +94,14 @@ func TestParseConfigEnvTwins(t *testing.T) {
 		DefaultMinValid: time.Minute, RefreshAhead: 2 * time.Minute, RefreshTimeout: 15 * time.Second,
 		LockTTL: 20 * time.Second, LockWait: 40 * time.Second, ForceInterval: time.Second,
 		ShutdownTimeout: 3 * time.Second, MaxRecvMsgSize: 65536,
+		ClientsFile: "/etc/clients.json", TLSCert: "/etc/tls/tls.crt", TLSKey: "/etc/tls/tls.key", TLSClientCA: "/etc/tls/ca.crt",
+		TLSRequireClientCert: true, ClientRate: 2.5, ClientBurst: 7, MetricsPerCredential: true, MetricsStateInterval: 5 * time.Second,
 	}
 	if *c != want {
 		t.Errorf("config = %+v\nwant %+v", *c, want)
+	}
+	if c.Broker().Open {
+		t.Errorf("a client registry leaves the broker open")
 	}
 	bc := c.Broker()
 	if bc.LockTTL != 20*time.Second || bc.RefreshTimeout != 15*time.Second || bc.DefaultMinValid != time.Minute {
@@ -114,12 +134,39 @@ func TestParseConfigErrors(t *testing.T) {
 		{"addr with bad port", []string{"--grpc-addr", "127.0.0.1:http"}, nil, "port must be a number"},
 		{"addr with big port", []string{"--grpc-addr", "127.0.0.1:70000"}, nil, "port must be a number"},
 		{"bad metrics addr", nil, map[string]string{"TOKENBROKER_METRICS_ADDR": "9090"}, "--metrics-addr"},
-		{"redis url scheme", []string{"--redis-url", "http://user:hunter2@redis:6379", "--allow-plaintext"}, nil, `--redis-url: redisstore: invalid Redis URL: unsupported scheme "http"`},
+		{"redis url scheme", []string{"--redis-url", "http://user:hunter2@redis:6379", "--allow-plaintext", "--allow-unauthenticated"}, nil, `--redis-url: redisstore: invalid Redis URL: unsupported scheme "http"`},
 		{"redis url host", nil, map[string]string{"TOKENBROKER_REDIS_URL": "redis://:hunter2@", "TOKENBROKER_ALLOW_PLAINTEXT": "1"}, "--redis-url: redisstore: invalid Redis URL: empty host"},
 		{"redis without keys", []string{"--redis-url", "redis://:hunter2@127.0.0.1:6379"}, nil, "redis mode needs --seal-keys (or --allow-plaintext"},
 		{"bad seal keys", []string{"--redis-url", "redis://127.0.0.1:6379"}, map[string]string{"TOKENBROKER_SEAL_KEYS": "k1:aHVudGVyMg"}, `--seal-keys: seal: key "k1" is 7 bytes, want 32`},
 		{"malformed seal keys", []string{"--redis-url", "redis://127.0.0.1:6379", "--seal-keys", "hunter2"}, nil, "--seal-keys: seal: keyring entry 1: want id:base64key"},
 		{"bad redis prefix", []string{"--redis-url", "redis://127.0.0.1:6379", "--allow-plaintext", "--redis-prefix", "a b"}, nil, "--redis-prefix must be non-empty"},
+
+		// Security and metrics.
+		{"redis without clients", []string{"--redis-url", "redis://:hunter2@127.0.0.1:6379", "--allow-plaintext"}, nil,
+			"redis mode needs --clients-file (caller authentication), or --allow-unauthenticated"},
+		{"redis without clients, sealed", nil, map[string]string{"TOKENBROKER_REDIS_URL": "redis://127.0.0.1:6379", "TOKENBROKER_SEAL_KEYS": "k1:" + testSealKey},
+			"redis mode needs --clients-file"},
+		{"redis, allow-unauthenticated false", []string{"--redis-url", "redis://127.0.0.1:6379", "--allow-plaintext", "--allow-unauthenticated=false"}, nil,
+			"redis mode needs --clients-file"},
+		{"clients and allow-unauthenticated", []string{"--clients-file", "c.json", "--allow-unauthenticated"}, nil, "--allow-unauthenticated contradicts --clients-file"},
+		{"bad allow-unauthenticated env", nil, map[string]string{"TOKENBROKER_ALLOW_UNAUTHENTICATED": "sure"}, `invalid value "sure" for TOKENBROKER_ALLOW_UNAUTHENTICATED`},
+		{"cert without key", []string{"--tls-cert", "tls.crt"}, nil, "--tls-cert and --tls-key go together"},
+		{"key without cert", nil, map[string]string{"TOKENBROKER_TLS_KEY": "tls.key"}, "--tls-cert and --tls-key go together"},
+		{"client CA without TLS", []string{"--tls-client-ca", "ca.crt"}, nil, "--tls-client-ca needs --tls-cert and --tls-key"},
+		{"require client cert without CA", []string{"--tls-cert", "tls.crt", "--tls-key", "tls.key", "--tls-require-client-cert"}, nil,
+			"--tls-require-client-cert needs --tls-client-ca"},
+		{"bad require client cert env", nil, map[string]string{"TOKENBROKER_TLS_REQUIRE_CLIENT_CERT": "yes please"}, "TOKENBROKER_TLS_REQUIRE_CLIENT_CERT"},
+		{"zero client rate", []string{"--client-rate", "0"}, nil, "--client-rate must be a positive number"},
+		{"negative client rate", []string{"--client-rate=-1"}, nil, "--client-rate must be a positive number"},
+		{"NaN client rate", nil, map[string]string{"TOKENBROKER_CLIENT_RATE": "NaN"}, "--client-rate must be a positive number"},
+		{"infinite client rate", []string{"--client-rate", "+Inf"}, nil, "--client-rate must be a positive number"},
+		{"malformed client rate", nil, map[string]string{"TOKENBROKER_CLIENT_RATE": "10/s"}, `invalid value "10/s" for TOKENBROKER_CLIENT_RATE`},
+		{"zero client burst", []string{"--client-burst", "0"}, nil, "--client-burst must be 1 to 1000000"},
+		{"huge client burst", nil, map[string]string{"TOKENBROKER_CLIENT_BURST": "99999999"}, "--client-burst must be 1 to 1000000"},
+		{"malformed client burst", []string{"--client-burst", "lots"}, nil, `invalid value "lots" for flag -client-burst`},
+		{"bad per-credential env", nil, map[string]string{"TOKENBROKER_METRICS_PER_CREDENTIAL": "on"}, `invalid value "on" for TOKENBROKER_METRICS_PER_CREDENTIAL`},
+		{"short state interval", []string{"--metrics-state-interval", "10ms"}, nil, "--metrics-state-interval must be 1s to 24h0m0s"},
+		{"long state interval", nil, map[string]string{"TOKENBROKER_METRICS_STATE_INTERVAL": "48h"}, "--metrics-state-interval must be 1s to 24h0m0s"},
 		{"bad bool env", nil, map[string]string{"TOKENBROKER_ALLOW_PLAINTEXT": "maybe"}, `invalid value "maybe" for TOKENBROKER_ALLOW_PLAINTEXT`},
 		{"recv size too small", []string{"--max-recv-msg-size", "10"}, nil, "--max-recv-msg-size must be"},
 		{"unknown flag", []string{"--grpc-address", "x"}, nil, "flag provided but not defined: -grpc-address"},
@@ -156,7 +203,9 @@ func TestHelp(t *testing.T) {
 	})
 	for _, name := range []string{"grpc-addr", "redis-url", "redis-prefix", "seal-keys", "allow-plaintext", "metrics-addr", "credentials-file", "log-format", "log-level",
 		"default-min-valid", "refresh-ahead", "refresh-timeout", "lock-ttl", "lock-wait", "force-interval",
-		"shutdown-timeout", "max-recv-msg-size"} {
+		"shutdown-timeout", "max-recv-msg-size",
+		"clients-file", "allow-unauthenticated", "tls-cert", "tls-key", "tls-client-ca", "tls-require-client-cert",
+		"client-rate", "client-burst", "metrics-per-credential", "metrics-state-interval"} {
 		if fs.Lookup(name) == nil {
 			t.Errorf("no --%s flag", name)
 		}
@@ -238,5 +287,173 @@ func TestLoadCredentials(t *testing.T) {
 	_, err = loadCredentials(ctx, filepath.Join(t.TempDir(), "missing.json"))
 	if ce := (*configError)(nil); !errors.As(err, &ce) || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("missing file = %v", err)
+	}
+}
+
+// testSealKey is a valid seal key (32 bytes, base64).
+const testSealKey = "c2VjcmV0LXNlYWwta2V5LW1hdGVyaWFsLTMyYnl0ZXM="
+
+// TestAuthorizationModes: who may do what follows from --clients-file and
+// --allow-unauthenticated.
+func TestAuthorizationModes(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		open bool
+	}{
+		{"dev mode without clients runs open", nil, true},
+		{"dev mode with clients", []string{"--clients-file", "clients.json"}, false},
+		{"dev mode, allow-unauthenticated is redundant", []string{"--allow-unauthenticated"}, true},
+		{"redis mode with clients", []string{"--redis-url", "redis://127.0.0.1:6379", "--seal-keys", "k1:" + testSealKey, "--clients-file", "clients.json"}, false},
+		{"redis mode, explicitly open", []string{"--redis-url", "redis://127.0.0.1:6379", "--seal-keys", "k1:" + testSealKey, "--allow-unauthenticated"}, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseConfig(tc.args, env(nil))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Broker().Open != tc.open || c.Authenticated() == tc.open {
+				t.Errorf("open = %v, authenticated = %v; want open %v", c.Broker().Open, c.Authenticated(), tc.open)
+			}
+		})
+	}
+	c, err := parseConfig([]string{"--tls-cert", "a.crt", "--tls-key", "a.key", "--tls-client-ca", "ca.crt", "--tls-require-client-cert"}, env(nil))
+	if err != nil || !c.TLS() {
+		t.Errorf("mTLS flags = %+v, %v", c, err)
+	}
+}
+
+func TestLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:7070": true, "127.1.2.3:0": true, "[::1]:7070": true, "localhost:7070": true, "LOCALHOST:1": true,
+		":7070": false, "0.0.0.0:7070": false, "[::]:7070": false, "10.0.0.5:7070": false, "broker.internal:7070": false, "nonsense": false,
+	} {
+		if got := loopback(addr); got != want {
+			t.Errorf("loopback(%q) = %v; want %v", addr, got, want)
+		}
+	}
+}
+
+// writeClients writes a client registry with one admin and one reader and
+// returns its path and the two keys.
+func writeClients(t *testing.T, dir string) (path, adminKey, readerKey string) {
+	t.Helper()
+	adminKey, adminHash, err := auth.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	readerKey, readerHash, err := auth.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path = filepath.Join(dir, "clients.json")
+	data := fmt.Sprintf(`{"clients": [{"id": "ops", "key_sha256": %q, "admin": true}, {"id": "reader", "key_sha256": [%q]}]}`, adminHash, readerHash)
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, adminKey, readerKey
+}
+
+// TestLoadSecurity: the registry and TLS files are read at start; what does
+// not read or parse is bad configuration (exit 2) that quotes no key; keys
+// over plaintext on a non-loopback address get a warning.
+func TestLoadSecurity(t *testing.T) {
+	dir := t.TempDir()
+	clients, adminKey, _ := writeClients(t, dir)
+	ca, err := authtest.NewCA("config test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ca.Server()
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile, err := srv.Write(dir, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, err := ca.WriteCert(dir, "ca.crt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	keyAsHash := write("key-as-hash.json", `{"clients": [{"id": "ops", "key_sha256": "`+adminKey+`"}]}`)
+	malformed := write("malformed.json", `{"clients": [`)
+	unknownField := write("unknown.json", `{"clients": [{"id": "ops", "key": "tbk_SECRET"}]}`)
+	notPEM := write("not-pem.crt", "not a certificate")
+
+	var logs strings.Builder
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	cfg := func(args ...string) *Config {
+		t.Helper()
+		c, err := parseConfig(args, env(nil))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	sec, err := loadSecurity(cfg("--clients-file", clients, "--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", caFile), log)
+	if err != nil || sec.authn == nil || sec.tls == nil || sec.tls.ClientCAs == nil {
+		t.Fatalf("loadSecurity = %+v, %v", sec, err)
+	}
+	if strings.Contains(logs.String(), "plaintext") {
+		t.Errorf("TLS on, yet a plaintext warning:\n%s", logs.String())
+	}
+	if sec, err := loadSecurity(cfg(), log); err != nil || sec.authn != nil || sec.tls != nil {
+		t.Errorf("open plaintext = %+v, %v", sec, err)
+	}
+
+	logs.Reset()
+	if _, err := loadSecurity(cfg("--clients-file", clients, "--grpc-addr", "0.0.0.0:7070"), log); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(logs.String(), "bearer keys cross the network in plaintext"); n != 1 {
+		t.Errorf("%d plaintext warnings for keys on 0.0.0.0 without TLS; want 1:\n%s", n, logs.String())
+	}
+	logs.Reset()
+	if _, err := loadSecurity(cfg("--clients-file", clients), log); err != nil || strings.Contains(logs.String(), "plaintext") {
+		t.Errorf("keys on loopback without TLS: %v, warned:\n%s", err, logs.String())
+	}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing clients file", []string{"--clients-file", filepath.Join(dir, "missing.json")}, "--clients-file: auth: reading the client registry"},
+		{"malformed clients file", []string{"--clients-file", malformed}, "--clients-file: " + malformed + ": auth: invalid client registry: truncated JSON"},
+		{"a key where its hash belongs", []string{"--clients-file", keyAsHash}, "not the key itself"},
+		{"unknown field", []string{"--clients-file", unknownField}, `unknown field "key"`},
+		{"missing certificate", []string{"--tls-cert", filepath.Join(dir, "missing.crt"), "--tls-key", keyFile}, "auth: invalid TLS configuration: server certificate"},
+		{"key of another certificate", []string{"--tls-cert", certFile, "--tls-key", notPEM}, "auth: invalid TLS configuration: server certificate"},
+		{"client CA not PEM", []string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", notPEM}, "client CA: no PEM certificate in " + notPEM},
+		{"missing client CA", []string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", filepath.Join(dir, "nope.crt")}, "client CA"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// Through realMain, as the binary runs it: refused before
+			// anything listens.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			var stderr strings.Builder
+			err := realMain(ctx, append([]string{"--grpc-addr", "127.0.0.1:0"}, tc.args...), env(nil), &strings.Builder{}, &stderr)
+			var ce *configError
+			if !errors.As(err, &ce) || exitCode(err, &strings.Builder{}) != 2 {
+				t.Fatalf("realMain = %v; want a configuration error (exit 2)", err)
+			}
+			msg := err.Error()
+			if !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") || strings.Contains(msg, adminKey) || strings.Contains(msg, "SECRET") {
+				t.Errorf("message %q; want one line containing %q and no key", msg, tc.want)
+			}
+			if strings.Contains(stderr.String(), "listening") {
+				t.Errorf("listened before refusing:\n%s", stderr.String())
+			}
+		})
 	}
 }

@@ -402,7 +402,7 @@ func TestBinaryRedisMode(t *testing.T) {
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "shared", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
 		idp.TokenURL(), e2eClientID, e2eClientSecret, seed))
 	args := []string{"--grpc-addr", "127.0.0.1:0", "--redis-url", rs.URL(), "--redis-prefix", "e2e",
-		"--credentials-file", creds, "--force-interval", "1ms"}
+		"--credentials-file", creds, "--force-interval", "1ms", "--allow-unauthenticated"}
 	env := []string{"TOKENBROKER_SEAL_KEYS=k1:" + key}
 
 	var first string

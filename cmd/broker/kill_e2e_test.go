@@ -25,7 +25,7 @@ func TestBinaryReplicaKilledMidRefresh(t *testing.T) {
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "shared", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
 		idp.TokenURL(), e2eClientID, e2eClientSecret, idp.Seed(e2eClientID)))
 	args := []string{"--grpc-addr", "127.0.0.1:0", "--redis-url", rs.URL(), "--redis-prefix", "kill",
-		"--allow-plaintext", "--credentials-file", creds,
+		"--allow-plaintext", "--allow-unauthenticated", "--credentials-file", creds,
 		"--refresh-timeout", "2s", "--lock-ttl", "3s", "--lock-wait", "10s"}
 
 	var replicas []*proc

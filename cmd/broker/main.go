@@ -9,8 +9,17 @@
 // Without --redis-url the broker runs in dev mode: one replica, an in-memory
 // store. With --redis-url, every replica sharing the Redis (and
 // --redis-prefix) shares the credentials and refreshes each one once; records
-// are sealed with --seal-keys. Caller authentication is not configurable
-// yet: every caller may read every credential and call the admin methods.
+// are sealed with --seal-keys.
+//
+// With --clients-file callers authenticate with a bearer key and/or a client
+// certificate (--tls-client-ca), may read only the credentials that list
+// them, and need an admin identity for AdminService; InvalidateToken and
+// RefreshCredential are limited per client (--client-rate, --client-burst).
+// Without it every caller may do everything: dev mode allows that with a
+// warning, Redis mode only with --allow-unauthenticated. --tls-cert and
+// --tls-key serve TLS. --metrics-addr serves /healthz and Prometheus
+// /metrics. Every admin call and every refresh is logged as an audit event
+// (audit=true).
 //
 // The broker logs to stderr with log/slog. Once it accepts calls it logs
 // "listening" with the gRPC address in the addr attribute; with
@@ -24,6 +33,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,14 +49,23 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
+	"github.com/tokenbroker/tokenbroker/internal/audit"
+	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
 func main() {
@@ -105,13 +124,32 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			return err
 		}
 	}
+	sec, err := loadSecurity(cfg, log)
+	if err != nil {
+		return err
+	}
+
+	var reg *prometheus.Registry
+	var m *metrics.Metrics
+	auditLog := audit.New(log)
+	observers := []broker.Observer{auditLog}
+	if cfg.MetricsAddr != "" {
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		m = metrics.New(reg, metrics.Options{PerCredentialLabels: cfg.MetricsPerCredential, StateInterval: cfg.MetricsStateInterval})
+		observers = append(observers, m)
+	} else if cfg.MetricsPerCredential {
+		log.Info("--metrics-per-credential unused without --metrics-addr")
+	}
 
 	store, closeStore, err := openStore(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
 	defer closeStore()
-	b, err := broker.New(store, &upstream.Client{}, cfg.Broker())
+	bcfg := cfg.Broker()
+	bcfg.Observer = audit.Tee(observers...)
+	b, err := broker.New(store, &upstream.Client{}, bcfg)
 	if err != nil {
 		return badConfig("%v", err)
 	}
@@ -123,17 +161,37 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Info("credentials file loaded", "file", cfg.CredentialsFile, "credentials", len(seeds))
 	}
 
+	opts := grpcapi.Options{
+		Logger:            log,
+		MaxRecvMsgSize:    cfg.MaxRecvMsgSize,
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{auditLog.UnaryServerInterceptor(grpcapi.Code)},
+	}
+	if sec.authn != nil {
+		opts.Authenticator = sec.authn
+		opts.Limiter = auth.NewLimiter(rate.Limit(cfg.ClientRate), cfg.ClientBurst)
+	}
+	if sec.tls != nil {
+		opts.ServerOptions = append(opts.ServerOptions, grpc.Creds(credentials.NewTLS(sec.tls)))
+	}
+	if m != nil {
+		m.SetStateSource(countStates(b))
+		opts.ServerOptions = append(opts.ServerOptions, grpc.StatsHandler(m.StatsHandler()))
+		if cfg.MetricsPerCredential {
+			opts.UnaryInterceptors = append(opts.UnaryInterceptors, forgetDeleted(m))
+		}
+	}
+
 	lis, err := net.Listen("tcp", cfg.GRPCAddr)
 	if err != nil {
 		return fmt.Errorf("gRPC listener: %w", err)
 	}
-	srv := grpcapi.NewServer(b, grpcapi.Options{Logger: log, MaxRecvMsgSize: cfg.MaxRecvMsgSize})
+	srv := grpcapi.NewServer(b, opts)
 	grpcDone := make(chan error, 1)
 	go func() { grpcDone <- srv.Serve(lis) }()
 
 	var serving atomic.Bool
 	serving.Store(true)
-	var metrics *http.Server
+	var metricsSrv *http.Server
 	metricsDone := make(chan error, 1)
 	if cfg.MetricsAddr != "" {
 		mlis, err := net.Listen("tcp", cfg.MetricsAddr)
@@ -142,11 +200,12 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 			<-grpcDone
 			return fmt.Errorf("metrics listener: %w", err)
 		}
-		metrics = &http.Server{Handler: httpMux(&serving), ReadHeaderTimeout: 5 * time.Second}
-		go func() { metricsDone <- metrics.Serve(mlis) }()
+		metricsSrv = &http.Server{Handler: httpMux(&serving, metrics.Handler(reg)), ReadHeaderTimeout: 5 * time.Second}
+		go func() { metricsDone <- metricsSrv.Serve(mlis) }()
 		log.Info("metrics listening", "addr", mlis.Addr().String())
 	}
-	log.Info("listening", "addr", lis.Addr().String(), "dev_mode", cfg.DevMode())
+	log.Info("listening", "addr", lis.Addr().String(), "dev_mode", cfg.DevMode(),
+		"tls", cfg.TLS(), "mtls", cfg.TLSClientCA != "", "authentication", cfg.Authenticated())
 
 	var serveErr error
 	select {
@@ -167,9 +226,9 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 		log.Warn("shutdown deadline reached; calls in flight were cut", "timeout", cfg.ShutdownTimeout)
 	}
 	<-grpcDone
-	if metrics != nil {
-		if err := metrics.Shutdown(sctx); err != nil {
-			metrics.Close()
+	if metricsSrv != nil {
+		if err := metricsSrv.Shutdown(sctx); err != nil {
+			metricsSrv.Close()
 		}
 		<-metricsDone
 	}
@@ -180,19 +239,111 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	return serveErr
 }
 
+// security is how the gRPC port checks its callers: nil fields are off.
+type security struct {
+	authn *auth.Authenticator
+	tls   *tls.Config
+}
+
+// loadSecurity reads the client registry and the TLS files of a valid cfg;
+// a file that does not read or parse is bad configuration. It warns where
+// the set-up leaves callers or keys exposed.
+func loadSecurity(cfg *Config, log *slog.Logger) (*security, error) {
+	sec := &security{}
+	if cfg.Authenticated() {
+		clients, err := auth.LoadClients(cfg.ClientsFile)
+		if err != nil {
+			return nil, badConfig("--clients-file: %v", err) // auth's errors never quote a key hash
+		}
+		if sec.authn, err = auth.NewAuthenticator(clients); err != nil {
+			return nil, badConfig("--clients-file: %v", err)
+		}
+		admins := 0
+		for _, c := range clients {
+			if c.Admin {
+				admins++
+			}
+		}
+		log.Info("client registry loaded", "file", cfg.ClientsFile, "clients", len(clients), "admins", admins)
+		if len(clients) == 0 {
+			log.Warn("the client registry is empty: every call but health and reflection fails with UNAUTHENTICATED")
+		}
+	}
+	if cfg.TLS() {
+		var err error
+		if sec.tls, err = auth.ServerTLS(cfg.TLSCert, cfg.TLSKey, cfg.TLSClientCA, cfg.TLSRequireClientCert); err != nil {
+			return nil, badConfig("%v", err) // names files, never key material
+		}
+	}
+	if cfg.Authenticated() && !cfg.TLS() && !loopback(cfg.GRPCAddr) {
+		log.Warn("bearer keys cross the network in plaintext: --grpc-addr is not a loopback address and --tls-cert is not set")
+	}
+	return sec, nil
+}
+
+// metricsCaller is the identity the credentials-by-state gauge lists the
+// credentials as.
+var metricsCaller = broker.Caller{ID: "tokenbroker-metrics", Admin: true}
+
+// countStates returns the source of the credentials-by-state gauge: it pages
+// through every credential as an admin and counts their states.
+func countStates(b *broker.Broker) metrics.StateSource {
+	return func(ctx context.Context) (map[broker.State]int, error) {
+		ctx = broker.NewContext(ctx, metricsCaller)
+		counts := make(map[broker.State]int)
+		page := ""
+		for {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			recs, next, err := b.ListCredentials(ctx, broker.MaxPageSize, page)
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range recs {
+				counts[r.State]++
+			}
+			if next == "" {
+				return counts, nil
+			}
+			page = next
+		}
+	}
+}
+
+// forgetDeleted is an interceptor that drops the per-credential metric
+// series of a credential once DeleteCredential removed it.
+func forgetDeleted(m *metrics.Metrics) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if err == nil && info.FullMethod == pb.AdminService_DeleteCredential_FullMethodName {
+			if r, ok := req.(*pb.DeleteCredentialRequest); ok {
+				m.ForgetCredential(r.GetId())
+			}
+		}
+		return resp, err
+	}
+}
+
 // openStore returns the broker's Store and how to close it: in memory in dev
 // mode, else in Redis. A Redis that does not answer at start is only logged:
 // calls fail with UNAVAILABLE until it does, and the broker recovers without
 // a restart.
 func openStore(ctx context.Context, cfg *Config, log *slog.Logger) (broker.Store, func(), error) {
 	if cfg.DevMode() {
-		log.Warn("dev mode: single replica, in-memory store (nothing is kept across restarts), no authentication; set --redis-url for production")
+		if cfg.Authenticated() {
+			log.Warn("dev mode: single replica, in-memory store (nothing is kept across restarts); set --redis-url for production")
+		} else {
+			log.Warn("dev mode: single replica, in-memory store (nothing is kept across restarts), no authentication; set --redis-url for production")
+		}
 		if cfg.SealKeys != "" {
 			log.Info("--seal-keys unused in dev mode: nothing is stored outside the process")
 		}
 		return memstore.New(), func() {}, nil
 	}
-	log.Warn("no caller authentication: every caller may read every credential and call the admin methods")
+	if !cfg.Authenticated() {
+		log.Warn("no caller authentication (--allow-unauthenticated): every caller may read every credential and call the admin methods")
+	}
 	redis.SetLogger(redisLogger{log: log, url: cfg.RedisURL})
 	client, err := redisstore.NewClient(cfg.RedisURL)
 	if err != nil {
@@ -270,11 +421,12 @@ func redactURL(msg, rawURL string) string {
 	return msg
 }
 
-// httpMux serves the HTTP endpoints of --metrics-addr. For now that is
-// /healthz only: 200 while the broker serves, 503 once it shuts down; the
-// Prometheus handler is to be mounted on this mux.
-func httpMux(serving *atomic.Bool) *http.ServeMux {
+// httpMux serves the HTTP endpoints of --metrics-addr: /healthz, 200 while
+// the broker serves and 503 once it shuts down, and /metrics, the Prometheus
+// page.
+func httpMux(serving *atomic.Bool, metricsPage http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsPage)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		if !serving.Load() {
