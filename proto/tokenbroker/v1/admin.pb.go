@@ -215,8 +215,10 @@ type Credential struct {
 	// client_secret with invalid_client, so the upstream secret can be rotated
 	// without downtime.
 	FallbackClientSecrets []string `protobuf:"bytes,8,rep,name=fallback_client_secrets,json=fallbackClientSecrets,proto3" json:"fallback_client_secrets,omitempty"`
-	// Client identities that may read tokens of this credential. Empty means
-	// only admins (or anyone, when the broker runs without authentication).
+	// Client identities that may read tokens of this credential. Admins
+	// manage credentials but read no tokens unless listed here; empty means
+	// no client may read them (anyone may when the broker runs without
+	// authentication, in dev mode).
 	AllowedClients []string `protobuf:"bytes,9,rep,name=allowed_clients,json=allowedClients,proto3" json:"allowed_clients,omitempty"`
 	// Refresh in the background once the access token has less than this left.
 	// Unset means the broker's default; in any case at most half the token's
