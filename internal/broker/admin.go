@@ -143,7 +143,8 @@ func (b *Broker) ListCredentials(ctx context.Context, pageSize int, pageToken st
 }
 
 // DeleteCredential removes a credential. Deleting a missing one fails with
-// ErrNotFound.
+// ErrNotFound; a record that cannot be opened (ErrUnreadable) is deleted
+// too, so that it can be put again.
 func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err := b.admin(ctx); err != nil {
 		return err
@@ -151,7 +152,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err := ValidateID("id", id); err != nil {
 		return err
 	}
-	if _, err := b.store.Get(ctx, id); err != nil {
+	if _, err := b.store.Get(ctx, id); err != nil && !errors.Is(err, ErrUnreadable) {
 		return storeErr(id, err)
 	}
 	if err := b.store.Delete(ctx, id); err != nil {
@@ -210,6 +211,9 @@ func (b *Broker) ReencryptCredentials(ctx context.Context, pageSize int, pageTok
 		return out, nil
 	}
 	for _, r := range recs {
+		if r.State == StateUnreadable {
+			continue // cannot be opened, so cannot be re-sealed
+		}
 		done, err := b.reseal(ctx, rs, r.ID, out.PrimaryKey)
 		if err != nil {
 			return nil, err

@@ -29,6 +29,10 @@ type State int
 const (
 	StateActive         State = iota + 1 // tokens are served and refreshed
 	StateReauthRequired                  // the IdP said the grant is dead; an operator must re-seed
+	// StateUnreadable is never stored: Store.List reports a record it cannot
+	// open (see ErrUnreadable) with this state and nothing but its ID, so
+	// that listing still works and operators see it.
+	StateUnreadable
 )
 
 func (s State) String() string {
@@ -37,6 +41,8 @@ func (s State) String() string {
 		return "ACTIVE"
 	case StateReauthRequired:
 		return "REAUTH_REQUIRED"
+	case StateUnreadable:
+		return "UNREADABLE"
 	}
 	return "UNSPECIFIED"
 }

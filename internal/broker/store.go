@@ -23,7 +23,8 @@ type Store interface {
 	Get(ctx context.Context, id string) (*Record, error)
 
 	// List returns up to limit records whose IDs sort after the given one, in
-	// ID order.
+	// ID order. A record that cannot be opened is listed as a Record with
+	// only its ID and State StateUnreadable, rather than failing the list.
 	List(ctx context.Context, after string, limit int) ([]*Record, error)
 
 	// Delete removes a credential. Deleting a missing one is not an error.

@@ -115,6 +115,8 @@ func publicView(r *broker.Record) *pb.Credential {
 		c.State = pb.State_ACTIVE
 	case broker.StateReauthRequired:
 		c.State = pb.State_REAUTH_REQUIRED
+	case broker.StateUnreadable:
+		c.State = pb.State_UNREADABLE
 	}
 	return c
 }

@@ -137,4 +137,24 @@ func TestSealingKeyRotationAndTampering(t *testing.T) {
 	if idp.Stats().TokenRequests != before {
 		t.Fatal("a tampered record reached the IdP")
 	}
+
+	// Listing still works and shows it; re-encryption passes it by; the
+	// operator's way out is to delete it and put it again.
+	recs, _, err := fresh.ListCredentials(admin, 0, "")
+	if err != nil || len(recs) != 1 || recs[0].ID != "cred" || recs[0].State != broker.StateUnreadable {
+		t.Fatalf("ListCredentials with a tampered record: %v %+v", err, recs)
+	}
+	if r, err := fresh.ReencryptCredentials(admin, 0, ""); err != nil || r.Reencrypted != 0 {
+		t.Fatalf("reencryption with a tampered record: %+v, %v", r, err)
+	}
+	if err := fresh.DeleteCredential(admin, "cred"); err != nil {
+		t.Fatalf("deleting a tampered record: %v", err)
+	}
+	if _, err := fresh.PutCredential(admin, broker.Credential{ID: "cred", TokenURL: idp.TokenURL(), ClientID: clientID,
+		ClientSecrets: []string{secret}}, idp.Seed(clientID)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fresh.GetToken(ctx, "cred", 0); err != nil {
+		t.Fatalf("after putting it again: %v", err)
+	}
 }

@@ -16,7 +16,7 @@ type StateSource func(ctx context.Context) (map[broker.State]int, error)
 
 // knownStates are always reported, at 0 when no credential is in them, so
 // that alerts on REAUTH_REQUIRED > 0 have a series to look at.
-var knownStates = []broker.State{broker.StateActive, broker.StateReauthRequired}
+var knownStates = []broker.State{broker.StateActive, broker.StateReauthRequired, broker.StateUnreadable}
 
 // SetStateSource sets what feeds the tokenbroker_credentials gauge
 // (credentials by state). Listing every credential is not free, so the

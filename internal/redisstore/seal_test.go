@@ -45,8 +45,18 @@ func TestSealedAtRest(t *testing.T) {
 		if strings.Contains(err.Error(), refreshSecret) || strings.Contains(err.Error(), clientSecret) {
 			t.Fatalf("error holds a secret: %v", err)
 		}
-		if _, err := s.List(ctx, "", 10); err == nil {
-			t.Fatalf("tampered byte %d: List returned no error", i)
+		if !errors.Is(err, broker.ErrUnreadable) {
+			t.Fatalf("tampered byte %d: %v is not ErrUnreadable", i, err)
+		}
+		// List reports it, with nothing but its ID, instead of failing.
+		recs, err := s.List(ctx, "", 10)
+		if err != nil {
+			t.Fatalf("tampered byte %d: List: %v", i, err)
+		}
+		for _, r := range recs {
+			if r.ID == "a" && (r.State != broker.StateUnreadable || r.RefreshToken != "" || r.TokenURL != "") {
+				t.Fatalf("tampered byte %d: List returned %+v", i, r)
+			}
 		}
 	}
 

@@ -194,6 +194,10 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Re
 			if errors.Is(err, broker.ErrNotFound) {
 				continue // deleted, or a Commit that did not happen
 			}
+			if errors.Is(err, broker.ErrUnreadable) {
+				rec = &broker.Record{Credential: broker.Credential{ID: id}, State: broker.StateUnreadable}
+				err = nil
+			}
 			if err != nil {
 				return nil, err
 			}

@@ -38,6 +38,11 @@ const (
 	// further refresh is attempted until an operator puts a new refresh token
 	// in with PutCredential.
 	State_REAUTH_REQUIRED State = 2
+	// The stored record cannot be opened: tampered with, or sealed under a key
+	// the broker no longer has. Only ListCredentials reports it (the other
+	// calls fail with DATA_LOSS, reason RECORD_UNREADABLE); nothing is served
+	// until the keys are fixed or the credential is put again.
+	State_UNREADABLE State = 3
 )
 
 // Enum value maps for State.
@@ -46,11 +51,13 @@ var (
 		0: "STATE_UNSPECIFIED",
 		1: "ACTIVE",
 		2: "REAUTH_REQUIRED",
+		3: "UNREADABLE",
 	}
 	State_value = map[string]int32{
 		"STATE_UNSPECIFIED": 0,
 		"ACTIVE":            1,
 		"REAUTH_REQUIRED":   2,
+		"UNREADABLE":        3,
 	}
 )
 
@@ -1116,12 +1123,14 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x0eprimary_key_id\x18\x01 \x01(\tR\fprimaryKeyId\x12\x18\n" +
 	"\achecked\x18\x02 \x01(\x05R\achecked\x12 \n" +
 	"\vreencrypted\x18\x03 \x01(\x05R\vreencrypted\x12&\n" +
-	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken*?\n" +
+	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken*O\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
 	"\x06ACTIVE\x10\x01\x12\x13\n" +
-	"\x0fREAUTH_REQUIRED\x10\x02*R\n" +
+	"\x0fREAUTH_REQUIRED\x10\x02\x12\x0e\n" +
+	"\n" +
+	"UNREADABLE\x10\x03*R\n" +
 	"\tAuthStyle\x12\x1a\n" +
 	"\x16AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUTH_STYLE_BASIC\x10\x01\x12\x13\n" +
