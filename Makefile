@@ -8,16 +8,17 @@ export PATH := $(GOBIN):$(PATH)
 BUF_VERSION                ?= v1.47.2
 PROTOC_GEN_GO_VERSION      ?= v1.36.10
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.5.1
+STATICCHECK_VERSION        ?= v0.8.2
 
-.PHONY: all build test vet fmt-check proto proto-check tools demo bench lint clean fuzz
+.PHONY: all build test vet fmt-check lint proto proto-check tools demo bench clean fuzz
 
 all: build
 
 build:
 	$(GO) build ./...
 
-## test: vet, gofmt, proto-check and the race-enabled test suite.
-test: vet fmt-check proto-check
+## test: vet, gofmt, staticcheck, proto-check and the race-enabled test suite.
+test: vet fmt-check lint proto-check
 	$(GO) test -race -count=1 ./...
 
 vet:
@@ -26,6 +27,12 @@ vet:
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+## lint: staticcheck at the pinned version.
+lint:
+	@command -v staticcheck >/dev/null 2>&1 && staticcheck -version | grep -q "($(STATICCHECK_VERSION:v%=%))" || \
+		$(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	staticcheck ./...
 
 ## tools: install buf and the protoc plugins at the pinned versions.
 tools:

@@ -118,7 +118,7 @@ func startRedisReplicas(ctx context.Context, url string, n int) ([]*replica, err
 			cancel()
 			if err != nil {
 				_ = rc.Close()
-				return nil, fmt.Errorf("Redis does not answer: %w", err)
+				return nil, fmt.Errorf("redis does not answer: %w", err)
 			}
 		}
 		st, err := redisstore.New(rc, redisstore.Options{Prefix: redisPrefix, Keyring: keyring})

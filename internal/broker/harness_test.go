@@ -35,16 +35,6 @@ func (o *observer) Refreshed(ev broker.RefreshEvent) {
 	o.mu.Unlock()
 }
 
-func (o *observer) outcomes() []string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	var out []string
-	for _, ev := range o.refreshes {
-		out = append(out, ev.Outcome)
-	}
-	return out
-}
-
 // env is one IdP, one Store and the Brokers (replicas) sharing them.
 type env struct {
 	t     *testing.T

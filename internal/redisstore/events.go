@@ -169,9 +169,10 @@ func (s *Store) run(ctx context.Context, l *listener) {
 			return
 		}
 		live := false // a subscription was confirmed on ps
-		err := ps.Subscribe(ctx, s.channel)
-		if err == nil {
-			err = s.receive(ctx, ps, &live)
+		// Either ends with the connection's failure; the loop reconnects
+		// whatever it was, so the error itself is not needed.
+		if ps.Subscribe(ctx, s.channel) == nil {
+			_ = s.receive(ctx, ps, &live)
 		}
 		_ = ps.Close()
 		if ctx.Err() != nil {
