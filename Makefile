@@ -10,16 +10,18 @@ PROTOC_GEN_GO_VERSION      ?= v1.36.10
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.5.1
 STATICCHECK_VERSION        ?= v0.8.2
 
-.PHONY: all build test vet fmt-check lint proto proto-check tools demo bench clean fuzz
+.PHONY: all build test vet fmt-check lint proto proto-check tools demo bench bench-smoke clean fuzz
 
 all: build
 
 build:
 	$(GO) build ./...
 
-## test: vet, gofmt, staticcheck, proto-check and the race-enabled test suite.
+## test: vet, gofmt, staticcheck, proto-check, the race-enabled test suite
+## and a smoke run of the benchmark.
 test: vet fmt-check lint proto-check
 	$(GO) test -race -count=1 ./...
+	$(MAKE) --no-print-directory bench-smoke
 
 vet:
 	$(GO) vet ./...
@@ -84,3 +86,16 @@ fuzz:
 		out=$$($(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg 2>&1) || { echo "$$out"; exit 1; }; \
 		echo "$$out" | tail -1; \
 	done
+
+## bench: measure the broker on this machine (about two minutes; needs
+## redis-server): cached GetToken against the gRPC floor, a refresh storm,
+## the SDK's cached path, 10,000 credentials. Prints a table, writes
+## bench/results/latest.json. Flags go in BENCH_FLAGS (e.g. --strict, or
+## --cpuprofile cpu.prof to profile the hot path instead).
+bench:
+	$(GO) run ./cmd/bench $(BENCH_FLAGS)
+
+## bench-smoke: every step of make bench with tiny sizes (seconds), so it
+## cannot rot; part of make test.
+bench-smoke:
+	$(GO) run ./cmd/bench --smoke --json bench/results/smoke.json
