@@ -195,7 +195,7 @@ func TestNoSecretsInMetrics(t *testing.T) {
 		"outcome":       {broker.OutcomeOK, broker.OutcomeTransient, broker.OutcomePermanent, broker.OutcomeLost, broker.OutcomeAbandoned, "other"},
 		"credential_id": {"cred-1", "cred-dead", "invalid"},
 		"method":        {checkMethod, watchMethod},
-		"state":         {"ACTIVE", "REAUTH_REQUIRED", "UNSPECIFIED"},
+		"state":         {"ACTIVE", "REAUTH_REQUIRED", "UNREADABLE", "UNSPECIFIED"},
 	}
 	for c := codes.OK; c <= codes.Unauthenticated; c++ {
 		allowed["code"] = append(allowed["code"], c.String())
