@@ -427,3 +427,13 @@ func TestPercentile(t *testing.T) {
 		t.Errorf("p99 of one = %s; want 1ms", got)
 	}
 }
+
+// freePort returns a TCP port that was free on 127.0.0.1 a moment ago.
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}

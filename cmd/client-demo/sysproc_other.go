@@ -1,8 +1,0 @@
-//go:build !linux
-
-package main
-
-import "syscall"
-
-// childSysProcAttr returns nil: children keep the defaults outside Linux.
-func childSysProcAttr() *syscall.SysProcAttr { return nil }
