@@ -5,17 +5,24 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
-// floorMethod is the no-op method of the floor server.
-const floorMethod = "/tokenbroker.bench.Floor/Call"
+// The methods of the floor server: Call does nothing, Wait waits at its
+// gate.
+const (
+	floorMethod     = "/tokenbroker.bench.Floor/Call"
+	floorWaitMethod = "/tokenbroker.bench.Floor/Wait"
+)
 
 // floorServer is the gRPC floor: a bare grpc-go server on a 127.0.0.1 TCP
 // listener with the broker's transport settings (grpc-go's defaults and the
@@ -30,8 +37,8 @@ type floorServer struct {
 }
 
 // startFloor starts the floor server; its answer is resp, which it only
-// reads.
-func startFloor(resp *pb.GetTokenResponse) (*floorServer, error) {
+// reads. Wait calls wait at g; g may be nil when no Wait is made.
+func startFloor(resp *pb.GetTokenResponse, g *gate) (*floorServer, error) {
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -49,6 +56,20 @@ func startFloor(resp *pb.GetTokenResponse) (*floorServer, error) {
 			Handler: func(_ any, _ context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
 				if err := dec(new(pb.GetTokenRequest)); err != nil {
 					return nil, err
+				}
+				return resp, nil
+			},
+		}, {
+			MethodName: "Wait",
+			Handler: func(_ any, ctx context.Context, dec func(any) error, _ grpc.UnaryServerInterceptor) (any, error) {
+				if err := dec(new(pb.GetTokenRequest)); err != nil {
+					return nil, err
+				}
+				if g == nil {
+					return nil, status.Error(codes.FailedPrecondition, "no gate")
+				}
+				if err := g.wait(ctx); err != nil {
+					return nil, status.FromContextError(err).Err()
 				}
 				return resp, nil
 			},
@@ -80,4 +101,58 @@ func served(err error) error {
 		return nil
 	}
 	return err
+}
+
+// gate holds Wait calls until it opens. Reset it before each use.
+type gate struct {
+	mu      sync.Mutex
+	arrived int
+	first   time.Time // when the first call arrived
+	open    chan struct{}
+}
+
+func (g *gate) reset() {
+	g.mu.Lock()
+	g.arrived, g.first, g.open = 0, time.Time{}, make(chan struct{})
+	g.mu.Unlock()
+}
+
+// wait counts the caller in and waits until the gate opens or ctx ends.
+func (g *gate) wait(ctx context.Context) error {
+	g.mu.Lock()
+	if g.arrived == 0 {
+		g.first = time.Now()
+	}
+	g.arrived++
+	open := g.open
+	g.mu.Unlock()
+	select {
+	case <-open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// openWhen opens the gate once n callers wait at it and hold has passed
+// since the first arrived. It returns when the first arrived and when the
+// gate opened; it gives up when ctx ends.
+func (g *gate) openWhen(ctx context.Context, n int, hold time.Duration) (first, opened time.Time, err error) {
+	tick := time.NewTicker(100 * time.Microsecond)
+	defer tick.Stop()
+	for {
+		g.mu.Lock()
+		if g.arrived >= n && time.Since(g.first) >= hold {
+			first, opened = g.first, time.Now()
+			close(g.open)
+			g.mu.Unlock()
+			return first, opened, nil
+		}
+		g.mu.Unlock()
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			return time.Time{}, time.Time{}, ctx.Err()
+		}
+	}
 }

@@ -37,7 +37,17 @@ type loadSpec struct {
 type loadResult struct {
 	Calls  int64
 	Window time.Duration
+	CPU    time.Duration // used by the whole process during the window
 	hist   *histogram
+}
+
+// CPUPerCall is the process's CPU time (load client and server together)
+// per call; 0 where CPU time is not measured.
+func (r loadResult) CPUPerCall() time.Duration {
+	if r.Calls == 0 {
+		return 0
+	}
+	return r.CPU / time.Duration(r.Calls)
 }
 
 // P50 and P99 are the run's latency quantiles.
@@ -51,6 +61,7 @@ func (r *loadResult) add(o loadResult) {
 	}
 	r.Calls += o.Calls
 	r.Window += o.Window
+	r.CPU += o.CPU
 	r.hist.merge(o.hist)
 }
 
@@ -120,9 +131,10 @@ func runLoad(ctx context.Context, s loadSpec) (loadResult, error) {
 	}
 
 	var begin time.Time
-	stop := func() time.Duration {
+	var cpu0 time.Duration
+	stop := func() (time.Duration, time.Duration) {
 		phase.Store(phaseStop)
-		return time.Since(begin)
+		return time.Since(begin), processCPU() - cpu0
 	}
 	warm := time.NewTimer(s.warmup)
 	select {
@@ -130,7 +142,7 @@ func runLoad(ctx context.Context, s loadSpec) (loadResult, error) {
 	case <-ctx.Done():
 	}
 	warm.Stop()
-	begin = time.Now()
+	begin, cpu0 = time.Now(), processCPU()
 	phase.Store(phaseMeasure)
 	measure := time.NewTimer(s.duration)
 	select {
@@ -139,7 +151,7 @@ func runLoad(ctx context.Context, s loadSpec) (loadResult, error) {
 	case <-ctx.Done():
 	}
 	measure.Stop()
-	window := stop()
+	window, cpu := stop()
 	wg.Wait()
 	if firstErr != nil {
 		return loadResult{}, fmt.Errorf("loadbench: a call failed: %w", firstErr)
@@ -152,7 +164,7 @@ func runLoad(ctx context.Context, s loadSpec) (loadResult, error) {
 	for _, h := range hists {
 		all.merge(h)
 	}
-	return loadResult{Calls: int64(all.n), Window: window, hist: all}, nil
+	return loadResult{Calls: int64(all.n), Window: window, CPU: cpu, hist: all}, nil
 }
 
 // unaryCall returns a loadSpec.newCall that invokes method with req and

@@ -137,10 +137,10 @@ func (rep *Report) targets() []Target {
 			Met:  minCalls == TargetIdPCalls && maxCalls == TargetIdPCalls && rep.Storm.Reuses == 0,
 		},
 		Target{
-			Name: "refresh storm: waiters' p99 beyond the IdP",
+			Name: "refresh storm: waiters' p99 latency beyond the IdP's own",
 			Want: fmt.Sprintf("<= %.0f ms", ms(TargetBeyondIdP)),
-			Got:  fmt.Sprintf("%.1f ms", rep.Storm.BeyondP99Ms),
-			Met:  rep.Storm.BeyondP99Ms <= ms(TargetBeyondIdP),
+			Got:  fmt.Sprintf("%.1f ms", rep.Storm.ExcessP99Ms),
+			Met:  rep.Storm.ExcessP99Ms <= ms(TargetBeyondIdP),
 		},
 		Target{
 			Name: "SDK: cached TokenSource.Token no slower than ReuseTokenSource",
@@ -174,17 +174,20 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	p("tokenbroker bench (%s): %s %s/%s, %d CPUs, GOMAXPROCS %d; medians of %d rounds; %.0f s",
 		rep.Mode, m.GoVersion, m.OS, m.Arch, m.CPUs, m.GOMAXPROCS, rep.Rounds, rep.ElapsedS)
 	p("")
-	p("1. cached GetToken vs gRPC floor\tcalls/s\tp50 ms\tp99 ms\tratio (per round)")
+	p("1. cached GetToken vs gRPC floor\tcalls/s\tp50 ms\tp99 ms\tCPU µs/call\tratio (per round)")
 	for _, t := range rep.Throughput {
-		p("   broker, %d concurrent\t%.0f\t%.3f\t%.3f\t%.3f (%s)", t.Concurrency, t.Broker.CallsPerSec, t.Broker.P50Ms, t.Broker.P99Ms, t.Ratio, joinFloats(t.RoundRatios))
-		p("   floor,  %d concurrent\t%.0f\t%.3f\t%.3f\t", t.Concurrency, t.Floor.CallsPerSec, t.Floor.P50Ms, t.Floor.P99Ms)
+		p("   broker, %d concurrent\t%.0f\t%.3f\t%.3f\t%.1f\t%.3f (%s)", t.Concurrency, t.Broker.CallsPerSec, t.Broker.P50Ms, t.Broker.P99Ms, t.Broker.CPUUs, t.Ratio, joinFloats(t.RoundRatios))
+		p("   floor,  %d concurrent\t%.0f\t%.3f\t%.3f\t%.1f\tCPU ratio %.3f, broker's own %.1f µs/call", t.Concurrency, t.Floor.CallsPerSec, t.Floor.P50Ms, t.Floor.P99Ms, t.Floor.CPUUs, t.CPURatio, t.OverheadUs)
 	}
 	s := rep.Storm
 	p("")
 	p("2. refresh storm\t%d callers, %d replicas, IdP %.0f ms", s.Callers, s.Replicas, s.IdPLatencyMs)
 	p("   IdP calls per round\t%s (reuses %d)", joinInts(s.IdPCalls), s.Reuses)
+	p("   Redis commands per storm\t%d", s.RedisCommands)
 	p("   latency p50 / p99\t%.1f / %.1f ms", s.LatencyP50Ms, s.LatencyP99Ms)
-	p("   beyond the IdP p50 / p99 / max\t%.1f / %.1f / %.1f ms", s.BeyondP50Ms, s.BeyondP99Ms, s.BeyondMaxMs)
+	p("   beyond the IdP's own, p50 / p99\t%.1f / %.1f ms\t(gRPC floor %.1f / %.1f)", s.ExcessP50Ms, s.ExcessP99Ms, s.FloorExcessP50Ms, s.FloorExcessP99Ms)
+	p("     until the refresh reached the IdP\t%.1f ms", s.ToIdPMs)
+	p("     after the IdP answered, p50 / p99\t%.1f / %.1f ms\t(gRPC floor %.1f / %.1f)", s.AfterP50Ms, s.AfterP99Ms, s.FloorAfterP50Ms, s.FloorAfterP99Ms)
 	k := rep.SDK
 	p("")
 	p("3. SDK cached Token()\tns/op\tallocs/op\tparallel ns/op")
@@ -216,6 +219,8 @@ func progress(cfg *Config, format string, args ...any) {
 }
 
 func ms(d time.Duration) float64 { return round3(float64(d) / float64(time.Millisecond)) }
+
+func us(d time.Duration) float64 { return round1(float64(d) / float64(time.Microsecond)) }
 
 func round1(x float64) float64 { return math.Round(x*10) / 10 }
 

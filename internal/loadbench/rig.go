@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
@@ -34,6 +35,13 @@ const (
 	idpClientID  = "bench-upstream"
 	idpSecret    = "bench-upstream-secret"
 	shutdownWait = 5 * time.Second
+)
+
+// The per-client limit of the costly methods: cmd/broker's defaults
+// (--client-rate, --client-burst). GetToken is not limited.
+const (
+	clientRate  rate.Limit = 10
+	clientBurst int        = 20
 )
 
 // env is what every measurement shares: one private redis-server and the
@@ -117,9 +125,10 @@ func credential(idp *fakeidp.Server, id string) broker.Credential {
 }
 
 // replica is one broker replica as cmd/broker wires it in Redis mode, with
-// authentication and metrics on: its own go-redis client, redisstore.Store,
-// Broker, metrics on a fresh registry, and gRPC server on its own
-// 127.0.0.1 port.
+// authentication, the per-client limit, metrics and the audit trail on: its
+// own go-redis client, redisstore.Store, Broker, metrics on a fresh
+// registry (through the gRPC stats handler, as cmd/broker installs them),
+// and gRPC server on its own 127.0.0.1 port, without TLS.
 type replica struct {
 	client  redis.UniversalClient
 	store   *redisstore.Store
@@ -155,9 +164,13 @@ func (e *env) startReplica(o replicaOptions) (r *replica, err error) {
 	if r.store, err = redisstore.New(r.client, redisstore.Options{Prefix: o.prefix, AllowPlaintext: true}); err != nil {
 		return nil, err
 	}
+	// Wired as cmd/broker wires it with --clients-file and --metrics-addr
+	// at their defaults.
+	logger := quietLogger()
+	trail := audit.New(logger)
 	r.reg = prometheus.NewRegistry()
 	r.metrics = metrics.New(r.reg, metrics.Options{})
-	cfg := broker.Config{Observer: audit.Tee(r.metrics, o.observer)}
+	cfg := broker.Config{Observer: audit.Tee(trail, r.metrics, o.observer)}
 	if r.broker, err = broker.New(r.store, &upstream.Client{}, cfg); err != nil {
 		return nil, err
 	}
@@ -167,9 +180,11 @@ func (e *env) startReplica(o replicaOptions) (r *replica, err error) {
 	}
 	r.addr = lis.Addr().String()
 	r.server = grpcapi.NewServer(r.broker, grpcapi.Options{
-		Authenticator: e.auth,
-		Logger:        quietLogger(),
-		ServerOptions: []grpc.ServerOption{grpc.StatsHandler(r.metrics.StatsHandler())},
+		Authenticator:     e.auth,
+		Limiter:           auth.NewLimiter(clientRate, clientBurst),
+		Logger:            logger,
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{trail.UnaryServerInterceptor(grpcapi.Code)},
+		ServerOptions:     []grpc.ServerOption{grpc.StatsHandler(r.metrics.StatsHandler())},
 	})
 	r.served = make(chan error, 1)
 	go func() { r.served <- r.server.Serve(lis) }()
@@ -197,9 +212,9 @@ func (r *replica) close() error {
 	return errors.Join(errs...)
 }
 
-// quietLogger is the access log of the benchmark's servers: at Info, as
-// cmd/broker logs by default, so OK calls are not written; and the lines of
-// failed calls are discarded.
+// quietLogger is the log of the benchmark's servers (access log and audit
+// trail): at Info, as cmd/broker logs by default, so OK calls are not
+// written; what is written is discarded.
 func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }

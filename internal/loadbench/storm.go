@@ -19,13 +19,23 @@ import (
 const stormCallTimeout = 30 * time.Second
 
 // Storm is the refresh storm: in each round, Callers concurrent GetToken
-// calls through gRPC, spread over Replicas replicas sharing Redis, on a
-// credential whose token has expired, with an IdP that answers after
-// IdPLatencyMs. Beyond is, for each caller, how long after the IdP's answer
-// to the refresh left the IdP the caller had its token: what the broker
-// adds to the IdP's own latency (storing the refresh, waking the waiters on
-// every replica, answering them all). The latency figures are medians over
-// the rounds.
+// calls through gRPC, released together and spread over Replicas replicas
+// sharing Redis, on a credential whose token has expired, with an IdP that
+// answers after IdPLatencyMs. Each figure is the median over the rounds.
+//
+// A caller's excess is its latency minus the IdP's own time on the refresh
+// (from receiving the request to answering it): what the broker, gRPC and
+// the machine added for that caller. It splits into the time until the
+// refresh reached the IdP (ToIdPMs after the callers were released: their
+// calls arriving, the broker reading the store and taking the lock) and the
+// time after the IdP answered (After: storing the refresh, waking the
+// waiters on every replica, answering them all).
+//
+// The Floor figures are the same for a bare gRPC server with the same
+// callers, which holds each call until the IdP latency has passed since
+// the first arrived and all have arrived, then answers all at once: what
+// gRPC and this machine need for that many waiters, whatever the broker
+// does.
 type Storm struct {
 	Callers      int     `json:"callers"`
 	Replicas     int     `json:"replicas"`
@@ -35,16 +45,27 @@ type Storm struct {
 	Reuses       int64   `json:"idp_reuses"`
 	LatencyP50Ms float64 `json:"latency_p50_ms"`
 	LatencyP99Ms float64 `json:"latency_p99_ms"`
-	BeyondP50Ms  float64 `json:"beyond_idp_p50_ms"`
-	BeyondP99Ms  float64 `json:"beyond_idp_p99_ms"`
-	BeyondMaxMs  float64 `json:"beyond_idp_max_ms"`
+	ExcessP50Ms  float64 `json:"excess_p50_ms"`
+	ExcessP99Ms  float64 `json:"excess_p99_ms"`
+	ToIdPMs      float64 `json:"to_idp_ms"`
+	// RedisCommands is the number of commands the replicas sent to Redis
+	// while the callers were served (median over the rounds).
+	RedisCommands int64   `json:"redis_commands"`
+	AfterP50Ms    float64 `json:"after_idp_p50_ms"`
+	AfterP99Ms    float64 `json:"after_idp_p99_ms"`
+
+	FloorExcessP50Ms float64 `json:"floor_excess_p50_ms"`
+	FloorExcessP99Ms float64 `json:"floor_excess_p99_ms"`
+	FloorAfterP50Ms  float64 `json:"floor_after_p50_ms"`
+	FloorAfterP99Ms  float64 `json:"floor_after_p99_ms"`
 }
 
-// idpClock keeps when the IdP last answered a refresh.
+// idpClock keeps when the IdP last received and answered a refresh it
+// answered with tokens.
 type idpClock struct {
-	mu   sync.Mutex
-	last time.Time
-	n    int
+	mu                 sync.Mutex
+	received, answered time.Time
+	n                  int
 }
 
 func (c *idpClock) onEvent(ev fakeidp.Event) {
@@ -53,14 +74,46 @@ func (c *idpClock) onEvent(ev fakeidp.Event) {
 	}
 	now := time.Now() // the answer is written right after this hook
 	c.mu.Lock()
-	c.last, c.n = now, c.n+1
+	c.received, c.answered, c.n = ev.Time, now, c.n+1
 	c.mu.Unlock()
 }
 
-func (c *idpClock) get() (time.Time, int) {
+func (c *idpClock) get() (received, answered time.Time, n int) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.last, c.n
+	return c.received, c.answered, c.n
+}
+
+// stormRun is what one round measured, of the broker or of the floor.
+type stormRun struct {
+	latency, excess, after []time.Duration
+	toIdP                  time.Duration
+	commands               int64 // sent to Redis by the replicas
+}
+
+// figures collects the medians over rounds of p50s and p99s.
+type figures struct {
+	lat50, lat99, ex50, ex99, af50, af99, toIdP []time.Duration
+}
+
+func (f *figures) add(r stormRun) {
+	f.lat50, f.lat99 = append(f.lat50, quantileOf(r.latency, 0.5)), append(f.lat99, quantileOf(r.latency, 0.99))
+	f.ex50, f.ex99 = append(f.ex50, quantileOf(r.excess, 0.5)), append(f.ex99, quantileOf(r.excess, 0.99))
+	f.af50, f.af99 = append(f.af50, quantileOf(r.after, 0.5)), append(f.af99, quantileOf(r.after, 0.99))
+	f.toIdP = append(f.toIdP, r.toIdP)
+}
+
+// newStormRun computes a round's figures from when the callers were
+// released, when each was done and how long it took, and when the IdP (or
+// the floor's gate) received and answered.
+func newStormRun(released time.Time, done []time.Time, latency []time.Duration, received, answered time.Time) stormRun {
+	own := answered.Sub(received)
+	r := stormRun{latency: latency, toIdP: received.Sub(released)}
+	for i := range done {
+		r.excess = append(r.excess, latency[i]-own)
+		r.after = append(r.after, done[i].Sub(answered))
+	}
+	return r
 }
 
 // storm runs cfg.Rounds refresh storms, each on a new credential.
@@ -75,6 +128,7 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 	prefix := e.runID + "-storm"
 	var reps []*replica
 	var pools [][]*grpc.ClientConn
+	counter := &commandCounter{}
 	defer func() {
 		for _, p := range pools {
 			closePool(p)
@@ -84,7 +138,7 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 		}
 	}()
 	for range cfg.StormReplicas {
-		r, err := e.startReplica(replicaOptions{prefix: prefix})
+		r, err := e.startReplica(replicaOptions{prefix: prefix, hook: counter})
 		if err != nil {
 			return res, err
 		}
@@ -96,39 +150,41 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 		pools = append(pools, conns)
 	}
 
-	var p50, p99, b50, b99, bmax []time.Duration
+	var f figures
+	var commands []int64
 	for round := range cfg.Rounds {
 		progress(cfg, "storm: %d callers on %d replicas, round %d/%d", cfg.StormCallers, cfg.StormReplicas, round+1, cfg.Rounds)
 		id := fmt.Sprintf("storm-%d", round)
 		if _, err := reps[0].broker.PutCredential(adminContext(ctx), credential(idp, id), idp.Seed(idpClientID)); err != nil {
 			return res, err
 		}
-		r, err := e.stormRound(ctx, cfg, idp, clock, pools, id)
+		r, calls, reuses, err := e.stormRound(ctx, cfg, idp, clock, pools, id, counter)
 		if err != nil {
 			return res, err
 		}
-		res.IdPCalls = append(res.IdPCalls, r.idpCalls)
-		res.Reuses += r.reuses
-		p50, p99 = append(p50, quantileOf(r.latency, 0.5)), append(p99, quantileOf(r.latency, 0.99))
-		b50, b99 = append(b50, quantileOf(r.beyond, 0.5)), append(b99, quantileOf(r.beyond, 0.99))
-		bmax = append(bmax, quantileOf(r.beyond, 1))
+		res.IdPCalls = append(res.IdPCalls, calls)
+		res.Reuses += reuses
+		commands = append(commands, r.commands)
+		f.add(r)
 	}
-	res.LatencyP50Ms, res.LatencyP99Ms = ms(median(p50)), ms(median(p99))
-	res.BeyondP50Ms, res.BeyondP99Ms, res.BeyondMaxMs = ms(median(b50)), ms(median(b99)), ms(median(bmax))
+	res.LatencyP50Ms, res.LatencyP99Ms = ms(median(f.lat50)), ms(median(f.lat99))
+	res.ExcessP50Ms, res.ExcessP99Ms = ms(median(f.ex50)), ms(median(f.ex99))
+	res.AfterP50Ms, res.AfterP99Ms = ms(median(f.af50)), ms(median(f.af99))
+	res.ToIdPMs = ms(median(f.toIdP))
+	res.RedisCommands = median(commands)
+	floor, err := e.fanoutFloor(ctx, cfg, &pb.GetTokenResponse{AccessToken: "floor", TokenType: "Bearer"})
+	if err != nil {
+		return res, err
+	}
+	res.FloorExcessP50Ms, res.FloorExcessP99Ms = ms(median(floor.ex50)), ms(median(floor.ex99))
+	res.FloorAfterP50Ms, res.FloorAfterP99Ms = ms(median(floor.af50)), ms(median(floor.af99))
 	return res, nil
-}
-
-// stormResult is one round of a storm.
-type stormResult struct {
-	idpCalls, reuses int64
-	latency, beyond  []time.Duration
 }
 
 // stormRound primes every replica's cache with the credential's first
 // token, waits until that token has expired, then releases all the callers
 // at once.
-func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, clock *idpClock, pools [][]*grpc.ClientConn, id string) (stormResult, error) {
-	var res stormResult
+func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, clock *idpClock, pools [][]*grpc.ClientConn, id string, counter *commandCounter) (r stormRun, calls, reuses int64, err error) {
 	ctx, cancel := context.WithTimeout(e.callerContext(ctx), stormCallTimeout+cfg.StormTokenTTL)
 	defer cancel()
 	req := &pb.GetTokenRequest{CredentialId: id}
@@ -136,7 +192,7 @@ func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, 
 	for _, conns := range pools {
 		tok := new(pb.GetTokenResponse)
 		if err := conns[0].Invoke(ctx, pb.TokenService_GetToken_FullMethodName, req, tok); err != nil {
-			return res, fmt.Errorf("loadbench: storm: priming a replica: %w", err)
+			return r, 0, 0, fmt.Errorf("loadbench: storm: priming a replica: %w", err)
 		}
 		expiry = tok.GetExpiresAt().AsTime()
 	}
@@ -147,14 +203,33 @@ func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, 
 	case <-wait.C:
 	case <-ctx.Done():
 		wait.Stop()
-		return res, ctx.Err()
+		return r, 0, 0, ctx.Err()
 	}
 
 	before := idp.Stats()
-	_, answeredBefore := clock.get()
-	n := cfg.StormCallers
-	done := make([]time.Time, n)
-	latency := make([]time.Duration, n)
+	_, _, answeredBefore := clock.get()
+	counter.n.Store(0)
+	released, done, latency, err := callAll(ctx, pools, cfg.StormCallers, pb.TokenService_GetToken_FullMethodName, req)
+	if err != nil {
+		return r, 0, 0, err
+	}
+	commands := counter.n.Load()
+	after := idp.Stats()
+	received, answered, answeredAfter := clock.get()
+	if answeredAfter == answeredBefore {
+		return r, 0, 0, errors.New("loadbench: storm: the IdP answered no refresh")
+	}
+	r = newStormRun(released, done, latency, received, answered)
+	r.commands = commands
+	return r, after.Refreshes - before.Refreshes, after.Reuses - before.Reuses, nil
+}
+
+// callAll makes n calls of method at once, spread over pools, and returns
+// when they were released, when each ended and how long each took. It
+// fails if any call failed.
+func callAll(ctx context.Context, pools [][]*grpc.ClientConn, n int, method string, req *pb.GetTokenRequest) (released time.Time, done []time.Time, latency []time.Duration, err error) {
+	done = make([]time.Time, n)
+	latency = make([]time.Duration, n)
 	errs := make([]error, n)
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -167,11 +242,12 @@ func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, 
 			resp := new(pb.GetTokenResponse)
 			<-start
 			t0 := time.Now()
-			errs[i] = cc.Invoke(ctx, pb.TokenService_GetToken_FullMethodName, req, resp)
+			errs[i] = cc.Invoke(ctx, method, req, resp)
 			done[i] = time.Now()
 			latency[i] = done[i].Sub(t0)
 		}()
 	}
+	released = time.Now()
 	close(start)
 	wg.Wait()
 	failed, firstErr := 0, error(nil)
@@ -182,19 +258,63 @@ func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, 
 		}
 	}
 	if failed > 0 {
-		return res, fmt.Errorf("loadbench: storm: %d of %d calls failed, the first with: %w", failed, n, firstErr)
+		return released, nil, nil, fmt.Errorf("loadbench: storm: %d of %d calls failed, the first with: %w", failed, n, firstErr)
 	}
-	after := idp.Stats()
-	answered, answeredAfter := clock.get()
-	res.idpCalls = after.Refreshes - before.Refreshes
-	res.reuses = after.Reuses - before.Reuses
-	if answeredAfter == answeredBefore {
-		return res, errors.New("loadbench: storm: the IdP answered no refresh")
+	return released, done, latency, nil
+}
+
+// fanoutFloor measures the storm's gRPC floor (see Storm): as many
+// callers on as many bare floor servers, each call held at a gate that
+// opens once cfg.IdPLatency has passed since the first call arrived and
+// every call has arrived.
+func (e *env) fanoutFloor(ctx context.Context, cfg *Config, resp *pb.GetTokenResponse) (f figures, err error) {
+	g := &gate{}
+	var pools [][]*grpc.ClientConn
+	var floors []*floorServer
+	defer func() {
+		for _, p := range pools {
+			closePool(p)
+		}
+		for _, fl := range floors {
+			err = errors.Join(err, fl.close())
+		}
+	}()
+	for range cfg.StormReplicas {
+		fl, err := startFloor(resp, g)
+		if err != nil {
+			return f, err
+		}
+		floors = append(floors, fl)
+		conns, err := dialPool(fl.addr, max(1, cfg.Conns/2))
+		if err != nil {
+			return f, err
+		}
+		pools = append(pools, conns)
 	}
-	res.latency = latency
-	res.beyond = make([]time.Duration, n)
-	for i, d := range done {
-		res.beyond[i] = d.Sub(answered)
+	req := &pb.GetTokenRequest{CredentialId: "floor"}
+	for round := range cfg.Rounds {
+		progress(cfg, "storm: gRPC floor for %d callers, round %d/%d", cfg.StormCallers, round+1, cfg.Rounds)
+		rctx, cancel := context.WithTimeout(ctx, stormCallTimeout)
+		g.reset()
+		type result struct {
+			released time.Time
+			done     []time.Time
+			latency  []time.Duration
+			err      error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			var r result
+			r.released, r.done, r.latency, r.err = callAll(rctx, pools, cfg.StormCallers, floorWaitMethod, req)
+			ch <- r
+		}()
+		first, opened, err := g.openWhen(rctx, cfg.StormCallers, cfg.IdPLatency)
+		r := <-ch
+		cancel()
+		if err = cmp.Or(err, r.err); err != nil {
+			return f, err
+		}
+		f.add(newStormRun(r.released, r.done, r.latency, first, opened))
 	}
-	return res, nil
+	return f, nil
 }

@@ -53,7 +53,7 @@ func (e *env) startHot(ctx context.Context) (h *hotRig, err error) {
 		&pb.GetTokenRequest{CredentialId: hotCredential}, h.tok); err != nil {
 		return nil, fmt.Errorf("loadbench: first GetToken: %w", err)
 	}
-	if h.floor, err = startFloor(floorResponse(h.tok)); err != nil {
+	if h.floor, err = startFloor(floorResponse(h.tok), nil); err != nil {
 		return nil, err
 	}
 	return h, nil
@@ -78,12 +78,20 @@ func (h *hotRig) close() error {
 // to the floor server, at one concurrency. The load figures are medians
 // over the rounds; Ratio is the median of each round's broker/floor
 // throughput (the two runs of a round are back to back).
+//
+// The process's CPU time per call (load client and server together) is
+// less disturbed by whatever else runs on the machine than throughput is:
+// CPURatio, the floor's CPU per call over the broker's, is the throughput
+// ratio a quiet, CPU-bound machine would show, and OverheadUs what the
+// broker's own work costs per call.
 type Throughput struct {
 	Concurrency int       `json:"concurrency"`
 	Broker      Load      `json:"broker"`
 	Floor       Load      `json:"floor"`
 	Ratio       float64   `json:"ratio"`
 	RoundRatios []float64 `json:"round_ratios"`
+	CPURatio    float64   `json:"cpu_ratio"`
+	OverheadUs  float64   `json:"overhead_cpu_us_per_call"`
 }
 
 // Load is what a load run measured: medians over the rounds.
@@ -91,20 +99,25 @@ type Load struct {
 	CallsPerSec float64 `json:"calls_per_s"`
 	P50Ms       float64 `json:"p50_ms"`
 	P99Ms       float64 `json:"p99_ms"`
-	Calls       int64   `json:"calls"` // measured, over all rounds
+	CPUUs       float64 `json:"cpu_us_per_call"` // of the whole process
+	Calls       int64   `json:"calls"`           // measured, over all rounds
 }
 
 func summarize(rs []loadResult) Load {
 	var tput []float64
-	var p50, p99 []time.Duration
+	var p50, p99, cpu []time.Duration
 	var calls int64
 	for _, r := range rs {
 		tput = append(tput, r.PerSecond())
 		p50 = append(p50, r.P50())
 		p99 = append(p99, r.P99())
+		cpu = append(cpu, r.CPUPerCall())
 		calls += r.Calls
 	}
-	return Load{CallsPerSec: round1(median(tput)), P50Ms: ms(median(p50)), P99Ms: ms(median(p99)), Calls: calls}
+	return Load{
+		CallsPerSec: round1(median(tput)), P50Ms: ms(median(p50)), P99Ms: ms(median(p99)),
+		CPUUs: us(median(cpu)), Calls: calls,
+	}
 }
 
 // throughput runs the comparison at every concurrency of cfg. The broker
@@ -165,6 +178,10 @@ func (e *env) throughput(ctx context.Context, cfg *Config, h *hotRig) ([]Through
 		}
 		t.Broker, t.Floor = summarize(brokerRuns), summarize(floorRuns)
 		t.Ratio = median(t.RoundRatios)
+		if t.Broker.CPUUs > 0 {
+			t.CPURatio = round3(t.Floor.CPUUs / t.Broker.CPUUs)
+			t.OverheadUs = round1(t.Broker.CPUUs - t.Floor.CPUUs)
+		}
 		out = append(out, t)
 	}
 	return out, nil
