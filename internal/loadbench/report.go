@@ -186,7 +186,7 @@ func (rep *Report) WriteTable(w io.Writer) error {
 	p("   Redis commands per storm\t%d", s.RedisCommands)
 	p("   latency p50 / p99\t%.1f / %.1f ms", s.LatencyP50Ms, s.LatencyP99Ms)
 	p("   beyond the IdP's own, p50 / p99\t%.1f / %.1f ms\t(gRPC floor %.1f / %.1f)", s.ExcessP50Ms, s.ExcessP99Ms, s.FloorExcessP50Ms, s.FloorExcessP99Ms)
-	p("     until the refresh reached the IdP\t%.1f ms", s.ToIdPMs)
+	p("     until the refresh reached the IdP\t%.1f ms\t(gRPC floor: first call in after %.1f)", s.ToIdPMs, s.FloorToIdPMs)
 	p("     after the IdP answered, p50 / p99\t%.1f / %.1f ms\t(gRPC floor %.1f / %.1f)", s.AfterP50Ms, s.AfterP99Ms, s.FloorAfterP50Ms, s.FloorAfterP99Ms)
 	k := rep.SDK
 	p("")

@@ -35,7 +35,8 @@ const stormCallTimeout = 30 * time.Second
 // callers, which holds each call until the IdP latency has passed since
 // the first arrived and all have arrived, then answers all at once: what
 // gRPC and this machine need for that many waiters, whatever the broker
-// does.
+// does. FloorToIdPMs is how long after the release its first call
+// arrived.
 type Storm struct {
 	Callers      int     `json:"callers"`
 	Replicas     int     `json:"replicas"`
@@ -54,6 +55,7 @@ type Storm struct {
 	AfterP50Ms    float64 `json:"after_idp_p50_ms"`
 	AfterP99Ms    float64 `json:"after_idp_p99_ms"`
 
+	FloorToIdPMs     float64 `json:"floor_first_arrival_ms"`
 	FloorExcessP50Ms float64 `json:"floor_excess_p50_ms"`
 	FloorExcessP99Ms float64 `json:"floor_excess_p99_ms"`
 	FloorAfterP50Ms  float64 `json:"floor_after_p50_ms"`
@@ -176,6 +178,7 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 	if err != nil {
 		return res, err
 	}
+	res.FloorToIdPMs = ms(median(floor.toIdP))
 	res.FloorExcessP50Ms, res.FloorExcessP99Ms = ms(median(floor.ex50)), ms(median(floor.ex99))
 	res.FloorAfterP50Ms, res.FloorAfterP99Ms = ms(median(floor.af50)), ms(median(floor.af99))
 	return res, nil
