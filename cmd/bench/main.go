@@ -6,7 +6,7 @@
 // (--json). It needs redis-server in PATH; it starts its own on a free
 // 127.0.0.1 port and stops it.
 //
-// --smoke runs every step with tiny sizes in about 20 s, to show it works.
+// --smoke runs every step with tiny sizes in about 10 s, to show it works.
 // --cpuprofile and --memprofile profile the cached GetToken hot path
 // instead of running the benchmark.
 //

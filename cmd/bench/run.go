@@ -30,7 +30,7 @@ func parseFlags(args []string, stderr io.Writer) (*options, error) {
 	var o options
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.BoolVar(&o.smoke, "smoke", false, "run every step with tiny sizes and one round (about 20 s); the figures mean little")
+	fs.BoolVar(&o.smoke, "smoke", false, "run every step with tiny sizes and one round (about 10 s); the figures mean little")
 	fs.BoolVar(&o.strict, "strict", false, "exit 1 when a target is not met")
 	fs.StringVar(&o.jsonPath, "json", DefaultJSON, "write the report as JSON to this file (\"\" for none)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "instead of the benchmark, profile cached GetToken calls and write the CPU profile here")
