@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,11 +16,15 @@ import (
 // a stopped process or a long GC pause would.
 type pausingStore struct {
 	broker.Store
+	beforeLock   func()
 	afterLock    func()
 	beforeCommit func()
 }
 
 func (s *pausingStore) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, error) {
+	if s.beforeLock != nil {
+		s.beforeLock()
+	}
 	l, err := s.Store.TryLock(ctx, id, ttl)
 	if err == nil && s.afterLock != nil {
 		s.afterLock()
@@ -203,6 +208,49 @@ func TestEnsureCredentialNeverReseedsAnExistingOne(t *testing.T) {
 		}
 		if st := c.idp.Stats(); st.Reuses != 0 {
 			t.Fatalf("%d reuses", st.Reuses)
+		}
+	})
+}
+
+// A replica that read a stale record, and gets the lease only after another
+// replica refreshed and let go, must see the refresh under the lease and not
+// call the IdP again.
+func TestLateLeaseHolderDoesNotRefreshAgain(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, be backend) {
+		c := newCluster(t, be, fakeidp.Options{})
+		fast := c.replica(nil)
+		c.credential(fast, "cred")
+
+		blocked, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		late, _ := c.replicaOn(func(s broker.Store) broker.Store {
+			return &pausingStore{Store: s, beforeLock: func() {
+				once.Do(func() { // first attempt only: it has just read the stale record
+					close(blocked)
+					<-release
+				})
+			}}
+		}, nil)
+
+		lateTok := make(chan broker.Token, 1)
+		go func() {
+			tok, err := late.GetToken(context.Background(), "cred", 0)
+			if err != nil {
+				t.Error(err)
+			}
+			lateTok <- tok
+		}()
+		<-blocked
+		tok, err := fast.GetToken(context.Background(), "cred", 0) // refreshes, stores, lets go
+		if err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		if got := <-lateTok; got.AccessToken != tok.AccessToken {
+			t.Fatal("the late replica did not serve the refreshed token")
+		}
+		if st := c.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
+			t.Fatalf("%d refresh requests, %d reuses; want 1, 0", st.RefreshRequests, st.Reuses)
 		}
 	})
 }

@@ -66,9 +66,15 @@ func TestReplicasSpendEachRefreshTokenOnce(t *testing.T) {
 			}()
 		}
 		wg.Wait()
+		// A refresh-ahead started by one of the last calls may land after
+		// every caller stopped: wait for it, so the counts below are final.
+		for _, b := range replicas {
+			_ = b.Close()
+		}
 
 		st := c.idp.Stats()
-		gens := c.stored("cred").Generation - gen0
+		final := c.stored("cred")
+		gens := final.Generation - gen0
 		t.Logf("%d calls, %d IdP refreshes, %d tokens served, %d generations, %d reuses", calls.Load(), st.Refreshes, len(served), gens, st.Reuses)
 		if failures.Load() != 0 {
 			t.Fatalf("%d calls failed", failures.Load())
@@ -79,15 +85,19 @@ func TestReplicasSpendEachRefreshTokenOnce(t *testing.T) {
 		if st.Refreshes < 10 {
 			t.Fatalf("only %d refreshes over 11 lifetimes", st.Refreshes)
 		}
-		if st.RefreshRequests != st.Refreshes || uint64(st.Refreshes) != gens || int(st.Refreshes) != len(served) {
-			t.Fatalf("%d refresh requests, %d refreshes, %d generations, %d distinct tokens served; want all equal",
-				st.RefreshRequests, st.Refreshes, gens, len(served))
+		// Every refresh made a generation, and every generation's token was
+		// served, except perhaps the last one if it landed after the last
+		// call: no refresh was wasted.
+		unserved := int(gens) - len(served)
+		if st.RefreshRequests != st.Refreshes || uint64(st.Refreshes) != gens ||
+			unserved < 0 || unserved > 1 || (unserved == 1 && served[final.Token.AccessToken]) {
+			t.Fatalf("%d refresh requests, %d refreshes, %d generations, %d distinct tokens served (the last one served: %v); want one token served per refresh",
+				st.RefreshRequests, st.Refreshes, gens, len(served), served[final.Token.AccessToken])
 		}
 		// Every served token was unexpired when served; the current one is
 		// also accepted by the resource server.
-		cur, err := replicas[1].GetToken(ctx, "cred", 0)
-		if err != nil || !c.accepted(cur.AccessToken) {
-			t.Fatalf("current token refused by the resource server: %v", err)
+		if !c.accepted(final.Token.AccessToken) {
+			t.Fatal("the current token is refused by the resource server")
 		}
 	})
 }
