@@ -175,7 +175,7 @@ func run(ctx context.Context, cfg *Config, log *slog.Logger) error {
 	}
 	if m != nil {
 		m.SetStateSource(countStates(b))
-		opts.ServerOptions = append(opts.ServerOptions, grpc.StatsHandler(m.StatsHandler()))
+		opts.ObserveCall = m.ObserveRPC
 		if cfg.MetricsPerCredential {
 			opts.UnaryInterceptors = append(opts.UnaryInterceptors, forgetDeleted(m))
 		}

@@ -37,6 +37,17 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 			b.obs.TokenServed(FromCache)
 			return e.token, nil
 		}
+		// The cached token is stale: join the refresh at once. The flight
+		// reads the Store itself, so a storm of callers costs one read, not
+		// one each.
+		rec, err := b.refresh(ctx, id, b.expired(id, caller, minValid))
+		if err != nil {
+			return Token{}, err
+		}
+		if !b.mayRead(caller, rec.AllowedClients) {
+			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
+		}
+		return b.fresh(ctx, caller, rec, minValid, true)
 	}
 	rec, err := b.load(ctx, caller, id)
 	if err != nil {
@@ -139,20 +150,26 @@ func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid
 			return Token{}, &Error{Kind: ErrMinValidTooLong, CredentialID: rec.ID,
 				Detail: "the IdP's tokens do not stay valid that long"}
 		}
-		rec, err = b.refresh(ctx, rec.ID, flight{
-			id:     rec.ID,
-			caller: caller.ID,
-			reason: ReasonExpired,
-			// Judged on the record at hand: a token another replica just
-			// fetched has its own lifetime, hence its own windows.
-			need: func(r *Record, now time.Time) bool {
-				m, err := b.minValid(r.ID, minValid, &r.Token)
-				return err == nil && !r.Token.Valid(now, max(m, b.aheadWindow(r)))
-			},
-		})
+		rec, err = b.refresh(ctx, rec.ID, b.expired(rec.ID, caller, minValid))
 		if err != nil {
 			return Token{}, err
 		}
+	}
+}
+
+// expired is the refresh of a credential whose token does not stay valid
+// for the caller's minValid (nor, then, for the refresh-ahead window).
+func (b *Broker) expired(id string, caller Caller, minValid time.Duration) flight {
+	return flight{
+		id:     id,
+		caller: caller.ID,
+		reason: ReasonExpired,
+		// Judged on the record at hand: a token another replica just
+		// fetched has its own lifetime, hence its own windows.
+		need: func(r *Record, now time.Time) bool {
+			m, err := b.minValid(r.ID, minValid, &r.Token)
+			return err == nil && !r.Token.Valid(now, max(m, b.aheadWindow(r)))
+		},
 	}
 }
 

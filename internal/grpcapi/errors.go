@@ -36,6 +36,9 @@ const (
 	ReasonRecordUnreadable   = "RECORD_UNREADABLE"
 )
 
+// statusOK is the status of every successful call; a Status is immutable.
+var statusOK = status.New(codes.OK, "")
+
 // internalMessage is the status message of every error the table does not
 // know: its text may say anything, so it stays in the server's log.
 const internalMessage = "internal error"
@@ -94,7 +97,7 @@ func Code(err error) codes.Code {
 // credentialID, when not empty, is reported if the error names none.
 func toStatus(err error, credentialID string) *status.Status {
 	if err == nil {
-		return status.New(codes.OK, "")
+		return statusOK
 	}
 	if st, ok := status.FromError(err); ok {
 		return st

@@ -21,17 +21,18 @@ import (
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
-// publicServices answer without authentication, so that probes and grpcurl
-// work out of the box. They expose no credential.
-var publicServices = []string{
-	healthpb.Health_ServiceDesc.ServiceName,
-	reflectionpb.ServerReflection_ServiceDesc.ServiceName,
-	reflectionalphapb.ServerReflection_ServiceDesc.ServiceName,
+// publicPrefixes are the method prefixes of the services that answer
+// without authentication, so that probes and grpcurl work out of the box.
+// They expose no credential.
+var publicPrefixes = []string{
+	"/" + healthpb.Health_ServiceDesc.ServiceName + "/",
+	"/" + reflectionpb.ServerReflection_ServiceDesc.ServiceName + "/",
+	"/" + reflectionalphapb.ServerReflection_ServiceDesc.ServiceName + "/",
 }
 
 func isPublic(fullMethod string) bool {
-	for _, name := range publicServices {
-		if strings.HasPrefix(fullMethod, "/"+name+"/") {
+	for _, p := range publicPrefixes {
+		if strings.HasPrefix(fullMethod, p) {
 			return true
 		}
 	}
@@ -65,6 +66,9 @@ func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 	}
 	st := toStatus(err, id)
 	s.logCall(ctx, info.FullMethod, start, st, err, id, caller)
+	if s.observe != nil {
+		s.observe(info.FullMethod, st.Code(), time.Since(start))
+	}
 	if err != nil {
 		return nil, st.Err()
 	}
@@ -99,6 +103,9 @@ func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 	}
 	st := toStatus(err, "")
 	s.logCall(ctx, info.FullMethod, start, st, err, "", caller)
+	if s.observe != nil {
+		s.observe(info.FullMethod, st.Code(), time.Since(start))
+	}
 	return st.Err()
 }
 

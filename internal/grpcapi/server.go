@@ -11,6 +11,7 @@ package grpcapi
 
 import (
 	"context"
+	"google.golang.org/grpc/codes"
 	"log/slog"
 	"net"
 	"time"
@@ -80,6 +81,11 @@ type Options struct {
 	// Code tells the code each will be sent with. This is where audit's
 	// interceptor goes. Nil entries are skipped.
 	UnaryInterceptors []grpc.UnaryServerInterceptor
+	// ObserveCall, when set, is told the method, final code and duration of
+	// every call, authentication failures included, once the call is over:
+	// the hook for request metrics (metrics.Metrics.ObserveRPC), cheaper
+	// than a gRPC stats handler. It must be fast and safe for concurrent use.
+	ObserveCall func(method string, code codes.Code, d time.Duration)
 	// Logger receives the access log: one line per call. Nil means
 	// slog.Default().
 	Logger *slog.Logger
@@ -97,22 +103,24 @@ type Options struct {
 // Server is the gRPC server of a Broker. Create it with NewServer, run it
 // with Serve and stop it with Shutdown.
 type Server struct {
-	grpc   *grpc.Server
-	health *health.Server
-	auth   Authenticator
-	limit  Limiter
-	inner  []grpc.UnaryServerInterceptor
-	log    *slog.Logger
+	grpc    *grpc.Server
+	health  *health.Server
+	auth    Authenticator
+	limit   Limiter
+	inner   []grpc.UnaryServerInterceptor
+	observe func(method string, code codes.Code, d time.Duration)
+	log     *slog.Logger
 }
 
 // NewServer returns a Server of b's TokenService and AdminService, with
 // grpc.health.v1 (SERVING for "" and both services) and server reflection.
 func NewServer(b *broker.Broker, opts Options) *Server {
 	s := &Server{
-		health: health.NewServer(),
-		auth:   opts.Authenticator,
-		limit:  opts.Limiter,
-		log:    opts.Logger,
+		health:  health.NewServer(),
+		auth:    opts.Authenticator,
+		limit:   opts.Limiter,
+		log:     opts.Logger,
+		observe: opts.ObserveCall,
 	}
 	if s.log == nil {
 		s.log = slog.Default()

@@ -184,7 +184,7 @@ func (e *env) startReplica(o replicaOptions) (r *replica, err error) {
 		Limiter:           auth.NewLimiter(clientRate, clientBurst),
 		Logger:            logger,
 		UnaryInterceptors: []grpc.UnaryServerInterceptor{trail.UnaryServerInterceptor(grpcapi.Code)},
-		ServerOptions:     []grpc.ServerOption{grpc.StatsHandler(r.metrics.StatsHandler())},
+		ObserveCall:       r.metrics.ObserveRPC,
 	})
 	r.served = make(chan error, 1)
 	go func() { r.served <- r.server.Serve(lis) }()

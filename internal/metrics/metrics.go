@@ -20,6 +20,7 @@ package metrics
 
 import (
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +82,8 @@ type Metrics struct {
 
 	requests *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
+	rmu      sync.RWMutex          // guards rpcs
+	rpcs     map[string]*rpcSeries // resolved series by full method name
 
 	state *stateCollector
 }
