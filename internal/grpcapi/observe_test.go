@@ -30,7 +30,7 @@ func TestObserveCall(t *testing.T) {
 		mu.Unlock()
 	}}})
 	ctx := ctxT(t)
-	_, _ = e.tok.GetToken(ctx, &pb.GetTokenRequest{CredentialId: "x"})                // no key
+	_, _ = e.tok.GetToken(ctx, &pb.GetTokenRequest{CredentialId: "x"})                  // no key
 	_, _ = e.tok.GetToken(withKey(ctx, "w1"), &pb.GetTokenRequest{CredentialId: "a b"}) // bad input
 	_, _ = e.adm.ListCredentials(withKey(ctx, "admin"), &pb.ListCredentialsRequest{})   // fine
 	want := []call{
