@@ -249,10 +249,22 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 // runFlight waits until the credential no longer needs a refresh or its
 // lease is free, and refreshes it under the lease. Waiters are woken by the
 // Store's events; PollInterval is only the fallback.
+//
+// A flight starts because its caller just saw a stale token, so it tries
+// the lease before reading the Store: when the lease is free, that saves a
+// round trip before the IdP call, and the record is read under the lease
+// anyway.
 func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
 	wake, stop := b.watch(f.id) // before the first read: no wake-up is lost
 	defer stop()
 	start := time.Now()
+	switch lease, err := b.store.TryLock(ctx, f.id, b.cfg.LockTTL); {
+	case err == nil:
+		b.obs.LockWaited(time.Since(start), true)
+		return b.refreshLocked(ctx, lease, f)
+	case !errors.Is(err, ErrLockHeld):
+		return nil, storeErr(f.id, err)
+	}
 	deadline := start.Add(b.cfg.LockWait)
 	timer := time.NewTimer(b.cfg.PollInterval)
 	defer timer.Stop()
