@@ -1,0 +1,8 @@
+//go:build !linux
+
+package loadbench
+
+import "time"
+
+// processCPU returns 0: CPU time is only measured on Linux.
+func processCPU() time.Duration { return 0 }
