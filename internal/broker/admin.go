@@ -39,15 +39,11 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 	if err := validateCredential(&c, refreshToken, false); err != nil {
 		return nil, err
 	}
-	lease, err := b.acquire(ctx, c.ID)
+	lease, err := b.acquire(ctx, c.ID, nil)
 	if err != nil {
 		return nil, err
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = lease.Release(rctx)
-		cancel()
-	}()
+	defer b.release(ctx, lease)
 	cur, err := b.store.Get(ctx, c.ID)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, storeErr(c.ID, err)
@@ -234,15 +230,11 @@ func (b *Broker) reseal(ctx context.Context, rs Resealer, id, primary string) (b
 	if err != nil {
 		return false, storeErr(id, err)
 	}
-	lease, err := b.acquire(ctx, id)
+	lease, err := b.acquire(ctx, id, nil)
 	if err != nil {
 		return false, err
 	}
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = lease.Release(rctx)
-		cancel()
-	}()
+	defer b.release(ctx, lease)
 	rec, err := b.store.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		return false, nil
@@ -268,9 +260,13 @@ func (b *Broker) admin(ctx context.Context) error {
 	return nil
 }
 
-// acquire waits for a credential's lease, up to Config.LockWait.
-func (b *Broker) acquire(ctx context.Context, id string) (Lease, error) {
-	wake, stop := b.watch(id)
+// acquire waits for a credential's lease, up to Config.LockWait, woken by
+// the Store's events (PollInterval is only the fallback). While another
+// holder has it, settle (if not nil) is asked between attempts whether
+// waiting is still needed; when it says done, acquire returns its error and
+// no lease. An ended ctx returns ctx's error.
+func (b *Broker) acquire(ctx context.Context, id string, settle func() (done bool, err error)) (Lease, error) {
+	wake, stop := b.watch(id) // before settle's first read: no wake-up is lost
 	defer stop()
 	deadline := time.Now().Add(b.cfg.LockWait)
 	timer := time.NewTimer(b.cfg.PollInterval)
@@ -282,6 +278,11 @@ func (b *Broker) acquire(ctx context.Context, id string) (Lease, error) {
 		}
 		if !errors.Is(err, ErrLockHeld) {
 			return nil, storeErr(id, err)
+		}
+		if settle != nil {
+			if done, err := settle(); done || err != nil {
+				return nil, err
+			}
 		}
 		wait := min(b.cfg.PollInterval, time.Until(deadline))
 		if wait <= 0 {
@@ -295,4 +296,11 @@ func (b *Broker) acquire(ctx context.Context, id string) (Lease, error) {
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// release gives a lease up, even when ctx has ended, within a second.
+func (b *Broker) release(ctx context.Context, lease Lease) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
+	_ = lease.Release(rctx)
+	cancel()
 }

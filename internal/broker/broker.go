@@ -58,9 +58,8 @@ type entry struct {
 	token     Token
 	state     State
 	allowed   []string
-	ahead     time.Duration // effective refresh-ahead window
-	aheadAt   time.Time     // when to start a background refresh
-	triggered atomic.Bool   // a background refresh was started from this entry
+	aheadAt   time.Time   // when to start a background refresh
+	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
 }
 
@@ -208,7 +207,6 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		allowed:   rec.AllowedClients,
 		lastError: rec.LastError,
 	}
-	e.ahead = b.aheadWindow(rec)
 	e.aheadAt = b.aheadAt(rec)
 	return e
 }
@@ -250,7 +248,7 @@ func (b *Broker) watch(id string) (wake <-chan struct{}, stop func()) {
 	return ch, func() {
 		b.wmu.Lock()
 		delete(m, ch)
-		if len(m) == 0 && b.waiters[id] != nil && len(b.waiters[id]) == 0 {
+		if len(m) == 0 { // m is still b.waiters[id]: it goes only once empty
 			delete(b.waiters, id)
 		}
 		b.wmu.Unlock()

@@ -255,51 +255,36 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 // round trip before the IdP call, and the record is read under the lease
 // anyway.
 func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
-	wake, stop := b.watch(f.id) // before the first read: no wake-up is lost
-	defer stop()
 	start := time.Now()
-	switch lease, err := b.store.TryLock(ctx, f.id, b.cfg.LockTTL); {
-	case err == nil:
-		b.obs.LockWaited(time.Since(start), true)
-		return b.refreshLocked(ctx, lease, f)
-	case !errors.Is(err, ErrLockHeld):
-		return nil, storeErr(f.id, err)
-	}
-	deadline := start.Add(b.cfg.LockWait)
-	timer := time.NewTimer(b.cfg.PollInterval)
-	defer timer.Stop()
-	for {
+	var rec *Record
+	lease, err := b.acquire(ctx, f.id, func() (bool, error) {
 		epoch := b.epoch(f.id)
-		rec, err := b.store.Get(ctx, f.id)
+		r, err := b.store.Get(ctx, f.id)
 		if err != nil {
-			return nil, storeErr(f.id, err)
+			return true, storeErr(f.id, err)
 		}
-		b.fill(rec, epoch)
-		if done, err := b.settled(rec, f); done || err != nil {
+		b.fill(r, epoch)
+		rec = r
+		done, err := b.settled(r, f)
+		if done || err != nil {
 			b.obs.LockWaited(time.Since(start), false)
-			return rec, err
 		}
-		lease, err := b.store.TryLock(ctx, f.id, b.cfg.LockTTL)
-		if err == nil {
-			b.obs.LockWaited(time.Since(start), true)
-			return b.refreshLocked(ctx, lease, f)
-		}
-		if !errors.Is(err, ErrLockHeld) {
-			return nil, storeErr(f.id, err)
-		}
-		wait := min(b.cfg.PollInterval, time.Until(deadline))
-		if wait <= 0 {
-			b.obs.LockWaited(time.Since(start), false)
-			return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, RetryAfter: b.cfg.PollInterval}
-		}
-		timer.Reset(wait)
-		select {
-		case <-wake:
-		case <-timer.C:
-		case <-ctx.Done():
-			return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: ctx.Err()}
-		}
+		return done, err
+	})
+	var be *Error
+	switch {
+	case err != nil && !errors.As(err, &be): // the flight's own deadline ran out while waiting
+		return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err}
+	case errors.Is(err, ErrLockTimeout):
+		b.obs.LockWaited(time.Since(start), false)
+		return nil, err
+	case err != nil:
+		return nil, err
+	case lease == nil: // settled without the IdP
+		return rec, nil
 	}
+	b.obs.LockWaited(time.Since(start), true)
+	return b.refreshLocked(ctx, lease, f)
 }
 
 // settled says whether f is over on rec without calling the IdP: the record
@@ -327,11 +312,7 @@ func (b *Broker) settled(rec *Record, f flight) (bool, error) {
 
 // refreshLocked calls the IdP under lease and stores the outcome, fenced.
 func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Record, error) {
-	defer func() {
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-		_ = lease.Release(rctx)
-		cancel()
-	}()
+	defer b.release(ctx, lease)
 	rec, err := b.store.Get(ctx, f.id) // the freshest record, read under the lease
 	if err != nil {
 		return nil, storeErr(f.id, err)
@@ -413,9 +394,7 @@ func (b *Broker) commit(ctx context.Context, lease Lease, next *Record) (uint64,
 					Detail: "refresh lease lost before the result was stored"}
 			}
 			gen, err = b.store.Commit(ctx, l2, next)
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
-			_ = l2.Release(rctx)
-			cancel()
+			b.release(ctx, l2)
 			if err != nil {
 				return 0, &Error{Kind: ErrLockTimeout, CredentialID: next.ID, Err: err,
 					Detail: "refresh lease lost before the result was stored"}
