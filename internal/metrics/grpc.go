@@ -2,25 +2,27 @@ package metrics
 
 import (
 	"context"
-	"github.com/prometheus/client_golang/prometheus"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/stats"
 	"google.golang.org/grpc/status"
 )
 
-// The gRPC metrics can be fed in two ways; install exactly one, or requests
-// are counted twice.
+// The gRPC metrics can be fed in three ways; install exactly one, or
+// requests are counted twice.
 //
+//   - ObserveRPC, called by the outermost interceptor once it knows the
+//     final code: with internal/grpcapi, as Options.ObserveCall. It sees
+//     calls refused by authentication too, and costs no allocation. This is
+//     the one the broker uses.
 //   - StatsHandler, given to the server with grpc.StatsHandler. It sees
 //     every call to a registered method with the status code the client
-//     receives, whatever the interceptors do, including calls refused by
-//     authentication. This is the one to use with internal/grpcapi, whose
-//     own interceptor (authentication, error conversion) runs outside any
-//     interceptor added through its ServerOptions.
+//     receives, whatever the interceptors do, but makes gRPC build and copy
+//     several events per call.
 //   - UnaryServerInterceptor and StreamServerInterceptor. They read the code
 //     from the error the next handler returns, so they must run outside
 //     whatever turns errors into statuses: an error without a status counts

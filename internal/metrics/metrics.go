@@ -11,7 +11,7 @@
 //	reg := prometheus.NewRegistry()
 //	m := metrics.New(reg, metrics.Options{})
 //	cfg.Observer = m
-//	grpcOpts = append(grpcOpts, grpc.StatsHandler(m.StatsHandler()))
+//	grpcapiOpts.ObserveCall = m.ObserveRPC
 //	m.SetStateSource(countStates)
 //	http.Handle("/metrics", metrics.Handler(reg))
 //
