@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"net/http"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,21 +18,14 @@ const (
 	testSecret   = "s3cret-client-value"
 )
 
-// observer counts what a Broker reports.
+// observer counts the tokens a Broker serves, by source.
 type observer struct {
 	served [3]atomic.Int64 // by broker.Source
-
-	mu        sync.Mutex
-	refreshes []broker.RefreshEvent
 }
 
 func (o *observer) TokenServed(from broker.Source) { o.served[from].Add(1) }
 func (o *observer) LockWaited(time.Duration, bool) {}
-func (o *observer) Refreshed(ev broker.RefreshEvent) {
-	o.mu.Lock()
-	o.refreshes = append(o.refreshes, ev)
-	o.mu.Unlock()
-}
+func (o *observer) Refreshed(broker.RefreshEvent)  {}
 
 // env is one IdP, one Store and the Brokers (replicas) sharing them.
 type env struct {
