@@ -102,6 +102,14 @@ func validateToken(field, s string, max int, required bool) error {
 	return nil
 }
 
+// ValidateCredential checks c and its refresh token as PutCredential does,
+// for a credential that may or may not exist yet (so a missing refresh token
+// is not an error: only the Store can tell whether one is needed). It needs
+// no Broker, so configuration can be checked before anything is dialled.
+func ValidateCredential(c Credential, refreshToken string) error {
+	return validateCredential(&c, refreshToken, false)
+}
+
 // validateCredential checks everything an operator puts in. isNew says
 // whether the credential is being created (a refresh token is then required
 // for the refresh_token grant).
