@@ -61,6 +61,12 @@ type Credential struct {
 	Scopes         []string      `json:"scopes,omitempty"`
 	AllowedClients []string      `json:"allowed_clients,omitempty"`
 	RefreshAhead   time.Duration `json:"refresh_ahead,omitempty"` // 0: the broker's default
+	// ReuseGrace is how long the IdP still accepts a refresh token after it
+	// rotated it (Dex's reuseInterval, Okta's grace period; 0 for a strict
+	// IdP such as Auth0 or Hydra by default). Within it, a refresh whose
+	// reply was lost is sent again with the same refresh token; past it, the
+	// credential goes to REAUTH_REQUIRED with ErrOutcomeUnknown.
+	ReuseGrace time.Duration `json:"reuse_grace,omitempty"`
 }
 
 // Token is an access token as handed to clients.
@@ -102,6 +108,10 @@ type Record struct {
 	// called the IdP; forced refreshes are rate-limited from it.
 	LastForcedAt time.Time `json:"last_forced_at,omitzero"`
 	LastError    string    `json:"last_error,omitempty"` // never holds a secret
+	// OutcomeUnknown, with StateReauthRequired, says that no IdP verdict
+	// killed the grant: a refresh's reply was lost (or its holder died) and
+	// the IdP may have rotated the token; see ErrOutcomeUnknown.
+	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
 	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
 	// Failures counts transient failures since the last success; it drives
 	// the backoff.

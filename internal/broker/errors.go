@@ -24,6 +24,12 @@ var (
 	// with, sealed under a key no longer configured, corrupt). It is never
 	// returned as data and never marks the credential REAUTH_REQUIRED.
 	ErrUnreadable = errors.New("broker: stored record cannot be read")
+	// ErrOutcomeUnknown: the credential needs a new refresh token because a
+	// refresh's outcome is unknown (its reply was lost, or the replica that
+	// sent it died, outside the IdP's reuse grace), not because the IdP
+	// said the grant is dead. An Error of this kind also matches
+	// ErrReauthRequired.
+	ErrOutcomeUnknown = errors.New("broker: refresh outcome unknown; the IdP may have rotated the refresh token")
 )
 
 // Errors of the Store seam. The Broker handles them; they never reach a caller.
@@ -58,8 +64,11 @@ func (e *Error) Error() string {
 	return msg
 }
 
-// Is reports whether target is e's Kind.
-func (e *Error) Is(target error) bool { return target == e.Kind }
+// Is reports whether target is e's Kind; an ErrOutcomeUnknown is also an
+// ErrReauthRequired.
+func (e *Error) Is(target error) bool {
+	return target == e.Kind || (e.Kind == ErrOutcomeUnknown && target == ErrReauthRequired)
+}
 
 // Unwrap returns the cause.
 func (e *Error) Unwrap() error { return e.Err }
