@@ -111,8 +111,8 @@ type Record struct {
 	// OutcomeUnknown, with StateReauthRequired, says that no IdP verdict
 	// killed the grant: a refresh's reply was lost (or its holder died) and
 	// the IdP may have rotated the token; see ErrOutcomeUnknown.
-	OutcomeUnknown bool `json:"outcome_unknown,omitempty"`
-	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	OutcomeUnknown bool      `json:"outcome_unknown,omitempty"`
+	LastErrorAt    time.Time `json:"last_error_at,omitzero"`
 	// Failures counts transient failures since the last success; it drives
 	// the backoff.
 	Failures int `json:"failures,omitempty"`
