@@ -15,7 +15,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
@@ -118,7 +117,7 @@ func dryRun(ctx context.Context, seeds []seedCredential) error {
 // noIdP is the Upstream of the dry run: it never calls anything.
 type noIdP struct{}
 
-func (noIdP) Exchange(context.Context, upstream.Request) (*upstream.Token, error) {
+func (noIdP) Exchange(context.Context, broker.UpstreamRequest) (*broker.UpstreamToken, error) {
 	return nil, errors.New("dry run: no IdP")
 }
 

@@ -1,23 +1,13 @@
 package broker
 
 import (
-	"context"
 	"crypto/subtle"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/singleflight"
-
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
-
-// Upstream exchanges a grant for a token at an identity provider. It must be
-// safe for concurrent use. Its errors are *upstream.Error when the failure is
-// classified, and never hold a secret; any other error counts as transient.
-type Upstream interface {
-	Exchange(ctx context.Context, r upstream.Request) (*upstream.Token, error)
-}
 
 // A Broker hands out access tokens for the credentials in its Store and
 // refreshes them at most once at a time, across every Broker sharing the

@@ -4,12 +4,15 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
 	"golang.org/x/oauth2/clientcredentials"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // Client sends token requests. The zero value is ready to use, and a Client
@@ -67,7 +70,15 @@ var noSecret = []string{""}
 // Authorization header carries client_id and an empty password.
 //
 // Every error is an *Error; see its doc for the classification.
-func (c *Client) Exchange(ctx context.Context, r Request) (*Token, error) {
+func (c *Client) Exchange(ctx context.Context, r broker.UpstreamRequest) (*broker.UpstreamToken, error) {
+	tok, e := c.exchange(ctx, r)
+	if e != nil {
+		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Err: e}
+	}
+	return tok, nil
+}
+
+func (c *Client) exchange(ctx context.Context, r broker.UpstreamRequest) (*broker.UpstreamToken, *Error) {
 	if e := validate(&r); e != nil {
 		return nil, e
 	}
@@ -81,7 +92,7 @@ func (c *Client) Exchange(ctx context.Context, r Request) (*Token, error) {
 	}
 	for i, secret := range secrets {
 		if err := ctx.Err(); err != nil {
-			return nil, newError(ctx, &r, err, 0)
+			return nil, newError(ctx, &r, err, exchangeSeen{})
 		}
 		tok, e := exchangeOnce(ctx, hc, &r, secret)
 		if e == nil {
@@ -95,22 +106,22 @@ func (c *Client) Exchange(ctx context.Context, r Request) (*Token, error) {
 	panic("unreachable")
 }
 
-func validate(r *Request) *Error {
+func validate(r *broker.UpstreamRequest) *Error {
 	u, err := url.Parse(r.TokenURL)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
 		return invalidRequest("token URL is not an absolute http(s) URL")
 	}
 	switch r.AuthStyle {
-	case AuthBasic, AuthPost:
+	case broker.AuthStyleBasic, broker.AuthStylePost:
 	default:
 		return invalidRequest("unknown auth style")
 	}
 	switch r.GrantType {
-	case GrantRefreshToken:
+	case broker.GrantRefreshToken:
 		if r.RefreshToken == "" {
 			return invalidRequest("refresh_token grant without a refresh token")
 		}
-	case GrantClientCredentials:
+	case broker.GrantClientCredentials:
 	default:
 		return invalidRequest("unknown grant type")
 	}
@@ -124,8 +135,8 @@ func validate(r *Request) *Error {
 // refresh of oauth2.Config.TokenSource it sends Scopes. The auth style is
 // always explicit, never AuthStyleAutoDetect, whose retry in the other style
 // would present a refresh token twice.
-func exchangeOnce(ctx context.Context, hc *http.Client, r *Request, secret string) (*Token, *Error) {
-	rec := &statusRecorder{next: hc.Transport}
+func exchangeOnce(ctx context.Context, hc *http.Client, r *broker.UpstreamRequest, secret string) (*broker.UpstreamToken, *Error) {
+	rec := &exchangeRecorder{next: hc.Transport}
 	if rec.next == nil {
 		rec.next = http.DefaultTransport
 	}
@@ -139,11 +150,11 @@ func exchangeOnce(ctx context.Context, hc *http.Client, r *Request, secret strin
 		Scopes:       r.Scopes,
 		AuthStyle:    oauth2.AuthStyleInHeader,
 	}
-	if r.AuthStyle == AuthPost {
+	if r.AuthStyle == broker.AuthStylePost {
 		cfg.AuthStyle = oauth2.AuthStyleInParams
 	}
 	sent := ""
-	if r.GrantType == GrantRefreshToken {
+	if r.GrantType == broker.GrantRefreshToken {
 		sent = r.RefreshToken
 		cfg.EndpointParams = url.Values{
 			"grant_type":    {"refresh_token"},
@@ -153,9 +164,9 @@ func exchangeOnce(ctx context.Context, hc *http.Client, r *Request, secret strin
 
 	tk, err := cfg.Token(context.WithValue(ctx, oauth2.HTTPClient, &withRec))
 	if err != nil {
-		return nil, newError(ctx, r, err, rec.status)
+		return nil, newError(ctx, r, err, rec.exchangeSeen)
 	}
-	t := &Token{
+	t := &broker.UpstreamToken{
 		AccessToken: tk.AccessToken,
 		TokenType:   tk.TokenType,
 		Expiry:      tk.Expiry,
@@ -171,16 +182,30 @@ func exchangeOnce(ctx context.Context, hc *http.Client, r *Request, secret strin
 	return t, nil
 }
 
-// statusRecorder remembers the status of the last response, which x/oauth2
-// drops when it cannot use a 2xx body. http.Client calls RoundTrip on the
-// goroutine of Do, so status needs no lock.
-type statusRecorder struct {
-	next   http.RoundTripper
-	status int
+// exchangeSeen is what the transport saw of one token request.
+type exchangeSeen struct {
+	status int  // of the last response; 0 if none came
+	wrote  bool // the request was written to the connection in full
 }
 
-func (s *statusRecorder) RoundTrip(req *http.Request) (*http.Response, error) {
-	resp, err := s.next.RoundTrip(req)
+// exchangeRecorder records what x/oauth2 drops: the status of a 2xx whose
+// body it cannot use, and whether a request that got no answer was sent at
+// all. http.Client calls RoundTrip on the goroutine of Do, and the trace
+// fires before RoundTrip returns, so the fields need no lock.
+type exchangeRecorder struct {
+	next http.RoundTripper
+	exchangeSeen
+}
+
+func (s *exchangeRecorder) RoundTrip(req *http.Request) (*http.Response, error) {
+	trace := &httptrace.ClientTrace{
+		WroteRequest: func(info httptrace.WroteRequestInfo) {
+			if info.Err == nil {
+				s.wrote = true
+			}
+		},
+	}
+	resp, err := s.next.RoundTrip(req.WithContext(httptrace.WithClientTrace(req.Context(), trace)))
 	if resp != nil {
 		s.status = resp.StatusCode
 	}

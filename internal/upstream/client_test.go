@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -15,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -97,12 +99,12 @@ func replyJSON(w http.ResponseWriter, status int, body string) {
 	reply(w, status, "application/json", body)
 }
 
-func refreshReq(tokenURL string) upstream.Request {
-	return upstream.Request{
+func refreshReq(tokenURL string) broker.UpstreamRequest {
+	return broker.UpstreamRequest{
 		TokenURL:      tokenURL,
 		ClientID:      "client-1",
 		ClientSecrets: []string{"secret-1"},
-		GrantType:     upstream.GrantRefreshToken,
+		GrantType:     broker.GrantRefreshToken,
 		RefreshToken:  "rt-1",
 	}
 }
@@ -112,11 +114,33 @@ func asError(t *testing.T, err error) *upstream.Error {
 	if err == nil {
 		t.Fatal("Exchange succeeded, want an error")
 	}
+	var be *broker.UpstreamError
+	if !errors.As(err, &be) {
+		t.Fatalf("error %T %v is not a *broker.UpstreamError", err, err)
+	}
 	var ue *upstream.Error
 	if !errors.As(err, &ue) {
-		t.Fatalf("error %T %v is not an *upstream.Error", err, err)
+		t.Fatalf("error %T %v does not wrap an *upstream.Error", err, err)
+	}
+	if be.Class != ue.Class || be.RetryAfter != ue.RetryAfter {
+		t.Fatalf("broker.UpstreamError says %v, %v; upstream.Error %v, %v", be.Class, be.RetryAfter, ue.Class, ue.RetryAfter)
 	}
 	return ue
+}
+
+// A request that never reached the IdP leaves the refresh token unspent,
+// whatever the transport error: only one written in full may have rotated it.
+func TestRefusedConnectionIsTransient(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := lis.Addr().String()
+	lis.Close() // nothing listens there now
+	_, err = new(upstream.Client).Exchange(context.Background(), refreshReq("http://"+addr+"/token"))
+	if ue := asError(t, err); ue.Class != broker.Transient || ue.StatusCode != 0 {
+		t.Errorf("got %v (class %v), want transient", ue, ue.Class)
+	}
 }
 
 func TestRefreshRotates(t *testing.T) {
@@ -195,13 +219,13 @@ func TestClientAuthentication(t *testing.T) {
 	)
 	tests := []struct {
 		name    string
-		style   upstream.AuthStyle
+		style   broker.AuthStyle
 		secrets []string
 	}{
-		{"basic", upstream.AuthBasic, []string{secret}},
-		{"post", upstream.AuthPost, []string{secret}},
-		{"basic public", upstream.AuthBasic, nil},
-		{"post public", upstream.AuthPost, nil},
+		{"basic", broker.AuthStyleBasic, []string{secret}},
+		{"post", broker.AuthStylePost, []string{secret}},
+		{"basic public", broker.AuthStyleBasic, nil},
+		{"post public", broker.AuthStylePost, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -223,7 +247,7 @@ func TestClientAuthentication(t *testing.T) {
 				wantSecret = tt.secrets[0]
 			}
 			switch tt.style {
-			case upstream.AuthBasic:
+			case broker.AuthStyleBasic:
 				if !s.basic || s.userErr != nil || s.passErr != nil {
 					t.Fatalf("no usable basic auth: %q", s.authz)
 				}
@@ -233,7 +257,7 @@ func TestClientAuthentication(t *testing.T) {
 				if s.form.Has("client_id") || s.form.Has("client_secret") {
 					t.Errorf("basic auth also sent credentials in the form: %v", s.form)
 				}
-			case upstream.AuthPost:
+			case broker.AuthStylePost:
 				if s.authz != "" {
 					t.Errorf("post auth sent Authorization %q", s.authz)
 				}
@@ -256,7 +280,7 @@ func TestClientAuthentication(t *testing.T) {
 }
 
 func TestScopes(t *testing.T) {
-	for _, grant := range []upstream.GrantType{upstream.GrantRefreshToken, upstream.GrantClientCredentials} {
+	for _, grant := range []broker.GrantType{broker.GrantRefreshToken, broker.GrantClientCredentials} {
 		t.Run(fmt.Sprint(grant), func(t *testing.T) {
 			e := newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 				replyJSON(w, 200, `{"access_token":"at"}`)
@@ -278,12 +302,12 @@ func TestClientCredentials(t *testing.T) {
 	e := newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 		replyJSON(w, 200, `{"access_token":"cc-at","token_type":"Bearer","expires_in":300}`)
 	})
-	r := upstream.Request{
+	r := broker.UpstreamRequest{
 		TokenURL:      e.srv.URL,
 		ClientID:      "svc",
 		ClientSecrets: []string{"svc-secret"},
-		AuthStyle:     upstream.AuthPost,
-		GrantType:     upstream.GrantClientCredentials,
+		AuthStyle:     broker.AuthStylePost,
+		GrantType:     broker.GrantClientCredentials,
 	}
 	tok, err := new(upstream.Client).Exchange(context.Background(), r)
 	if err != nil {
@@ -309,7 +333,7 @@ func TestSecretFallback(t *testing.T) {
 		answer    func(w http.ResponseWriter, secret string)
 		wantReqs  int
 		wantOK    bool
-		wantClass upstream.Class
+		wantClass broker.UpstreamClass
 		wantCode  string
 	}{
 		{
@@ -343,7 +367,7 @@ func TestSecretFallback(t *testing.T) {
 			name:     "all rejected",
 			secrets:  []string{"a", "b"},
 			answer:   func(w http.ResponseWriter, _ string) { invalidClient(w) },
-			wantReqs: 2, wantClass: upstream.Permanent, wantCode: "invalid_client",
+			wantReqs: 2, wantClass: broker.Permanent, wantCode: "invalid_client",
 		},
 		{
 			name:    "invalid_grant stops",
@@ -351,7 +375,7 @@ func TestSecretFallback(t *testing.T) {
 			answer: func(w http.ResponseWriter, _ string) {
 				replyJSON(w, 400, `{"error":"invalid_grant"}`)
 			},
-			wantReqs: 1, wantClass: upstream.Permanent, wantCode: "invalid_grant",
+			wantReqs: 1, wantClass: broker.Permanent, wantCode: "invalid_grant",
 		},
 		{
 			name:    "invalid_grant after invalid_client stops",
@@ -363,13 +387,13 @@ func TestSecretFallback(t *testing.T) {
 				}
 				replyJSON(w, 400, `{"error":"invalid_grant"}`)
 			},
-			wantReqs: 2, wantClass: upstream.Permanent, wantCode: "invalid_grant",
+			wantReqs: 2, wantClass: broker.Permanent, wantCode: "invalid_grant",
 		},
 		{
 			name:     "5xx stops",
 			secrets:  []string{"a", "b"},
 			answer:   func(w http.ResponseWriter, _ string) { w.WriteHeader(502) },
-			wantReqs: 1, wantClass: upstream.Transient,
+			wantReqs: 1, wantClass: broker.Transient,
 		},
 		{
 			name:    "503 saying invalid_client stops",
@@ -377,7 +401,7 @@ func TestSecretFallback(t *testing.T) {
 			answer: func(w http.ResponseWriter, _ string) {
 				replyJSON(w, 503, `{"error":"invalid_client"}`)
 			},
-			wantReqs: 1, wantClass: upstream.Transient, wantCode: "invalid_client",
+			wantReqs: 1, wantClass: broker.Transient, wantCode: "invalid_client",
 		},
 		{
 			name:    "Dex invalid_request stops",
@@ -385,21 +409,21 @@ func TestSecretFallback(t *testing.T) {
 			answer: func(w http.ResponseWriter, _ string) {
 				replyJSON(w, 400, `{"error":"invalid_request","error_description":"Refresh token is invalid or has already been claimed by another client."}`)
 			},
-			wantReqs: 1, wantClass: upstream.Permanent, wantCode: "invalid_request",
+			wantReqs: 1, wantClass: broker.Permanent, wantCode: "invalid_request",
 		},
 		{
 			name:     "404 stops",
 			secrets:  []string{"a", "b"},
 			answer:   func(w http.ResponseWriter, _ string) { reply(w, 404, "text/html", "<h1>not found</h1>") },
-			wantReqs: 1, wantClass: upstream.Transient,
+			wantReqs: 1, wantClass: broker.Transient,
 		},
 	}
-	for _, style := range []upstream.AuthStyle{upstream.AuthBasic, upstream.AuthPost} {
+	for _, style := range []broker.AuthStyle{broker.AuthStyleBasic, broker.AuthStylePost} {
 		for _, tt := range tests {
 			t.Run(fmt.Sprintf("%s/style%d", tt.name, style), func(t *testing.T) {
 				e := newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 					secret, _ := url.QueryUnescape(func() string { _, p, _ := r.BasicAuth(); return p }())
-					if style == upstream.AuthPost {
+					if style == broker.AuthStylePost {
 						secret = r.PostForm.Get("client_secret")
 					}
 					tt.answer(w, secret)
@@ -437,55 +461,55 @@ func TestClassification(t *testing.T) {
 		ctForm = "application/x-www-form-urlencoded"
 		ctHTML = "text/html"
 	)
-	refresh, cc := upstream.GrantRefreshToken, upstream.GrantClientCredentials
+	refresh, cc := broker.GrantRefreshToken, broker.GrantClientCredentials
 	tests := []struct {
 		name        string
-		grant       upstream.GrantType
+		grant       broker.GrantType
 		status      int
 		ct, body    string
 		header      map[string]string
-		class       upstream.Class
+		class       broker.UpstreamClass
 		code        string
 		retryAfter  time.Duration
 		wantMessage string
 	}{
-		{name: "invalid_grant", status: 400, ct: ctJSON, body: `{"error":"invalid_grant","error_description":"Token is not active"}`, class: upstream.Permanent, code: "invalid_grant", wantMessage: `upstream: permanent token endpoint failure: HTTP 400: invalid_grant "Token is not active"`},
-		{name: "invalid_client 400", status: 400, ct: ctJSON, body: `{"error":"invalid_client"}`, class: upstream.Permanent, code: "invalid_client"},
-		{name: "invalid_client 401", status: 401, ct: ctJSON, body: `{"error":"invalid_client"}`, class: upstream.Permanent, code: "invalid_client"},
-		{name: "401 without body", status: 401, class: upstream.Permanent},
-		{name: "401 unknown code", status: 401, ct: ctJSON, body: `{"error":"unauthorized"}`, class: upstream.Permanent, code: "unauthorized"},
-		{name: "401 invalid_grant", status: 401, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: upstream.Permanent, code: "invalid_grant"},
-		{name: "unauthorized_client", status: 400, ct: ctJSON, body: `{"error":"unauthorized_client"}`, class: upstream.Permanent, code: "unauthorized_client"},
-		{name: "unsupported_grant_type", status: 400, ct: ctJSON, body: `{"error":"unsupported_grant_type"}`, class: upstream.Permanent, code: "unsupported_grant_type"},
-		{name: "invalid_scope", status: 400, ct: ctJSON, body: `{"error":"invalid_scope"}`, class: upstream.Permanent, code: "invalid_scope"},
-		{name: "invalid_request to refresh (Dex)", status: 400, ct: ctJSON, body: `{"error":"invalid_request","error_description":"Refresh token is invalid or has already been claimed by another client."}`, class: upstream.Permanent, code: "invalid_request"},
-		{name: "invalid_request to client_credentials", grant: cc, status: 400, ct: ctJSON, body: `{"error":"invalid_request"}`, class: upstream.Transient, code: "invalid_request"},
-		{name: "invalid_grant to client_credentials", grant: cc, status: 400, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: upstream.Permanent, code: "invalid_grant"},
-		{name: "form-encoded invalid_grant", status: 400, ct: ctForm, body: "error=invalid_grant&error_description=expired", class: upstream.Permanent, code: "invalid_grant"},
-		{name: "200 carrying invalid_grant", status: 200, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: upstream.Permanent, code: "invalid_grant"},
-		{name: "400 without body", status: 400, class: upstream.Transient},
-		{name: "400 unknown code", status: 400, ct: ctJSON, body: `{"error":"slow_down"}`, class: upstream.Transient, code: "slow_down"},
-		{name: "400 html", status: 400, ct: ctHTML, body: "<html>bad request</html>", class: upstream.Transient},
-		{name: "403 without code", status: 403, ct: ctHTML, body: "<html>forbidden by WAF</html>", class: upstream.Transient},
-		{name: "404 wrong URL", status: 404, ct: ctHTML, body: "<html>not found</html>", class: upstream.Transient},
-		{name: "405", status: 405, class: upstream.Transient},
-		{name: "408", status: 408, class: upstream.Transient},
-		{name: "429 seconds", status: 429, header: map[string]string{"Retry-After": "7"}, class: upstream.Transient, retryAfter: 7 * time.Second, wantMessage: "upstream: transient token endpoint failure: HTTP 429 (retry after 7s)"},
-		{name: "429 without Retry-After", status: 429, class: upstream.Transient},
-		{name: "429 garbage Retry-After", status: 429, header: map[string]string{"Retry-After": "soon"}, class: upstream.Transient},
-		{name: "429 huge Retry-After", status: 429, header: map[string]string{"Retry-After": "99999999999999999"}, class: upstream.Transient, retryAfter: 24 * time.Hour},
-		{name: "500", status: 500, ct: ctHTML, body: "<h1>oops</h1>", class: upstream.Transient},
-		{name: "500 server_error", status: 500, ct: ctJSON, body: `{"error":"server_error"}`, class: upstream.Transient, code: "server_error"},
-		{name: "502", status: 502, class: upstream.Transient},
-		{name: "503 Retry-After", status: 503, header: map[string]string{"Retry-After": "120"}, ct: ctJSON, body: `{"error":"temporarily_unavailable"}`, class: upstream.Transient, code: "temporarily_unavailable", retryAfter: 2 * time.Minute},
-		{name: "503 carrying invalid_grant", status: 503, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: upstream.Transient, code: "invalid_grant"},
-		{name: "504 Retry-After ignored", status: 504, header: map[string]string{"Retry-After": "5"}, class: upstream.Transient},
-		{name: "200 unparseable", status: 200, ct: ctJSON, body: "{not json", class: upstream.Transient, wantMessage: "upstream: transient token endpoint failure: HTTP 200: unreadable token response"},
-		{name: "200 html", status: 200, ct: ctHTML, body: "<html>login page</html>", class: upstream.Transient},
-		{name: "200 without access_token", status: 200, ct: ctJSON, body: `{"token_type":"Bearer","expires_in":3600}`, class: upstream.Transient, wantMessage: "upstream: transient token endpoint failure: HTTP 200: token response without access_token"},
-		{name: "200 empty", status: 200, ct: ctJSON, class: upstream.Transient},
-		{name: "200 form without access_token", status: 200, ct: ctForm, body: "token_type=Bearer", class: upstream.Transient},
-		{name: "302 not followed", status: 302, header: map[string]string{"Location": "/elsewhere"}, class: upstream.Transient},
+		{name: "invalid_grant", status: 400, ct: ctJSON, body: `{"error":"invalid_grant","error_description":"Token is not active"}`, class: broker.Permanent, code: "invalid_grant", wantMessage: `upstream: permanent token endpoint failure: HTTP 400: invalid_grant "Token is not active"`},
+		{name: "invalid_client 400", status: 400, ct: ctJSON, body: `{"error":"invalid_client"}`, class: broker.Permanent, code: "invalid_client"},
+		{name: "invalid_client 401", status: 401, ct: ctJSON, body: `{"error":"invalid_client"}`, class: broker.Permanent, code: "invalid_client"},
+		{name: "401 without body", status: 401, class: broker.Permanent},
+		{name: "401 unknown code", status: 401, ct: ctJSON, body: `{"error":"unauthorized"}`, class: broker.Permanent, code: "unauthorized"},
+		{name: "401 invalid_grant", status: 401, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: broker.Permanent, code: "invalid_grant"},
+		{name: "unauthorized_client", status: 400, ct: ctJSON, body: `{"error":"unauthorized_client"}`, class: broker.Permanent, code: "unauthorized_client"},
+		{name: "unsupported_grant_type", status: 400, ct: ctJSON, body: `{"error":"unsupported_grant_type"}`, class: broker.Permanent, code: "unsupported_grant_type"},
+		{name: "invalid_scope", status: 400, ct: ctJSON, body: `{"error":"invalid_scope"}`, class: broker.Permanent, code: "invalid_scope"},
+		{name: "invalid_request to refresh (Dex)", status: 400, ct: ctJSON, body: `{"error":"invalid_request","error_description":"Refresh token is invalid or has already been claimed by another client."}`, class: broker.Permanent, code: "invalid_request"},
+		{name: "invalid_request to client_credentials", grant: cc, status: 400, ct: ctJSON, body: `{"error":"invalid_request"}`, class: broker.Transient, code: "invalid_request"},
+		{name: "invalid_grant to client_credentials", grant: cc, status: 400, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: broker.Permanent, code: "invalid_grant"},
+		{name: "form-encoded invalid_grant", status: 400, ct: ctForm, body: "error=invalid_grant&error_description=expired", class: broker.Permanent, code: "invalid_grant"},
+		{name: "200 carrying invalid_grant", status: 200, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: broker.Permanent, code: "invalid_grant"},
+		{name: "400 without body", status: 400, class: broker.Transient},
+		{name: "400 unknown code", status: 400, ct: ctJSON, body: `{"error":"slow_down"}`, class: broker.Transient, code: "slow_down"},
+		{name: "400 html", status: 400, ct: ctHTML, body: "<html>bad request</html>", class: broker.Transient},
+		{name: "403 without code", status: 403, ct: ctHTML, body: "<html>forbidden by WAF</html>", class: broker.Transient},
+		{name: "404 wrong URL", status: 404, ct: ctHTML, body: "<html>not found</html>", class: broker.Transient},
+		{name: "405", status: 405, class: broker.Transient},
+		{name: "408", status: 408, class: broker.Transient},
+		{name: "429 seconds", status: 429, header: map[string]string{"Retry-After": "7"}, class: broker.Transient, retryAfter: 7 * time.Second, wantMessage: "upstream: transient token endpoint failure: HTTP 429 (retry after 7s)"},
+		{name: "429 without Retry-After", status: 429, class: broker.Transient},
+		{name: "429 garbage Retry-After", status: 429, header: map[string]string{"Retry-After": "soon"}, class: broker.Transient},
+		{name: "429 huge Retry-After", status: 429, header: map[string]string{"Retry-After": "99999999999999999"}, class: broker.Transient, retryAfter: 24 * time.Hour},
+		{name: "500", status: 500, ct: ctHTML, body: "<h1>oops</h1>", class: broker.Transient},
+		{name: "500 server_error", status: 500, ct: ctJSON, body: `{"error":"server_error"}`, class: broker.Transient, code: "server_error"},
+		{name: "502", status: 502, class: broker.Transient},
+		{name: "503 Retry-After", status: 503, header: map[string]string{"Retry-After": "120"}, ct: ctJSON, body: `{"error":"temporarily_unavailable"}`, class: broker.Transient, code: "temporarily_unavailable", retryAfter: 2 * time.Minute},
+		{name: "503 carrying invalid_grant", status: 503, ct: ctJSON, body: `{"error":"invalid_grant"}`, class: broker.Transient, code: "invalid_grant"},
+		{name: "504 Retry-After ignored", status: 504, header: map[string]string{"Retry-After": "5"}, class: broker.Unanswered},
+		{name: "200 unparseable", status: 200, ct: ctJSON, body: "{not json", class: broker.Unanswered, wantMessage: "upstream: unanswered token endpoint failure: HTTP 200: unreadable token response"},
+		{name: "200 html", status: 200, ct: ctHTML, body: "<html>login page</html>", class: broker.Unanswered},
+		{name: "200 without access_token", status: 200, ct: ctJSON, body: `{"token_type":"Bearer","expires_in":3600}`, class: broker.Unanswered, wantMessage: "upstream: unanswered token endpoint failure: HTTP 200: token response without access_token"},
+		{name: "200 empty", status: 200, ct: ctJSON, class: broker.Unanswered},
+		{name: "200 form without access_token", status: 200, ct: ctForm, body: "token_type=Bearer", class: broker.Unanswered},
+		{name: "302 not followed", status: 302, header: map[string]string{"Location": "/elsewhere"}, class: broker.Transient},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -531,7 +555,7 @@ func TestRetryAfterHTTPDate(t *testing.T) {
 			ue := asError(t, err)
 			// The date has a resolution of one second and the exchange takes
 			// some time; anything within a few minutes of an hour is right.
-			if ue.Class != upstream.Transient || ue.RetryAfter < 55*time.Minute || ue.RetryAfter > time.Hour {
+			if ue.Class != broker.Transient || ue.RetryAfter < 55*time.Minute || ue.RetryAfter > time.Hour {
 				t.Errorf("got %v, RetryAfter %v", ue, ue.RetryAfter)
 			}
 		})
@@ -555,7 +579,7 @@ func TestDeadline(t *testing.T) {
 	defer cancel()
 	_, err := new(upstream.Client).Exchange(ctx, refreshReq(e.srv.URL))
 	ue := asError(t, err)
-	if ue.Class != upstream.Transient || ue.StatusCode != 0 || !errors.Is(err, context.DeadlineExceeded) {
+	if ue.Class != broker.Unanswered || ue.StatusCode != 0 || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("got %v (class %v, status %d, Err %v)", ue, ue.Class, ue.StatusCode, ue.Err)
 	}
 }
@@ -578,7 +602,7 @@ func TestCancel(t *testing.T) {
 	}()
 	_, err := new(upstream.Client).Exchange(ctx, refreshReq(e.srv.URL))
 	ue := asError(t, err)
-	if ue.Class != upstream.Transient || !errors.Is(err, context.Canceled) {
+	if ue.Class != broker.Unanswered || !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v (class %v, Err %v)", ue, ue.Class, ue.Err)
 	}
 }
@@ -620,7 +644,7 @@ func TestCancelWhileReadingBody(t *testing.T) {
 	}()
 	_, err := c.Exchange(ctx, refreshReq(e.srv.URL))
 	ue := asError(t, err)
-	if ue.Class != upstream.Transient || ue.StatusCode != 200 || !errors.Is(err, context.Canceled) {
+	if ue.Class != broker.Unanswered || ue.StatusCode != 200 || !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v (class %v, status %d, Err %v)", ue, ue.Class, ue.StatusCode, ue.Err)
 	}
 }
@@ -633,7 +657,7 @@ func TestCancelledBeforehand(t *testing.T) {
 	cancel()
 	_, err := new(upstream.Client).Exchange(ctx, refreshReq(e.srv.URL))
 	ue := asError(t, err)
-	if ue.Class != upstream.Transient || !errors.Is(err, context.Canceled) {
+	if ue.Class != broker.Transient || !errors.Is(err, context.Canceled) {
 		t.Errorf("got %v", ue)
 	}
 	if n := e.count(); n != 0 {
@@ -669,7 +693,7 @@ func TestOversizedBody(t *testing.T) {
 			e := newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) { replyJSON(w, 200, body) })
 			_, err := new(upstream.Client).Exchange(context.Background(), refreshReq(e.srv.URL))
 			ue := asError(t, err)
-			if ue.Class != upstream.Transient || ue.StatusCode != 200 {
+			if ue.Class != broker.Unanswered || ue.StatusCode != 200 {
 				t.Errorf("got %v", ue)
 			}
 			if len(ue.Error()) > 500 {
@@ -683,7 +707,7 @@ func TestOversizedBody(t *testing.T) {
 		})
 		_, err := new(upstream.Client).Exchange(context.Background(), refreshReq(e.srv.URL))
 		ue := asError(t, err)
-		if ue.Class != upstream.Permanent || len([]rune(ue.Description)) > 201 || len(ue.Error()) > 600 {
+		if ue.Class != broker.Permanent || len([]rune(ue.Description)) > 201 || len(ue.Error()) > 600 {
 			t.Errorf("got class %v, description of %d runes, message of %d bytes", ue.Class, len([]rune(ue.Description)), len(ue.Error()))
 		}
 	})
@@ -695,7 +719,7 @@ func TestNetworkError(t *testing.T) {
 	srv.Close() // nothing listens there any more
 	_, err := new(upstream.Client).Exchange(context.Background(), refreshReq(tokenURL))
 	ue := asError(t, err)
-	if ue.Class != upstream.Transient || ue.StatusCode != 0 || ue.Err == nil {
+	if ue.Class != broker.Transient || ue.StatusCode != 0 || ue.Err == nil {
 		t.Errorf("got %v (Err %v)", ue, ue.Err)
 	}
 	if strings.Contains(ue.Error(), tokenURL) {
@@ -716,7 +740,7 @@ func TestRedirectNotFollowed(t *testing.T) {
 				http.Redirect(w, r, target.URL+"/token", status)
 			})
 			_, err := new(upstream.Client).Exchange(context.Background(), refreshReq(e.srv.URL))
-			if ue := asError(t, err); ue.Class != upstream.Transient || ue.StatusCode != status {
+			if ue := asError(t, err); ue.Class != broker.Transient || ue.StatusCode != status {
 				t.Errorf("got %v", ue)
 			}
 		})
@@ -730,14 +754,14 @@ func TestInvalidRequest(t *testing.T) {
 	e := newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) {
 		replyJSON(w, 200, `{"access_token":"at"}`)
 	})
-	tests := map[string]func(r *upstream.Request){
-		"no URL":           func(r *upstream.Request) { r.TokenURL = "" },
-		"relative URL":     func(r *upstream.Request) { r.TokenURL = "/token" },
-		"ftp URL":          func(r *upstream.Request) { r.TokenURL = "ftp://127.0.0.1/token" },
-		"bad URL":          func(r *upstream.Request) { r.TokenURL = "http://127.0.0.1:xx/\x7f" },
-		"no refresh token": func(r *upstream.Request) { r.RefreshToken = "" },
-		"auth style":       func(r *upstream.Request) { r.AuthStyle = 7 },
-		"grant type":       func(r *upstream.Request) { r.GrantType = 7 },
+	tests := map[string]func(r *broker.UpstreamRequest){
+		"no URL":           func(r *broker.UpstreamRequest) { r.TokenURL = "" },
+		"relative URL":     func(r *broker.UpstreamRequest) { r.TokenURL = "/token" },
+		"ftp URL":          func(r *broker.UpstreamRequest) { r.TokenURL = "ftp://127.0.0.1/token" },
+		"bad URL":          func(r *broker.UpstreamRequest) { r.TokenURL = "http://127.0.0.1:xx/\x7f" },
+		"no refresh token": func(r *broker.UpstreamRequest) { r.RefreshToken = "" },
+		"auth style":       func(r *broker.UpstreamRequest) { r.AuthStyle = 7 },
+		"grant type":       func(r *broker.UpstreamRequest) { r.GrantType = 7 },
 	}
 	for name, mutate := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -745,7 +769,7 @@ func TestInvalidRequest(t *testing.T) {
 			mutate(&r)
 			_, err := new(upstream.Client).Exchange(context.Background(), r)
 			ue := asError(t, err)
-			if !errors.Is(err, upstream.ErrInvalidRequest) || ue.Class != upstream.Transient {
+			if !errors.Is(err, upstream.ErrInvalidRequest) || ue.Class != broker.Transient {
 				t.Errorf("got %v", ue)
 			}
 		})
@@ -769,7 +793,7 @@ func TestCustomHTTPClientTLS(t *testing.T) {
 	}
 	// The default client does not trust the test CA.
 	_, err = new(upstream.Client).Exchange(context.Background(), refreshReq(srv.URL))
-	if ue := asError(t, err); ue.Class != upstream.Transient || ue.StatusCode != 0 {
+	if ue := asError(t, err); ue.Class != broker.Transient || ue.StatusCode != 0 {
 		t.Errorf("got %v", ue)
 	}
 }

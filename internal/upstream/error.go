@@ -13,6 +13,8 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/oauth2"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // ErrInvalidRequest is wrapped by the Error that Exchange returns for a
@@ -20,8 +22,8 @@ import (
 // a refresh, an unknown AuthStyle or GrantType. Nothing was sent.
 var ErrInvalidRequest = errors.New("upstream: invalid request")
 
-// Error is a failed exchange. Every error that Client.Exchange returns is an
-// *Error.
+// Error is a failed exchange. Client.Exchange returns each one wrapped in a
+// *broker.UpstreamError of the same Class.
 //
 // Its message is safe for an API response and a log line: it holds the class,
 // the HTTP status, the RFC 6749 error code and description (control
@@ -31,17 +33,21 @@ var ErrInvalidRequest = errors.New("upstream: invalid request")
 // malformed status line or header, never the body). It never holds the
 // response body, the token URL or anything else from the request.
 //
-// Transient does not mean "not spent": after a timeout, a cancellation, a
-// 5xx or an unreadable 2xx the IdP may have rotated the refresh token and the
-// answer was lost. Of the failures without an answer, only ErrInvalidRequest
-// is known not to have reached the IdP.
-//
 // Classification, first matching row wins:
 //
 //	answer                                               Class
 //	---------------------------------------------------  ---------
-//	no answer: network error, timeout, cancelled or      Transient
-//	  expired ctx (Err wraps the context error)
+//	the Request is invalid (ErrInvalidRequest)           Transient (nothing sent)
+//	no answer, and the request was not written: a        Transient (nothing
+//	  refused connection, a DNS or TLS failure, a          reached the IdP)
+//	  ctx that ended before sending
+//	no answer after the request was written: a reset     Unanswered
+//	  connection, a timeout, a ctx that ended
+//	  (Err wraps the context error)
+//	HTTP 504                                             Unanswered (a gateway
+//	                                                       gave up waiting)
+//	2xx with an unparseable body or no access_token      Unanswered (the IdP
+//	                                                       acted on the grant)
 //	HTTP 5xx, 429 (RetryAfter set), 408, whatever code   Transient
 //	error=invalid_grant                                  Permanent
 //	error=invalid_client, or HTTP 401 without another    Permanent (only after the
@@ -54,12 +60,11 @@ var ErrInvalidRequest = errors.New("upstream: invalid request")
 //	error=invalid_request to client_credentials          Transient
 //	any other 4xx or 3xx, or an unknown error code       Transient (e.g. a wrong
 //	                                                       URL, not a verdict)
-//	2xx with an unparseable body or no access_token      Transient
 //
 // A 2xx that carries an error code (some IdPs answer errors with 200) is
 // classified by its code like a 400.
 type Error struct {
-	Class Class
+	Class broker.UpstreamClass
 	// Code is the RFC 6749 error code (e.g. invalid_grant); empty if none.
 	Code string
 	// Description is the IdP's error_description, control characters
@@ -164,22 +169,24 @@ func clientRejected(status int, code string) bool {
 }
 
 // classify is the table in Error's doc for an answer from the IdP.
-func classify(status int, code string, grant GrantType) Class {
+func classify(status int, code string, grant broker.GrantType) broker.UpstreamClass {
 	switch {
+	case status == http.StatusGatewayTimeout:
+		return broker.Unanswered
 	case status >= 500, status == http.StatusTooManyRequests, status == http.StatusRequestTimeout:
-		return Transient
+		return broker.Transient
 	case clientRejected(status, code):
-		return Permanent
+		return broker.Permanent
 	}
 	switch code {
 	case codeInvalidGrant, codeUnauthorizedClient, codeUnsupportedGrantType, codeInvalidScope:
-		return Permanent
+		return broker.Permanent
 	case codeInvalidRequest:
-		if grant == GrantRefreshToken {
-			return Permanent
+		if grant == broker.GrantRefreshToken {
+			return broker.Permanent
 		}
 	}
-	return Transient
+	return broker.Transient
 }
 
 // Messages of golang.org/x/oauth2 v0.37 (internal/token.go, doTokenRoundTrip)
@@ -199,13 +206,14 @@ const maxText = 200
 
 // invalidRequest is the Error for a Request that Exchange does not send.
 func invalidRequest(reason string) *Error {
-	return &Error{Class: Transient, Err: ErrInvalidRequest, detail: "invalid request: " + reason}
+	return &Error{Class: broker.Transient, Err: ErrInvalidRequest, detail: "invalid request: " + reason}
 }
 
 // newError converts what one token request produced into an *Error. It is
 // the only place that looks inside x/oauth2 and net/http errors. status is
 // the HTTP status of the answer as seen by the transport, 0 if none.
-func newError(ctx context.Context, r *Request, err error, status int) *Error {
+func newError(ctx context.Context, r *broker.UpstreamRequest, err error, seen exchangeSeen) *Error {
+	status := seen.status
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {
 		e := &Error{
@@ -221,11 +229,17 @@ func newError(ctx context.Context, r *Request, err error, status int) *Error {
 		}
 		e.Class = classify(e.StatusCode, re.ErrorCode, r.GrantType)
 		// Not after a 5xx: the IdP may have looked at the grant.
-		e.clientRejected = e.Class == Permanent && clientRejected(e.StatusCode, re.ErrorCode)
+		e.clientRejected = e.Class == broker.Permanent && clientRejected(e.StatusCode, re.ErrorCode)
 		return e
 	}
 
-	e := &Error{Class: Transient, StatusCode: status}
+	// No RFC 6749 answer. With a status, a 2xx came whose body could not be
+	// used: the IdP acted on the grant. Without one, the IdP may have acted
+	// only if the request was written.
+	e := &Error{Class: broker.Transient, StatusCode: status}
+	if status != 0 || seen.wrote {
+		e.Class = broker.Unanswered
+	}
 	var ue *url.Error
 	switch {
 	case errors.As(err, &ue):
@@ -288,7 +302,7 @@ func retryAfter(v string, now time.Time) time.Duration {
 // characters and invalid UTF-8 removed, then the request's secrets redacted
 // (in that order, so a secret split by control characters is still found),
 // then cut to maxText runes.
-func clean(r *Request, s string) string {
+func clean(r *broker.UpstreamRequest, s string) string {
 	if s == "" {
 		return ""
 	}
@@ -308,7 +322,7 @@ func clean(r *Request, s string) string {
 
 // cleanCode keeps an error code to the RFC 6749 character set (printable
 // ASCII without '"' and '\') and 64 characters, with secrets redacted.
-func cleanCode(r *Request, code string) string {
+func cleanCode(r *broker.UpstreamRequest, code string) string {
 	if code == "" {
 		return ""
 	}
@@ -330,7 +344,7 @@ const redacted = "[redacted]"
 // redact replaces every occurrence of the request's refresh token and client
 // secrets of at least minRedact bytes in s: as is, form-encoded, and as the
 // credentials of a basic Authorization header.
-func redact(r *Request, s string) string {
+func redact(r *broker.UpstreamRequest, s string) string {
 	if r == nil {
 		return s
 	}

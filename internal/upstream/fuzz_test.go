@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 const (
@@ -63,8 +65,8 @@ func FuzzExchangeResponse(f *testing.F) {
 			return
 		}
 		c := &Client{HTTPClient: &http.Client{Transport: answer{status, contentType, retryAfter, body}, Timeout: time.Second}}
-		for _, grant := range []GrantType{GrantRefreshToken, GrantClientCredentials} {
-			tok, err := c.Exchange(context.Background(), Request{
+		for _, grant := range []broker.GrantType{broker.GrantRefreshToken, broker.GrantClientCredentials} {
+			tok, err := c.Exchange(context.Background(), broker.UpstreamRequest{
 				TokenURL: "https://idp.example/token", ClientID: "client", ClientSecrets: []string{fuzzSecret},
 				GrantType: grant, RefreshToken: fuzzRefreshToken,
 			})
@@ -81,7 +83,7 @@ func FuzzExchangeResponse(f *testing.F) {
 			if !errors.As(err, &ue) {
 				t.Fatalf("error %T is not *Error", err)
 			}
-			if ue.Class != Transient && ue.Class != Permanent {
+			if ue.Class != broker.Transient && ue.Class != broker.Permanent && ue.Class != broker.Unanswered {
 				t.Fatalf("unclassified error %v", err)
 			}
 			if ue.RetryAfter < 0 {
@@ -91,7 +93,7 @@ func FuzzExchangeResponse(f *testing.F) {
 			if strings.Contains(msg, fuzzRefreshToken) || strings.Contains(msg, fuzzSecret) {
 				t.Fatalf("the error holds a secret: %q", msg)
 			}
-			if status >= 500 && ue.Class == Permanent {
+			if status >= 500 && ue.Class == broker.Permanent {
 				t.Fatalf("a %d answer is permanent", status)
 			}
 		}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -54,13 +55,13 @@ func assertNoLeak(t *testing.T, msg string) {
 	}
 }
 
-func leakRequest(tokenURL string, style upstream.AuthStyle) upstream.Request {
-	return upstream.Request{
+func leakRequest(tokenURL string, style broker.AuthStyle) broker.UpstreamRequest {
+	return broker.UpstreamRequest{
 		TokenURL:      tokenURL + "/token?leak=" + url.QueryEscape(leakRT) + "&s=" + url.QueryEscape(leakS1),
 		ClientID:      leakID,
 		ClientSecrets: []string{leakS1, leakS2},
 		AuthStyle:     style,
-		GrantType:     upstream.GrantRefreshToken,
+		GrantType:     broker.GrantRefreshToken,
 		Scopes:        []string{"openid"},
 		RefreshToken:  leakRT,
 	}
@@ -115,7 +116,7 @@ func TestErrorHoldsNoSecret(t *testing.T) {
 		},
 	}
 	for name, answer := range answers {
-		for _, style := range []upstream.AuthStyle{upstream.AuthBasic, upstream.AuthPost} {
+		for _, style := range []broker.AuthStyle{broker.AuthStyleBasic, broker.AuthStylePost} {
 			t.Run(fmt.Sprintf("%s/style%d", name, style), func(t *testing.T) {
 				e := newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) { answer(w, r) })
 				_, err := new(upstream.Client).Exchange(context.Background(), leakRequest(e.srv.URL, style))
@@ -134,7 +135,7 @@ func TestTransportErrorHoldsNoSecret(t *testing.T) {
 		srv := httptest.NewServer(http.NotFoundHandler())
 		base := srv.URL
 		srv.Close()
-		_, err := new(upstream.Client).Exchange(context.Background(), leakRequest(base, upstream.AuthPost))
+		_, err := new(upstream.Client).Exchange(context.Background(), leakRequest(base, broker.AuthStylePost))
 		assertNoLeak(t, asError(t, err).Error())
 	})
 	t.Run("deadline", func(t *testing.T) {
@@ -142,7 +143,7 @@ func TestTransportErrorHoldsNoSecret(t *testing.T) {
 		e = newEndpoint(t, func(w http.ResponseWriter, r *http.Request, _ int) { e.block(r) })
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		_, err := new(upstream.Client).Exchange(ctx, leakRequest(e.srv.URL, upstream.AuthPost))
+		_, err := new(upstream.Client).Exchange(ctx, leakRequest(e.srv.URL, broker.AuthStylePost))
 		assertNoLeak(t, asError(t, err).Error())
 	})
 	for name, garbage := range map[string]string{
@@ -152,9 +153,9 @@ func TestTransportErrorHoldsNoSecret(t *testing.T) {
 	} {
 		t.Run(name, func(t *testing.T) {
 			addr := rawServer(t, garbage)
-			_, err := new(upstream.Client).Exchange(context.Background(), leakRequest("http://"+addr, upstream.AuthBasic))
+			_, err := new(upstream.Client).Exchange(context.Background(), leakRequest("http://"+addr, broker.AuthStyleBasic))
 			ue := asError(t, err)
-			if ue.Class != upstream.Transient || ue.Err == nil {
+			if ue.Class != broker.Unanswered || ue.Err == nil {
 				t.Errorf("got %v", ue)
 			}
 			assertNoLeak(t, ue.Error())
@@ -201,15 +202,15 @@ func TestErrorBuiltByHand(t *testing.T) {
 		err  *upstream.Error
 		want string
 	}{
-		{&upstream.Error{Class: upstream.Permanent, Code: "invalid_grant", StatusCode: 400},
+		{&upstream.Error{Class: broker.Permanent, Code: "invalid_grant", StatusCode: 400},
 			"upstream: permanent token endpoint failure: HTTP 400: invalid_grant"},
-		{&upstream.Error{Class: upstream.Transient, Err: context.Canceled},
+		{&upstream.Error{Class: broker.Transient, Err: context.Canceled},
 			"upstream: transient token endpoint failure: request canceled"},
-		{&upstream.Error{Class: upstream.Transient, Err: fmt.Errorf("dial %s: %w", leakRT, context.DeadlineExceeded)},
+		{&upstream.Error{Class: broker.Transient, Err: fmt.Errorf("dial %s: %w", leakRT, context.DeadlineExceeded)},
 			"upstream: transient token endpoint failure: request timed out"},
-		{&upstream.Error{Class: upstream.Transient, Err: errors.New(leakS1)},
+		{&upstream.Error{Class: broker.Transient, Err: errors.New(leakS1)},
 			"upstream: transient token endpoint failure: transport error"},
-		{&upstream.Error{Class: upstream.Transient, StatusCode: 503, RetryAfter: 90 * time.Second},
+		{&upstream.Error{Class: broker.Transient, StatusCode: 503, RetryAfter: 90 * time.Second},
 			"upstream: transient token endpoint failure: HTTP 503 (retry after 1m30s)"},
 	}
 	for _, tt := range tests {
