@@ -20,7 +20,7 @@ func TestAuthorization(t *testing.T) {
 	other := broker.NewContext(context.Background(), broker.Caller{ID: "worker-b"})
 	anon := context.Background()
 
-	if _, err := b.PutCredential(admin, broker.Credential{ID: "cred", TokenURL: e.idp.TokenURL(), ClientID: testClientID,
+	if _, err := b.PutCredential(admin, broker.Credential{ID: "cred", TokenURL: e.tokenURL, ClientID: testClientID,
 		ClientSecrets: []string{testSecret}, AllowedClients: []string{"worker-a"}}, e.idp.Seed(testClientID)); err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestAuthorization(t *testing.T) {
 		{"a missing credential looks forbidden", func() error { _, err := b.GetToken(reader, "nope", 0); return err }, broker.ErrPermissionDenied},
 		{"to an admin it is missing", func() error { _, err := b.GetCredential(admin, "nope"); return err }, broker.ErrNotFound},
 		{"reader cannot put", func() error {
-			_, err := b.PutCredential(reader, broker.Credential{ID: "x", TokenURL: e.idp.TokenURL(), ClientID: "c"}, "rt")
+			_, err := b.PutCredential(reader, broker.Credential{ID: "x", TokenURL: e.tokenURL, ClientID: "c"}, "rt")
 			return err
 		}, broker.ErrPermissionDenied},
 		{"reader cannot get", func() error { _, err := b.GetCredential(reader, "cred"); return err }, broker.ErrPermissionDenied},
@@ -62,7 +62,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	ctx := context.Background()
 	before := e.stored("cred")
 	good := func() broker.Credential {
-		return broker.Credential{ID: "cred", TokenURL: e.idp.TokenURL(), ClientID: testClientID, ClientSecrets: []string{"new-secret"}}
+		return broker.Credential{ID: "cred", TokenURL: e.tokenURL, ClientID: testClientID, ClientSecrets: []string{"new-secret"}}
 	}
 	long := strings.Repeat("a", 20000)
 	for _, tc := range []struct {
@@ -188,7 +188,7 @@ func TestClientCredentialsGrant(t *testing.T) {
 	e := newEnv(t, fakeidp.Options{})
 	b := e.broker(nil)
 	ctx := context.Background()
-	if _, err := b.PutCredential(ctx, broker.Credential{ID: "cc", TokenURL: e.idp.TokenURL(), ClientID: testClientID,
+	if _, err := b.PutCredential(ctx, broker.Credential{ID: "cc", TokenURL: e.tokenURL, ClientID: testClientID,
 		ClientSecrets: []string{testSecret}, GrantType: broker.GrantClientCredentials, AuthStyle: broker.AuthStylePost}, ""); err != nil {
 		t.Fatal(err)
 	}

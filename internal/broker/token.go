@@ -202,8 +202,10 @@ func (b *Broker) refreshAhead(id string) {
 		_, _ = b.refresh(ctx, id, flight{
 			id:     id,
 			reason: ReasonAhead,
+			// The same test as the trigger's, so a refresh started at the
+			// very instant the window opens is not dropped as unneeded.
 			need: func(r *Record, now time.Time) bool {
-				return !r.Token.Valid(now, b.aheadWindow(r))
+				return r.Token.AccessToken == "" || !now.Before(b.aheadAt(r))
 			},
 		})
 	}()

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -16,171 +17,181 @@ import (
 )
 
 func TestConcurrentGetTokenOnExpiredTokenRefreshesOnce(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Second, Latency: 50 * time.Millisecond})
-	b := e.broker(nil)
-	e.credential(b, "cred")
-	ctx := context.Background()
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Second, Latency: 50 * time.Millisecond})
+		b := e.broker(nil)
+		e.credential(b, "cred")
+		ctx := context.Background()
 
-	first, err := b.GetToken(ctx, "cred", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitExpired(first)
-	e.idp.ResetStats()
-
-	const callers = 200
-	tokens := make([]broker.Token, callers)
-	errs := make([]error, callers)
-	var start, done sync.WaitGroup
-	start.Add(1)
-	for i := range callers {
-		done.Add(1)
-		go func() {
-			defer done.Done()
-			start.Wait()
-			tokens[i], errs[i] = b.GetToken(ctx, "cred", 0)
-		}()
-	}
-	start.Done()
-	done.Wait()
-
-	for i, err := range errs {
+		first, err := b.GetToken(ctx, "cred", 0)
 		if err != nil {
-			t.Fatalf("caller %d: %v", i, err)
+			t.Fatal(err)
 		}
-		if tokens[i].AccessToken != tokens[0].AccessToken {
-			t.Fatalf("caller %d got another token than caller 0", i)
+		waitExpired(first)
+		e.idp.ResetStats()
+
+		const callers = 200
+		tokens := make([]broker.Token, callers)
+		errs := make([]error, callers)
+		var start, done sync.WaitGroup
+		start.Add(1)
+		for i := range callers {
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				start.Wait()
+				tokens[i], errs[i] = b.GetToken(ctx, "cred", 0)
+			}()
 		}
-	}
-	if tokens[0].AccessToken == first.AccessToken {
-		t.Fatal("got the expired token back")
-	}
-	if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 || st.Reuses != 0 {
-		t.Fatalf("IdP saw %d refresh requests, %d refreshes, %d reuses; want 1, 1, 0", st.RefreshRequests, st.Refreshes, st.Reuses)
-	}
-	if !e.accepted(tokens[0].AccessToken) {
-		t.Fatal("the resource server refused the new token")
-	}
+		start.Done()
+		done.Wait()
+
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("caller %d: %v", i, err)
+			}
+			if tokens[i].AccessToken != tokens[0].AccessToken {
+				t.Fatalf("caller %d got another token than caller 0", i)
+			}
+		}
+		if tokens[0].AccessToken == first.AccessToken {
+			t.Fatal("got the expired token back")
+		}
+		if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 || st.Reuses != 0 {
+			t.Fatalf("IdP saw %d refresh requests, %d refreshes, %d reuses; want 1, 1, 0", st.RefreshRequests, st.Refreshes, st.Reuses)
+		}
+		if !e.accepted(tokens[0].AccessToken) {
+			t.Fatal("the resource server refused the new token")
+		}
+	})
 }
 
 // Two Brokers sharing one Store behave as two replicas: concurrent callers on
 // both still cause one refresh.
 func TestConcurrentGetTokenAcrossBrokersRefreshesOnce(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Second, Latency: 50 * time.Millisecond})
-	replicas := []*broker.Broker{e.broker(nil), e.broker(nil), e.broker(nil)}
-	e.credential(replicas[0], "cred")
-	ctx := context.Background()
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Second, Latency: 50 * time.Millisecond})
+		replicas := []*broker.Broker{e.broker(nil), e.broker(nil), e.broker(nil)}
+		e.credential(replicas[0], "cred")
+		ctx := context.Background()
 
-	for round := range 3 {
-		e.idp.ResetStats()
-		var wg sync.WaitGroup
-		tokens := make(chan string, 300)
-		for i := range 300 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				tok, err := replicas[i%3].GetToken(ctx, "cred", 0)
-				if err != nil {
-					t.Errorf("round %d: %v", round, err)
-					return
-				}
-				tokens <- tok.AccessToken
-			}()
+		for round := range 3 {
+			e.idp.ResetStats()
+			var wg sync.WaitGroup
+			tokens := make(chan string, 300)
+			for i := range 300 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					tok, err := replicas[i%3].GetToken(ctx, "cred", 0)
+					if err != nil {
+						t.Errorf("round %d: %v", round, err)
+						return
+					}
+					tokens <- tok.AccessToken
+				}()
+			}
+			wg.Wait()
+			close(tokens)
+			seen := map[string]bool{}
+			for tok := range tokens {
+				seen[tok] = true
+			}
+			if st := e.idp.Stats(); st.Refreshes != 1 || st.Reuses != 0 || len(seen) != 1 {
+				t.Fatalf("round %d: %d refreshes, %d reuses, %d distinct tokens; want 1, 0, 1", round, st.Refreshes, st.Reuses, len(seen))
+			}
+			time.Sleep(1100 * time.Millisecond) // let the token expire for the next round
 		}
-		wg.Wait()
-		close(tokens)
-		seen := map[string]bool{}
-		for tok := range tokens {
-			seen[tok] = true
-		}
-		if st := e.idp.Stats(); st.Refreshes != 1 || st.Reuses != 0 || len(seen) != 1 {
-			t.Fatalf("round %d: %d refreshes, %d reuses, %d distinct tokens; want 1, 0, 1", round, st.Refreshes, st.Reuses, len(seen))
-		}
-		time.Sleep(1100 * time.Millisecond) // let the token expire for the next round
-	}
+	})
 }
 
 func TestInvalidateTokenRefreshesOnlyTheCurrentToken(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{Latency: 30 * time.Millisecond})
-	b := e.broker(nil)
-	e.credential(b, "cred")
-	ctx := context.Background()
-	old, err := b.GetToken(ctx, "cred", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.idp.ResetStats()
-
-	var wg sync.WaitGroup
-	got := make([]broker.Token, 50)
-	for i := range got {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tok, err := b.InvalidateToken(ctx, "cred", old.AccessToken, 0)
-			if err != nil {
-				t.Error(err)
-			}
-			got[i] = tok
-		}()
-	}
-	wg.Wait()
-	if st := e.idp.Stats(); st.Refreshes != 1 {
-		t.Fatalf("50 invalidations of one token caused %d refreshes; want 1", st.Refreshes)
-	}
-	for i, tok := range got {
-		if tok.AccessToken == old.AccessToken || tok.AccessToken != got[0].AccessToken {
-			t.Fatalf("caller %d did not get the one new token", i)
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{Latency: 30 * time.Millisecond})
+		b := e.broker(nil)
+		e.credential(b, "cred")
+		ctx := context.Background()
+		old, err := b.GetToken(ctx, "cred", 0)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
+		e.idp.ResetStats()
 
-	// The rejected token is no longer current: no refresh, the current one back.
-	tok, err := b.InvalidateToken(ctx, "cred", old.AccessToken, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tok.AccessToken != got[0].AccessToken {
-		t.Fatal("a stale invalidation did not return the current token")
-	}
-	if st := e.idp.Stats(); st.RefreshRequests != 1 {
-		t.Fatalf("a stale invalidation caused a refresh (%d requests)", st.RefreshRequests)
-	}
+		var wg sync.WaitGroup
+		got := make([]broker.Token, 50)
+		for i := range got {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tok, err := b.InvalidateToken(ctx, "cred", old.AccessToken, 0)
+				if err != nil {
+					t.Error(err)
+				}
+				got[i] = tok
+			}()
+		}
+		wg.Wait()
+		if st := e.idp.Stats(); st.Refreshes != 1 {
+			t.Fatalf("50 invalidations of one token caused %d refreshes; want 1", st.Refreshes)
+		}
+		for i, tok := range got {
+			if tok.AccessToken == old.AccessToken || tok.AccessToken != got[0].AccessToken {
+				t.Fatalf("caller %d did not get the one new token", i)
+			}
+		}
+
+		// The rejected token is no longer current: no refresh, the current one back.
+		tok, err := b.InvalidateToken(ctx, "cred", old.AccessToken, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok.AccessToken != got[0].AccessToken {
+			t.Fatal("a stale invalidation did not return the current token")
+		}
+		if st := e.idp.Stats(); st.RefreshRequests != 1 {
+			t.Fatalf("a stale invalidation caused a refresh (%d requests)", st.RefreshRequests)
+		}
+	})
 }
 
 func TestForcedRefreshesAreRateLimited(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{})
-	e.cfg.ForceInterval = time.Hour
-	b := e.broker(nil)
-	e.credential(b, "cred")
-	ctx := context.Background()
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{})
+		e.cfg.ForceInterval = time.Hour
+		b := e.broker(nil)
+		e.credential(b, "cred")
+		ctx := context.Background()
 
-	tok, err := b.GetToken(ctx, "cred", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tok2, err := b.InvalidateToken(ctx, "cred", tok.AccessToken, 0)
-	if err != nil {
-		t.Fatalf("first forced refresh: %v", err)
-	}
-	_, err = b.InvalidateToken(ctx, "cred", tok2.AccessToken, 0)
-	var be *broker.Error
-	if !errors.Is(err, broker.ErrRateLimited) || !errors.As(err, &be) || be.RetryAfter <= 0 {
-		t.Fatalf("second forced refresh within the interval: %v; want ErrRateLimited with a retry delay", err)
-	}
-	if _, err := b.RefreshCredential(ctx, "cred"); !errors.Is(err, broker.ErrRateLimited) {
-		t.Fatalf("RefreshCredential within the interval: %v; want ErrRateLimited", err)
-	}
-	if st := e.idp.Stats(); st.RefreshRequests != 2 {
-		t.Fatalf("IdP saw %d refresh requests; want 2", st.RefreshRequests)
-	}
+		tok, err := b.GetToken(ctx, "cred", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok2, err := b.InvalidateToken(ctx, "cred", tok.AccessToken, 0)
+		if err != nil {
+			t.Fatalf("first forced refresh: %v", err)
+		}
+		_, err = b.InvalidateToken(ctx, "cred", tok2.AccessToken, 0)
+		var be *broker.Error
+		if !errors.Is(err, broker.ErrRateLimited) || !errors.As(err, &be) || be.RetryAfter <= 0 {
+			t.Fatalf("second forced refresh within the interval: %v; want ErrRateLimited with a retry delay", err)
+		}
+		time.Sleep(time.Millisecond) // a refresh that finished before the call began does not count
+		if _, err := b.RefreshCredential(ctx, "cred"); !errors.Is(err, broker.ErrRateLimited) {
+			t.Fatalf("RefreshCredential within the interval: %v; want ErrRateLimited", err)
+		}
+		if st := e.idp.Stats(); st.RefreshRequests != 2 {
+			t.Fatalf("IdP saw %d refresh requests; want 2", st.RefreshRequests)
+		}
+	})
 }
 
 // spend presents rt to the IdP outside the broker, as a rogue worker would.
 func spend(t *testing.T, e *env, rt string) {
 	t.Helper()
 	conf := oauth2.Config{ClientID: testClientID, ClientSecret: testSecret,
-		Endpoint: oauth2.Endpoint{TokenURL: e.idp.TokenURL(), AuthStyle: oauth2.AuthStyleInHeader}}
-	if _, err := conf.TokenSource(context.Background(), &oauth2.Token{RefreshToken: rt}).Token(); err != nil {
+		Endpoint: oauth2.Endpoint{TokenURL: e.tokenURL, AuthStyle: oauth2.AuthStyleInHeader}}
+	ctx := context.WithValue(context.Background(), oauth2.HTTPClient, e.http)
+	if _, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token(); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -195,54 +206,56 @@ func TestDeadGrantMovesToReauthRequired(t *testing.T) {
 		{"Dex invalid_request", fakeidp.DexInvalidRequest, "invalid_request"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, fakeidp.Options{OnReuse: tc.policy})
-			b := e.broker(nil)
-			e.credential(b, "cred")
-			ctx := context.Background()
-			spend(t, e, e.stored("cred").RefreshToken) // the stored token is now spent
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t, fakeidp.Options{OnReuse: tc.policy})
+				b := e.broker(nil)
+				e.credential(b, "cred")
+				ctx := context.Background()
+				spend(t, e, e.stored("cred").RefreshToken) // the stored token is now spent
 
-			_, err := b.GetToken(ctx, "cred", 0)
-			if !errors.Is(err, broker.ErrReauthRequired) {
-				t.Fatalf("GetToken: %v; want ErrReauthRequired", err)
-			}
-			rec, err := b.GetCredential(ctx, "cred")
-			if err != nil {
-				t.Fatal(err)
-			}
-			if rec.State != broker.StateReauthRequired || !strings.Contains(rec.LastError, tc.code) || rec.LastErrorAt.IsZero() {
-				t.Fatalf("state %v, last error %q; want REAUTH_REQUIRED with %s", rec.State, rec.LastError, tc.code)
-			}
-			before := e.idp.Stats().RefreshRequests
-			for range 5 {
-				if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, broker.ErrReauthRequired) {
+				_, err := b.GetToken(ctx, "cred", 0)
+				if !errors.Is(err, broker.ErrReauthRequired) {
 					t.Fatalf("GetToken: %v; want ErrReauthRequired", err)
 				}
-				if _, err := b.InvalidateToken(ctx, "cred", "whatever", 0); !errors.Is(err, broker.ErrReauthRequired) {
-					t.Fatalf("InvalidateToken: %v; want ErrReauthRequired", err)
+				rec, err := b.GetCredential(ctx, "cred")
+				if err != nil {
+					t.Fatal(err)
 				}
-			}
-			if _, err := b.RefreshCredential(ctx, "cred"); !errors.Is(err, broker.ErrReauthRequired) {
-				t.Fatalf("RefreshCredential: %v; want ErrReauthRequired", err)
-			}
-			if after := e.idp.Stats().RefreshRequests; after != before {
-				t.Fatalf("%d IdP calls after REAUTH_REQUIRED; want none", after-before)
-			}
+				if rec.State != broker.StateReauthRequired || !strings.Contains(rec.LastError, tc.code) || rec.LastErrorAt.IsZero() {
+					t.Fatalf("state %v, last error %q; want REAUTH_REQUIRED with %s", rec.State, rec.LastError, tc.code)
+				}
+				before := e.idp.Stats().RefreshRequests
+				for range 5 {
+					if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, broker.ErrReauthRequired) {
+						t.Fatalf("GetToken: %v; want ErrReauthRequired", err)
+					}
+					if _, err := b.InvalidateToken(ctx, "cred", "whatever", 0); !errors.Is(err, broker.ErrReauthRequired) {
+						t.Fatalf("InvalidateToken: %v; want ErrReauthRequired", err)
+					}
+				}
+				if _, err := b.RefreshCredential(ctx, "cred"); !errors.Is(err, broker.ErrReauthRequired) {
+					t.Fatalf("RefreshCredential: %v; want ErrReauthRequired", err)
+				}
+				if after := e.idp.Stats().RefreshRequests; after != before {
+					t.Fatalf("%d IdP calls after REAUTH_REQUIRED; want none", after-before)
+				}
 
-			// An operator puts a new refresh token in: served again.
-			if _, err := b.PutCredential(ctx, broker.Credential{ID: "cred", TokenURL: e.idp.TokenURL(), ClientID: testClientID},
-				e.idp.Seed(testClientID)); err != nil {
-				t.Fatal(err)
-			}
-			tok, err := b.GetToken(ctx, "cred", 0)
-			if err != nil {
-				t.Fatalf("after re-seeding: %v", err)
-			}
-			if !e.accepted(tok.AccessToken) {
-				t.Fatal("token refused after re-seeding")
-			}
-			if rec := e.stored("cred"); rec.State != broker.StateActive || rec.LastError != "" {
-				t.Fatalf("after re-seeding: state %v, last error %q", rec.State, rec.LastError)
-			}
+				// An operator puts a new refresh token in: served again.
+				if _, err := b.PutCredential(ctx, broker.Credential{ID: "cred", TokenURL: e.tokenURL, ClientID: testClientID},
+					e.idp.Seed(testClientID)); err != nil {
+					t.Fatal(err)
+				}
+				tok, err := b.GetToken(ctx, "cred", 0)
+				if err != nil {
+					t.Fatalf("after re-seeding: %v", err)
+				}
+				if !e.accepted(tok.AccessToken) {
+					t.Fatal("token refused after re-seeding")
+				}
+				if rec := e.stored("cred"); rec.State != broker.StateActive || rec.LastError != "" {
+					t.Fatalf("after re-seeding: state %v, last error %q", rec.State, rec.LastError)
+				}
+			})
 		})
 	}
 }
@@ -259,140 +272,149 @@ func TestTransientFailuresKeepTheRefreshToken(t *testing.T) {
 		{"timeout", func(s *fakeidp.Server) { s.SetLatency(time.Second) }, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			e := newEnv(t, fakeidp.Options{})
-			e.cfg.RefreshTimeout = 200 * time.Millisecond
-			b := e.broker(nil)
-			e.credential(b, "cred")
-			ctx := context.Background()
-			seed := e.stored("cred").RefreshToken
-			tc.inject(e.idp)
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t, fakeidp.Options{})
+				e.cfg.RefreshTimeout = 200 * time.Millisecond
+				b := e.broker(nil)
+				e.credential(b, "cred")
+				ctx := context.Background()
+				seed := e.stored("cred").RefreshToken
+				tc.inject(e.idp)
 
-			_, err := b.GetToken(ctx, "cred", 0)
-			var be *broker.Error
-			if !errors.Is(err, broker.ErrIdPUnavailable) || !errors.As(err, &be) || be.RetryAfter < tc.retryAtLst || be.RetryAfter <= 0 {
-				t.Fatalf("GetToken: %v; want ErrIdPUnavailable with RetryAfter >= %v", err, tc.retryAtLst)
-			}
-			rec := e.stored("cred")
-			if rec.State != broker.StateActive || rec.RefreshToken != seed || rec.LastError == "" || rec.NextAttemptAt.IsZero() {
-				t.Fatalf("after a transient failure: state %v, refresh token kept %v, last error %q, next attempt %v",
-					rec.State, rec.RefreshToken == seed, rec.LastError, rec.NextAttemptAt)
-			}
-			// During the backoff, callers are answered without calling the IdP.
-			n := e.idp.Stats().RefreshRequests
-			if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, broker.ErrIdPUnavailable) {
-				t.Fatalf("during backoff: %v", err)
-			}
-			if e.idp.Stats().RefreshRequests != n {
-				t.Fatal("the IdP was called during the backoff")
-			}
+				_, err := b.GetToken(ctx, "cred", 0)
+				var be *broker.Error
+				if !errors.Is(err, broker.ErrIdPUnavailable) || !errors.As(err, &be) || be.RetryAfter < tc.retryAtLst || be.RetryAfter <= 0 {
+					t.Fatalf("GetToken: %v; want ErrIdPUnavailable with RetryAfter >= %v", err, tc.retryAtLst)
+				}
+				rec := e.stored("cred")
+				if rec.State != broker.StateActive || rec.RefreshToken != seed || rec.LastError == "" || rec.NextAttemptAt.IsZero() {
+					t.Fatalf("after a transient failure: state %v, refresh token kept %v, last error %q, next attempt %v",
+						rec.State, rec.RefreshToken == seed, rec.LastError, rec.NextAttemptAt)
+				}
+				// During the backoff, callers are answered without calling the IdP.
+				n := e.idp.Stats().RefreshRequests
+				if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, broker.ErrIdPUnavailable) {
+					t.Fatalf("during backoff: %v", err)
+				}
+				if e.idp.Stats().RefreshRequests != n {
+					t.Fatal("the IdP was called during the backoff")
+				}
 
-			e.idp.SetLatency(0)
-			time.Sleep(time.Until(rec.NextAttemptAt))
-			tok, err := b.GetToken(ctx, "cred", 0)
-			if err != nil {
-				t.Fatalf("after the backoff: %v", err)
-			}
-			if st := e.idp.Stats(); st.Reuses != 0 || st.Refreshes != 1 || !e.accepted(tok.AccessToken) {
-				t.Fatalf("after the backoff: %d reuses, %d refreshes; want 0, 1 and a valid token", st.Reuses, st.Refreshes)
-			}
+				e.idp.SetLatency(0)
+				time.Sleep(time.Until(rec.NextAttemptAt))
+				tok, err := b.GetToken(ctx, "cred", 0)
+				if err != nil {
+					t.Fatalf("after the backoff: %v", err)
+				}
+				if st := e.idp.Stats(); st.Reuses != 0 || st.Refreshes != 1 || !e.accepted(tok.AccessToken) {
+					t.Fatalf("after the backoff: %d reuses, %d refreshes; want 0, 1 and a valid token", st.Reuses, st.Refreshes)
+				}
+			})
 		})
 	}
 }
 
 func TestCallerThatGoesAwayDoesNotLoseTheRefresh(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{Latency: 300 * time.Millisecond})
-	b := e.broker(nil)
-	e.credential(b, "cred")
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("GetToken: %v; want the caller's deadline", err)
-	}
-	eventually(t, "the refresh to be stored", func() bool { return e.stored("cred").Token.AccessToken != "" })
-	rec := e.stored("cred")
-	tok, err := b.GetToken(context.Background(), "cred", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if tok.AccessToken != rec.Token.AccessToken {
-		t.Fatal("the stored refresh result was not served")
-	}
-	if st := e.idp.Stats(); st.Refreshes != 1 || st.Reuses != 0 {
-		t.Fatalf("%d refreshes, %d reuses; want 1, 0", st.Refreshes, st.Reuses)
-	}
-}
-
-func TestRefreshAheadKeepsCallersFromWaiting(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Second, Latency: 20 * time.Millisecond})
-	obs := &observer{}
-	b := e.broker(obs)
-	e.credential(b, "cred")
-	ctx := context.Background()
-	if _, err := b.GetToken(ctx, "cred", 0); err != nil { // the first caller waits
-		t.Fatal(err)
-	}
-	obs.served[broker.FromRefresh].Store(0)
-
-	var wg sync.WaitGroup
-	stop := time.Now().Add(3500 * time.Millisecond) // several 1 s lifetimes
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < 2000 && time.Now().Before(stop); i++ {
-				tok, err := b.GetToken(ctx, "cred", 0)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if left := time.Until(tok.Expiry); left < 0 {
-					t.Errorf("served a token that expired %v ago", -left)
-					return
-				}
-				time.Sleep(2 * time.Millisecond)
-			}
-		}()
-	}
-	wg.Wait()
-	st := e.idp.Stats()
-	if st.Refreshes < 4 || st.Reuses != 0 {
-		t.Fatalf("%d refreshes, %d reuses over 3.5 lifetimes; want >= 4 and 0", st.Refreshes, st.Reuses)
-	}
-	if n := obs.served[broker.FromRefresh].Load(); n != 0 {
-		t.Fatalf("%d calls waited for the IdP; want 0 with refresh-ahead", n)
-	}
-	if obs.served[broker.FromCache].Load() == 0 {
-		t.Fatal("no call was served from the cache")
-	}
-}
-
-func TestRefreshWithoutRefreshTokenKeepsTheOldOne(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{Rotation: fakeidp.OmitRefreshToken})
-	e.cfg.ForceInterval = time.Millisecond
-	b := e.broker(nil)
-	e.credential(b, "cred")
-	seed := e.stored("cred").RefreshToken
-	ctx := context.Background()
-	for range 3 {
-		if _, err := b.RefreshCredential(ctx, "cred"); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{Latency: 300 * time.Millisecond})
+		b := e.broker(nil)
+		e.credential(b, "cred")
+		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+		defer cancel()
+		if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("GetToken: %v; want the caller's deadline", err)
 		}
-		tok, err := b.GetToken(ctx, "cred", 0)
+		time.Sleep(time.Second) // the refresh runs on after its caller left (300 ms at the IdP)
+		synctest.Wait()
+		rec := e.stored("cred")
+		tok, err := b.GetToken(context.Background(), "cred", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond)
-		if _, err := b.InvalidateToken(ctx, "cred", tok.AccessToken, 0); err != nil {
+		if tok.AccessToken != rec.Token.AccessToken {
+			t.Fatal("the stored refresh result was not served")
+		}
+		if st := e.idp.Stats(); st.Refreshes != 1 || st.Reuses != 0 {
+			t.Fatalf("%d refreshes, %d reuses; want 1, 0", st.Refreshes, st.Reuses)
+		}
+	})
+}
+
+func TestRefreshAheadKeepsCallersFromWaiting(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Second, Latency: 20 * time.Millisecond})
+		obs := &observer{}
+		b := e.broker(obs)
+		e.credential(b, "cred")
+		ctx := context.Background()
+		if _, err := b.GetToken(ctx, "cred", 0); err != nil { // the first caller waits
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	if rec := e.stored("cred"); rec.RefreshToken != seed {
-		t.Fatal("the refresh token changed although the IdP sent none")
-	}
-	if st := e.idp.Stats(); st.Refreshes != 6 || st.RefreshRequests != st.Refreshes {
-		t.Fatalf("%d refreshes of %d requests", st.Refreshes, st.RefreshRequests)
-	}
+		obs.served[broker.FromRefresh].Store(0)
+
+		var wg sync.WaitGroup
+		stop := time.Now().Add(3500 * time.Millisecond) // several 1 s lifetimes
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 2000 && time.Now().Before(stop); i++ {
+					tok, err := b.GetToken(ctx, "cred", 0)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if left := time.Until(tok.Expiry); left < 0 {
+						t.Errorf("served a token that expired %v ago", -left)
+						return
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+			}()
+		}
+		wg.Wait()
+		st := e.idp.Stats()
+		if st.Refreshes < 4 || st.Reuses != 0 {
+			t.Fatalf("%d refreshes, %d reuses over 3.5 lifetimes; want >= 4 and 0", st.Refreshes, st.Reuses)
+		}
+		if n := obs.served[broker.FromRefresh].Load(); n != 0 {
+			t.Fatalf("%d calls waited for the IdP; want 0 with refresh-ahead", n)
+		}
+		if obs.served[broker.FromCache].Load() == 0 {
+			t.Fatal("no call was served from the cache")
+		}
+	})
+}
+
+func TestRefreshWithoutRefreshTokenKeepsTheOldOne(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{Rotation: fakeidp.OmitRefreshToken})
+		e.cfg.ForceInterval = time.Millisecond
+		b := e.broker(nil)
+		e.credential(b, "cred")
+		seed := e.stored("cred").RefreshToken
+		ctx := context.Background()
+		for range 3 {
+			if _, err := b.RefreshCredential(ctx, "cred"); err != nil {
+				t.Fatal(err)
+			}
+			tok, err := b.GetToken(ctx, "cred", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Millisecond)
+			if _, err := b.InvalidateToken(ctx, "cred", tok.AccessToken, 0); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+		if rec := e.stored("cred"); rec.RefreshToken != seed {
+			t.Fatal("the refresh token changed although the IdP sent none")
+		}
+		if st := e.idp.Stats(); st.Refreshes != 6 || st.RefreshRequests != st.Refreshes {
+			t.Fatalf("%d refreshes of %d requests", st.Refreshes, st.RefreshRequests)
+		}
+	})
 }
 
 // A reply lost after the IdP rotated the token: with a grace window the next
@@ -407,47 +429,51 @@ func TestLostReplyAfterRotation(t *testing.T) {
 		{fakeidp.RevokeFamily, broker.ErrReauthRequired},
 	} {
 		t.Run(tc.policy.String(), func(t *testing.T) {
-			e := newEnv(t, fakeidp.Options{OnReuse: tc.policy})
-			b := e.broker(nil)
-			e.credential(b, "cred")
-			e.idp.LoseReplyNext(1)
-			ctx := context.Background()
-			if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, broker.ErrIdPUnavailable) {
-				t.Fatalf("lost reply: %v; want ErrIdPUnavailable", err)
-			}
-			time.Sleep(time.Until(e.stored("cred").NextAttemptAt))
-			tok, err := b.GetToken(ctx, "cred", 0)
-			if !errors.Is(err, tc.want) {
-				t.Fatalf("retry: %v; want %v", err, tc.want)
-			}
-			if tc.want == nil && !e.accepted(tok.AccessToken) {
-				t.Fatal("token refused")
-			}
+			synctest.Test(t, func(t *testing.T) {
+				e := newEnv(t, fakeidp.Options{OnReuse: tc.policy})
+				b := e.broker(nil)
+				e.credential(b, "cred")
+				e.idp.LoseReplyNext(1)
+				ctx := context.Background()
+				if _, err := b.GetToken(ctx, "cred", 0); !errors.Is(err, broker.ErrIdPUnavailable) {
+					t.Fatalf("lost reply: %v; want ErrIdPUnavailable", err)
+				}
+				time.Sleep(time.Until(e.stored("cred").NextAttemptAt))
+				tok, err := b.GetToken(ctx, "cred", 0)
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("retry: %v; want %v", err, tc.want)
+				}
+				if tc.want == nil && !e.accepted(tok.AccessToken) {
+					t.Fatal("token refused")
+				}
+			})
 		})
 	}
 }
 
 func TestMinValid(t *testing.T) {
-	e := newEnv(t, fakeidp.Options{AccessTokenTTL: 4 * time.Second})
-	e.cfg.DefaultMinValid = time.Minute
-	b := e.broker(nil)
-	e.credential(b, "cred")
-	ctx := context.Background()
-	// The default is capped at a quarter of the lifetime, so it is served.
-	tok, err := b.GetToken(ctx, "cred", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if left := time.Until(tok.Expiry); left < time.Second {
-		t.Fatalf("token valid for %v; want >= 1s", left)
-	}
-	if _, err := b.GetToken(ctx, "cred", time.Second); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.GetToken(ctx, "cred", 3*time.Second); !errors.Is(err, broker.ErrMinValidTooLong) {
-		t.Fatalf("min_valid beyond half the lifetime: %v; want ErrMinValidTooLong", err)
-	}
-	if st := e.idp.Stats(); st.RefreshRequests != 1 {
-		t.Fatalf("%d refresh requests; want 1", st.RefreshRequests)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{AccessTokenTTL: 4 * time.Second})
+		e.cfg.DefaultMinValid = time.Minute
+		b := e.broker(nil)
+		e.credential(b, "cred")
+		ctx := context.Background()
+		// The default is capped at a quarter of the lifetime, so it is served.
+		tok, err := b.GetToken(ctx, "cred", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := time.Until(tok.Expiry); left < time.Second {
+			t.Fatalf("token valid for %v; want >= 1s", left)
+		}
+		if _, err := b.GetToken(ctx, "cred", time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.GetToken(ctx, "cred", 3*time.Second); !errors.Is(err, broker.ErrMinValidTooLong) {
+			t.Fatalf("min_valid beyond half the lifetime: %v; want ErrMinValidTooLong", err)
+		}
+		if st := e.idp.Stats(); st.RefreshRequests != 1 {
+			t.Fatalf("%d refresh requests; want 1", st.RefreshRequests)
+		}
+	})
 }
