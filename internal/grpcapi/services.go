@@ -8,7 +8,9 @@ import (
 )
 
 // The services return the broker's errors as they are; the server's
-// interceptors turn them into statuses through errorTable.
+// interceptors turn them into statuses through errorTable. The broker
+// validates what it is given; the services check only what the conversion
+// from protobuf can get wrong.
 
 // tokenService implements tokenbroker.v1.TokenService over a Broker.
 type tokenService struct {
@@ -17,9 +19,6 @@ type tokenService struct {
 }
 
 func (s *tokenService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*pb.GetTokenResponse, error) {
-	if err := broker.ValidateID("credential_id", req.GetCredentialId()); err != nil {
-		return nil, err
-	}
 	minValid, err := durationArg("min_valid", req.GetMinValid())
 	if err != nil {
 		return nil, err
@@ -36,9 +35,6 @@ func (s *tokenService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*
 }
 
 func (s *tokenService) InvalidateToken(ctx context.Context, req *pb.InvalidateTokenRequest) (*pb.InvalidateTokenResponse, error) {
-	if err := broker.ValidateID("credential_id", req.GetCredentialId()); err != nil {
-		return nil, err
-	}
 	minValid, err := durationArg("min_valid", req.GetMinValid())
 	if err != nil {
 		return nil, err
