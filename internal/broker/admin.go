@@ -17,8 +17,10 @@ const (
 // existing credential, an empty refreshToken keeps the stored refresh token
 // and token state, and no client secrets keeps the stored ones; a non-empty
 // refreshToken re-seeds the credential: the access token is dropped and the
-// state returns to ACTIVE. It waits for a refresh in flight to finish, so
-// it never discards a refresh token the IdP just issued.
+// state returns to ACTIVE. It waits for a refresh in flight to finish, and
+// without a new refresh token refuses (ErrLockTimeout) while a refresh's
+// outcome is still to be stored, so it never discards a refresh token the
+// IdP just issued.
 func (b *Broker) PutCredential(ctx context.Context, c Credential, refreshToken string) (*Record, error) {
 	return b.put(ctx, c, refreshToken, false)
 }
@@ -50,6 +52,16 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 	}
 	if seedOnly && cur != nil && c.GrantType == cur.GrantType {
 		refreshToken = ""
+	}
+	if cur != nil && cur.Pending != nil && refreshToken == "" {
+		// A refresh's outcome is on its way to the record: a write now
+		// would discard it. A new refresh token overrides it (the operator
+		// re-seeds); anything else waits for it.
+		if seedOnly {
+			return cur, nil // the file's configuration applies at the next start
+		}
+		return nil, &Error{Kind: ErrLockTimeout, CredentialID: c.ID, RetryAfter: b.cfg.PollInterval,
+			Detail: "a refresh of the credential is being stored; try again"}
 	}
 	if err := validateCredential(&c, refreshToken, cur == nil); err != nil {
 		return nil, err
@@ -241,6 +253,9 @@ func (b *Broker) reseal(ctx context.Context, rs Resealer, id, primary string) (b
 	}
 	if err != nil {
 		return false, storeErr(id, err)
+	}
+	if rec.Pending != nil {
+		return false, nil // its outcome is sealed under the primary key when stored
 	}
 	epoch := b.epoch(id)
 	gen, err := b.store.Commit(ctx, lease, rec)

@@ -1,7 +1,10 @@
 package broker
 
 import (
+	"context"
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -28,7 +31,13 @@ type Broker struct {
 
 	life   sync.Mutex // guards closed, and orders wg.Add before wg.Wait
 	closed bool
-	wg     sync.WaitGroup // background refreshes and flights
+	wg     sync.WaitGroup // background refreshes, flights and attempts
+
+	// bg is the context of work that outlives its callers (IdP calls,
+	// storing their outcome); Close cancels it when it gives up waiting.
+	bg      context.Context
+	giveUp  context.CancelFunc
+	closing chan struct{} // closed when Close begins
 
 	unsubscribe func()
 }
@@ -36,7 +45,8 @@ type Broker struct {
 // slot is the local cache of one credential. Readers load e without locking;
 // writers hold mu.
 type slot struct {
-	e     atomic.Pointer[entry]
+	e       atomic.Pointer[entry]
+	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
 	mu    sync.Mutex // guards gen and epoch, and serializes stores to e
 	gen   uint64     // highest generation seen for the credential
 	epoch uint64     // bumped by deletes and resets: fills read before are void
@@ -51,15 +61,35 @@ type entry struct {
 	aheadAt   time.Time   // when to start a background refresh
 	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
+	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
+}
+
+// reauthErr is the error for a credential whose cached state is
+// REAUTH_REQUIRED.
+func (e *entry) reauthErr(id string) error {
+	kind := ErrReauthRequired
+	if e.unknown {
+		kind = ErrOutcomeUnknown
+	}
+	return &Error{Kind: kind, CredentialID: id, Detail: e.lastError}
 }
 
 // New returns a Broker over store that calls the IdP through up. It
-// subscribes to the store's events at once.
+// subscribes to the store's events at once. With a Journal, it first reads
+// the outcomes a previous run left there and stores them in the background
+// (fenced, so an outcome whose record moved on meanwhile is dropped).
 func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	cfg.setDefaults()
+	var journaled []JournalEntry
+	if cfg.Journal != nil {
+		var err error
+		if journaled, err = cfg.Journal.Load(context.Background()); err != nil {
+			return nil, err
+		}
+	}
 	b := &Broker{
 		store:   store,
 		up:      up,
@@ -67,14 +97,23 @@ func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 		obs:     cfg.Observer,
 		slots:   make(map[string]*slot),
 		waiters: make(map[string]map[chan struct{}]struct{}),
+		closing: make(chan struct{}),
 	}
+	b.bg, b.giveUp = context.WithCancel(context.Background())
 	b.unsubscribe = store.Subscribe(b.onEvent)
+	for _, e := range journaled {
+		b.resume(e)
+	}
 	return b, nil
 }
 
-// Close stops new background work, waits for refreshes in flight to finish
-// and be stored (each is bounded by the lock wait and refresh timeout), and
-// unsubscribes from the store. Calls after Close fail with ErrShuttingDown.
+// Close stops new background work and waits for refreshes in flight to
+// finish and their outcomes to be stored: an IdP call that outlived its
+// callers gets its answer read, and an outcome the Store refuses for now is
+// retried, for up to RefreshReplyWait plus LockTTL (an outcome kept in the
+// Journal is left there at once, to be stored by the next run). Then it gives
+// up on the rest and unsubscribes from the store. Calls after Close fail with
+// ErrShuttingDown.
 func (b *Broker) Close() error {
 	b.life.Lock()
 	if b.closed {
@@ -83,7 +122,21 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	b.life.Unlock()
-	b.wg.Wait()
+	close(b.closing)
+	done := make(chan struct{})
+	go func() {
+		b.wg.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(b.cfg.closeWait())
+	select {
+	case <-done:
+	case <-timer.C:
+		b.giveUp()
+		<-done
+	}
+	timer.Stop()
+	b.giveUp()
 	b.unsubscribe()
 	return nil
 }
@@ -196,6 +249,7 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		state:     rec.State,
 		allowed:   rec.AllowedClients,
 		lastError: rec.LastError,
+		unknown:   rec.OutcomeUnknown,
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e
@@ -289,6 +343,13 @@ func (b *Broker) mayRead(c Caller, allowed []string) bool {
 // mayAdmin reports whether the caller may call the admin methods.
 func (b *Broker) mayAdmin(c Caller) bool {
 	return b.cfg.Open || c.Admin
+}
+
+// randomID returns 16 random bytes in hex.
+func randomID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand, Go 1.24+)
+	return hex.EncodeToString(b[:])
 }
 
 func sameToken(a, b string) bool {

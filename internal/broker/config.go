@@ -15,11 +15,19 @@ type Config struct {
 	// than this left, for credentials that set no RefreshAhead; at most half
 	// the token's lifetime is used.
 	DefaultRefreshAhead time.Duration // default 5m
-	// RefreshTimeout bounds one IdP call. A caller that goes away does not
-	// cut it short.
+	// RefreshTimeout is how long callers wait for the IdP's answer before
+	// they are told it is unavailable. A caller that goes away does not cut
+	// the call short, and neither does this timeout: the answer is still
+	// read, and stored, for up to RefreshReplyWait.
 	RefreshTimeout time.Duration // default 10s
-	// LockTTL is how long a refresh lease lasts; it must exceed
-	// RefreshTimeout so that the call gives up before the lease runs out.
+	// RefreshReplyWait is the hard bound on one IdP call. An answer that
+	// comes later is lost; with no answer by then, the IdP may have rotated
+	// the refresh token (see ErrOutcomeUnknown).
+	RefreshReplyWait time.Duration // default 60s
+	// LockTTL is how long a refresh lease lasts unless extended; it must
+	// exceed RefreshTimeout. A holder extends its lease while its IdP call
+	// and the storing of the outcome go on, and sends nothing unless the
+	// lease has RefreshTimeout and half the rest of LockTTL left.
 	LockTTL time.Duration // default RefreshTimeout + 5s
 	// LockWait bounds how long a refresh waits for another holder of the
 	// credential's lease before failing with ErrLockTimeout. It should exceed
@@ -42,6 +50,13 @@ type Config struct {
 	// Open turns authorization off: every caller may read every credential
 	// and call the admin methods. For dev mode only.
 	Open bool
+	// ReplicaID names this Broker in the pending markers it writes, so that
+	// operators can tell which replica sent a refresh; a random name when
+	// empty.
+	ReplicaID string
+	// Journal, if set, keeps each refresh's outcome on local disk until it
+	// is stored, and New stores what a previous run left there.
+	Journal Journal
 	// Observer is told about refreshes and cache hits; nil means none.
 	Observer Observer
 }
@@ -55,6 +70,7 @@ func (c *Config) setDefaults() {
 	def(&c.DefaultMinValid, 30*time.Second)
 	def(&c.DefaultRefreshAhead, 5*time.Minute)
 	def(&c.RefreshTimeout, 10*time.Second)
+	def(&c.RefreshReplyWait, max(60*time.Second, c.RefreshTimeout))
 	def(&c.LockTTL, c.RefreshTimeout+5*time.Second)
 	def(&c.LockWait, c.LockTTL+5*time.Second)
 	def(&c.PollInterval, 250*time.Millisecond)
@@ -66,6 +82,30 @@ func (c *Config) setDefaults() {
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
+	if c.ReplicaID == "" {
+		c.ReplicaID = "replica-" + randomID()
+	}
+}
+
+// sendMargin is how much of its lease a holder must have left to send a
+// refresh: the whole RefreshTimeout, and half the rest of the TTL for
+// storing the outcome.
+func (c *Config) sendMargin() time.Duration {
+	return c.RefreshTimeout + (c.LockTTL-c.RefreshTimeout)/2
+}
+
+// pendingBound is how long after a pending marker's refresh was sent another
+// holder waits for its outcome before it presents the refresh token again:
+// the holder reads a late answer for RefreshReplyWait, then needs time to
+// store it.
+func (c *Config) pendingBound() time.Duration {
+	return c.RefreshReplyWait + c.LockTTL
+}
+
+// closeWait is how long Close lets refreshes in flight finish and store
+// their outcome before it gives up on them.
+func (c *Config) closeWait() time.Duration {
+	return c.RefreshReplyWait + c.LockTTL
 }
 
 // Validate reports the first inconsistent setting, after defaults apply.
@@ -76,7 +116,8 @@ func (c Config) Validate() error {
 		v    time.Duration
 	}{
 		{"DefaultMinValid", c.DefaultMinValid}, {"DefaultRefreshAhead", c.DefaultRefreshAhead},
-		{"RefreshTimeout", c.RefreshTimeout}, {"LockTTL", c.LockTTL}, {"LockWait", c.LockWait},
+		{"RefreshTimeout", c.RefreshTimeout}, {"RefreshReplyWait", c.RefreshReplyWait},
+		{"LockTTL", c.LockTTL}, {"LockWait", c.LockWait},
 		{"PollInterval", c.PollInterval}, {"ForceInterval", c.ForceInterval},
 		{"BackoffMin", c.BackoffMin}, {"BackoffMax", c.BackoffMax},
 		{"BackoffMaxRetryAfter", c.BackoffMaxRetryAfter}, {"DefaultLifetime", c.DefaultLifetime},
@@ -87,6 +128,9 @@ func (c Config) Validate() error {
 	}
 	if c.LockTTL <= c.RefreshTimeout {
 		return fmt.Errorf("broker: LockTTL (%s) must exceed RefreshTimeout (%s), so a refresh gives up before its lock expires", c.LockTTL, c.RefreshTimeout)
+	}
+	if c.RefreshReplyWait < c.RefreshTimeout {
+		return fmt.Errorf("broker: RefreshReplyWait (%s) must not be below RefreshTimeout (%s)", c.RefreshReplyWait, c.RefreshTimeout)
 	}
 	if c.BackoffMax < c.BackoffMin {
 		return errors.New("broker: BackoffMax must not be below BackoffMin")

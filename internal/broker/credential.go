@@ -101,6 +101,9 @@ type Record struct {
 	// Generation is the stored version of the record. A Store bumps it on
 	// every Commit; Commit is refused unless it matches the stored one.
 	Generation uint64 `json:"-"`
+	// Pending is the refresh a holder announced and has not settled yet, or
+	// nil. Stores keep it beside the record (MarkPending, Settle).
+	Pending *Pending `json:"-"`
 
 	State         State     `json:"state"`
 	LastRefreshAt time.Time `json:"last_refresh_at,omitzero"`
@@ -128,5 +131,9 @@ func (r *Record) Clone() *Record {
 	c.ClientSecrets = append([]string(nil), r.ClientSecrets...)
 	c.Scopes = append([]string(nil), r.Scopes...)
 	c.AllowedClients = append([]string(nil), r.AllowedClients...)
+	if r.Pending != nil {
+		p := *r.Pending
+		c.Pending = &p
+	}
 	return &c
 }

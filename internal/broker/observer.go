@@ -8,6 +8,7 @@ const (
 	ReasonAhead       = "ahead"       // background refresh ahead of expiry
 	ReasonInvalidated = "invalidated" // a caller reported the current token rejected
 	ReasonForced      = "forced"      // an operator asked for a refresh
+	ReasonJournal     = "journal"     // an outcome journaled before a restart is stored
 )
 
 // Refresh outcomes, as reported in RefreshEvent.Outcome.
@@ -15,7 +16,8 @@ const (
 	OutcomeOK        = "ok"        // refreshed and stored
 	OutcomeTransient = "transient" // the IdP or the network failed; retried later
 	OutcomePermanent = "permanent" // the IdP said the grant is dead: REAUTH_REQUIRED
-	OutcomeLost      = "lost"      // refreshed, but the result could not be stored
+	OutcomeUnknown   = "unknown"   // the answer was lost: the IdP may have rotated the refresh token
+	OutcomeLost      = "lost"      // the IdP answered, and the record moved on or the broker closed before it was stored
 	OutcomeAbandoned = "abandoned" // not sent: the lease would not outlive the call
 )
 
@@ -62,7 +64,8 @@ type Observer interface {
 	// credential's lock: obtained, or not (another holder refreshed first, or
 	// the wait timed out).
 	LockWaited(d time.Duration, obtained bool)
-	// Refreshed is called after every IdP call, or a call abandoned.
+	// Refreshed is called after every IdP call (once its outcome is stored,
+	// for the last one of a refresh), or a call abandoned.
 	Refreshed(ev RefreshEvent)
 }
 

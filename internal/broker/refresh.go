@@ -3,8 +3,32 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"time"
 )
+
+// The refresh of one credential, from a stale token to its stored outcome:
+//
+//   - refresh: one flight per key in this process (singleflight); a caller
+//     waits for it at most Config.LockWait.
+//   - runFlight: waits for the credential's lease (acquire), or joins this
+//     Broker's attempt already under way, or finds that another replica's
+//     refresh made the call unnecessary.
+//   - refreshLocked: under the lease, re-reads the record, respects another
+//     holder's pending refresh, makes sure the lease outlives the call,
+//     writes the pending marker and starts an attempt.
+//   - attempt.run: sends the request and keeps the lease alive; reads a late
+//     answer for up to RefreshReplyWait; within the credential's reuse grace
+//     resends a request whose answer was lost; journals the outcome; and
+//     settles it, retrying the fenced write until it lands or the fence
+//     proves the record moved on.
+//
+// Once the IdP has answered, its answer is never dropped because the Store
+// is slow, unreachable or restarting, or because the lease ran out: only the
+// record moving on (an operator put a new refresh token, or deleted the
+// credential, or another holder took over a marker past its bound) or the
+// Broker giving up at Close does that.
 
 // flight describes one refresh: which credential, why, and the test that
 // says, on the freshest record, whether the IdP must still be called.
@@ -18,18 +42,20 @@ type flight struct {
 
 // refresh runs f once per key at a time in this process; callers with the
 // same key share the outcome. The refresh runs on its own context, so a
-// caller that goes away does not cut it short; the returned record must not
-// be modified.
+// caller that goes away does not cut it short, and the caller waits at most
+// LockWait for it; the returned record must not be modified.
 func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, error) {
 	ch := b.flights.DoChan(key, func() (any, error) {
 		if !b.enter() {
 			return nil, &Error{Kind: ErrShuttingDown, CredentialID: f.id}
 		}
 		defer b.wg.Done()
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.LockWait+b.cfg.LockTTL)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.LockWait)
 		defer cancel()
 		return b.runFlight(fctx, f)
 	})
+	timer := time.NewTimer(b.cfg.LockWait)
+	defer timer.Stop()
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -38,12 +64,27 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		return r.Val.(*Record), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-timer.C:
+		return nil, b.stillRefreshing(f.id)
 	}
 }
 
+// stillRefreshing is the error of a caller that waited LockWait for a
+// refresh: what that refresh is waiting for.
+func (b *Broker) stillRefreshing(id string) error {
+	if a := b.attemptOf(id); a != nil {
+		return a.progressErr(b.cfg.PollInterval)
+	}
+	return &Error{Kind: ErrLockTimeout, CredentialID: id, RetryAfter: b.cfg.PollInterval}
+}
+
+// errPendingElsewhere says that another holder's refresh is pending on the
+// record: the flight waits for its outcome instead of calling the IdP.
+var errPendingElsewhere = errors.New("broker: a refresh of another holder is pending")
+
 // runFlight waits until the credential no longer needs a refresh or its
 // lease is free, and refreshes it under the lease. Waiters are woken by the
-// Store's events; PollInterval is only the fallback.
+// Store's events; PollInterval is only the fallback. ctx bounds the wait.
 //
 // A flight starts because its caller just saw a stale token, so it tries
 // the lease before reading the Store: when the lease is free, that saves a
@@ -51,42 +92,84 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 // anyway.
 func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
 	start := time.Now()
-	var rec *Record
-	lease, err := b.acquire(ctx, f.id, func() (bool, error) {
-		epoch := b.epoch(f.id)
-		r, err := b.store.Get(ctx, f.id)
-		if err != nil {
-			return true, storeErr(f.id, err)
+	for {
+		if a := b.attemptOf(f.id); a != nil {
+			return a.await(ctx, b.cfg)
 		}
-		b.fill(r, epoch)
-		rec = r
-		done, err := b.settled(r, f)
-		if done || err != nil {
+		var rec *Record
+		lease, err := b.acquire(ctx, f.id, func() (bool, error) {
+			if b.attemptOf(f.id) != nil {
+				return true, errJoin
+			}
+			epoch := b.epoch(f.id)
+			r, err := b.store.Get(ctx, f.id)
+			if err != nil {
+				return true, storeErr(f.id, err)
+			}
+			b.fill(r, epoch)
+			rec = r
+			done, err := b.settled(r, f)
+			if done || err != nil {
+				b.obs.LockWaited(time.Since(start), false)
+			}
+			return done, err
+		})
+		var be *Error
+		switch {
+		case errors.Is(err, errJoin):
+			continue
+		case err != nil && !errors.As(err, &be): // the flight's own deadline ran out while waiting
+			return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err, RetryAfter: b.cfg.PollInterval}
+		case errors.Is(err, ErrLockTimeout):
 			b.obs.LockWaited(time.Since(start), false)
+			return nil, err
+		case err != nil:
+			return nil, err
+		case lease == nil: // settled without the IdP
+			return rec, nil
 		}
-		return done, err
-	})
-	var be *Error
-	switch {
-	case err != nil && !errors.As(err, &be): // the flight's own deadline ran out while waiting
-		return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err}
-	case errors.Is(err, ErrLockTimeout):
-		b.obs.LockWaited(time.Since(start), false)
-		return nil, err
-	case err != nil:
-		return nil, err
-	case lease == nil: // settled without the IdP
-		return rec, nil
+		b.obs.LockWaited(time.Since(start), true)
+		rec, err = b.refreshLocked(ctx, lease, f)
+		if !errors.Is(err, errPendingElsewhere) {
+			return rec, err
+		}
+		// Another holder's refresh is pending: wait, and look again.
+		if err := b.waitPending(ctx); err != nil {
+			return nil, pendingErr(f.id, rec.Pending, b.cfg.PollInterval)
+		}
 	}
-	b.obs.LockWaited(time.Since(start), true)
-	return b.refreshLocked(ctx, lease, f)
+}
+
+// errJoin says that an attempt of this Broker started while a flight waited
+// for the lease: the flight joins it.
+var errJoin = errors.New("broker: join the attempt under way")
+
+// waitPending waits PollInterval before a flight looks again at a record on
+// which another holder's refresh is pending. It does not wake on the
+// Store's events: the flight's own release of the lease publishes one, and
+// replicas waiting alike would wake each other in a loop.
+func (b *Broker) waitPending(ctx context.Context) error {
+	if !sleepCtx(ctx, b.cfg.PollInterval) {
+		return ctx.Err()
+	}
+	return nil
+}
+
+// pendingErr is the error of a caller whose refresh waits for the outcome of
+// another holder's pending refresh.
+func pendingErr(id string, p *Pending, retry time.Duration) error {
+	detail := "a refresh is being stored"
+	if p != nil {
+		detail = fmt.Sprintf("the refresh that replica %s sent at %s is not stored yet", p.Holder, p.SentAt.UTC().Format(time.RFC3339))
+	}
+	return &Error{Kind: ErrStoreUnavailable, CredentialID: id, RetryAfter: retry, Detail: detail}
 }
 
 // settled says whether f is over on rec without calling the IdP: the record
 // no longer needs it, or the IdP must not be called now.
 func (b *Broker) settled(rec *Record, f flight) (bool, error) {
 	if rec.State == StateReauthRequired {
-		return true, &Error{Kind: ErrReauthRequired, CredentialID: rec.ID, Detail: rec.LastError}
+		return true, reauthErr(rec)
 	}
 	now := time.Now()
 	if !f.need(rec, now) {
@@ -105,43 +188,279 @@ func (b *Broker) settled(rec *Record, f flight) (bool, error) {
 	return false, nil
 }
 
-// refreshLocked calls the IdP under lease and stores the outcome, fenced.
+// reauthErr is the error for a credential in REAUTH_REQUIRED.
+func reauthErr(rec *Record) error {
+	kind := ErrReauthRequired
+	if rec.OutcomeUnknown {
+		kind = ErrOutcomeUnknown
+	}
+	return &Error{Kind: kind, CredentialID: rec.ID, Detail: rec.LastError}
+}
+
+// refreshLocked decides under lease whether to call the IdP, and if so
+// announces the refresh and starts an attempt, which takes the lease over.
 func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Record, error) {
-	defer b.release(ctx, lease)
 	rec, err := b.store.Get(ctx, f.id) // the freshest record, read under the lease
 	if err != nil {
+		b.release(ctx, lease)
 		return nil, storeErr(f.id, err)
 	}
 	if done, err := b.settled(rec, f); done || err != nil {
+		b.release(ctx, lease)
 		return rec, err
 	}
-
-	// Send only if the lease outlives the call: a holder that may have lost
-	// its lease must not present the refresh token.
-	callDeadline := time.Now().Add(b.cfg.RefreshTimeout)
-	if ld := lease.Deadline(); ld.Before(callDeadline) {
-		callDeadline = ld
+	var orphan *Pending
+	if p := rec.Pending; p != nil {
+		if !b.mayTakeOver(rec, p, time.Now()) {
+			b.release(ctx, lease)
+			return rec, errPendingElsewhere
+		}
+		orphan = p
 	}
-	if time.Until(callDeadline) < b.cfg.RefreshTimeout/4 {
+
+	// Send only if the lease outlives the call: a holder that may lose its
+	// lease must not present the refresh token.
+	if err := b.ensureLease(ctx, lease); err != nil {
+		b.release(ctx, lease)
 		b.obs.Refreshed(RefreshEvent{CredentialID: f.id, Caller: f.caller, Reason: f.reason,
-			Outcome: OutcomeAbandoned, Generation: rec.Generation, Err: ErrLockLost})
-		return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Detail: "refresh lease too close to expiry; not sent"}
+			Outcome: OutcomeAbandoned, Generation: rec.Generation, Err: err})
+		return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err, RetryAfter: b.cfg.PollInterval,
+			Detail: "the refresh lease could not be extended; nothing was sent"}
 	}
-	cctx, cancel := context.WithDeadline(ctx, callDeadline)
-	t0 := time.Now()
-	tok, err := b.up.Exchange(cctx, exchangeRequest(rec))
-	cancel()
-	took := time.Since(t0)
-	now := time.Now()
+	p := &Pending{ID: randomID(), Holder: b.cfg.ReplicaID, SentAt: time.Now(), Journaled: b.cfg.Journal != nil}
+	if err := b.store.MarkPending(ctx, lease, rec, p); err != nil {
+		b.release(ctx, lease)
+		if errors.Is(err, ErrLockLost) || errors.Is(err, ErrConflict) {
+			return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err, RetryAfter: b.cfg.PollInterval,
+				Detail: "the credential changed while the refresh was being announced; nothing was sent"}
+		}
+		return nil, storeErr(f.id, err)
+	}
+	rec.Pending = p
+	a := b.startAttempt(lease, rec, p, f, orphan)
+	return a.await(ctx, b.cfg)
+}
 
-	next := rec.Clone()
-	if f.forced {
-		next.LastForcedAt = now
+// mayTakeOver says whether a holder may present the refresh token of a
+// record on which another holder's refresh p is pending (its lease is gone,
+// or this holder could not have the lease): when the replay reaches the IdP
+// within its reuse grace, or when p's holder has had all the time it could
+// need to store its outcome, so it is dead or cut off for good.
+func (b *Broker) mayTakeOver(rec *Record, p *Pending, now time.Time) bool {
+	if g := rec.ReuseGrace; g > 0 && now.Add(graceMargin(g)).Before(p.SentAt.Add(g)) {
+		return true
 	}
-	ev := RefreshEvent{CredentialID: f.id, Caller: f.caller, Reason: f.reason, Duration: took}
-	if err != nil {
-		return nil, b.recordFailure(ctx, lease, next, ev, err, now)
+	return !now.Before(p.SentAt.Add(b.cfg.pendingBound()))
+}
+
+// graceMargin is the part of a reuse grace window kept for a replay to
+// reach the IdP.
+func graceMargin(grace time.Duration) time.Duration {
+	return min(time.Second, grace/2)
+}
+
+// ensureLease extends the lease if it has less than the send margin left.
+func (b *Broker) ensureLease(ctx context.Context, lease Lease) error {
+	if time.Until(lease.Deadline()) >= b.cfg.sendMargin() {
+		return nil
 	}
+	if err := lease.Extend(ctx, b.cfg.LockTTL); err != nil {
+		return err
+	}
+	if time.Until(lease.Deadline()) < b.cfg.sendMargin() {
+		return ErrLockLost
+	}
+	return nil
+}
+
+// attempt is one refresh this Broker announced and sent: it runs on a
+// goroutine of its own (owned by the Broker), and outlives the callers that
+// started it.
+type attempt struct {
+	id      string
+	p       *Pending
+	done    chan struct{} // closed when the attempt is over
+	stalled chan struct{} // closed when an outcome is known and its first write failed
+	once    sync.Once     // closes stalled
+
+	mu       sync.Mutex // guards stallErr
+	stallErr error
+
+	rec *Record // after done: the record as stored, or nil
+	err error   // after done
+}
+
+// attemptOf returns this Broker's attempt under way on a credential, or nil.
+func (b *Broker) attemptOf(id string) *attempt {
+	b.mu.RLock()
+	s := b.slots[id]
+	b.mu.RUnlock()
+	if s == nil {
+		return nil
+	}
+	return s.attempt.Load()
+}
+
+// await waits for the attempt's outcome: its stored record, or, while it is
+// not over, an error saying what it waits for once its caller has waited
+// RefreshTimeout for the IdP or its outcome could not be stored at once.
+func (a *attempt) await(ctx context.Context, cfg Config) (*Record, error) {
+	timer := time.NewTimer(time.Until(a.p.SentAt.Add(cfg.RefreshTimeout)))
+	defer timer.Stop()
+	select {
+	case <-a.done:
+		return a.rec, a.err
+	case <-a.stalled:
+		return nil, a.progressErr(cfg.PollInterval)
+	case <-timer.C:
+		return nil, a.progressErr(cfg.PollInterval)
+	case <-ctx.Done():
+		return nil, a.progressErr(cfg.PollInterval)
+	}
+}
+
+// progressErr says what an attempt that is not over waits for.
+func (a *attempt) progressErr(retry time.Duration) error {
+	select {
+	case <-a.done:
+		if a.err != nil {
+			return a.err
+		}
+		return &Error{Kind: ErrLockTimeout, CredentialID: a.id, RetryAfter: retry}
+	case <-a.stalled:
+		a.mu.Lock()
+		cause := a.stallErr
+		a.mu.Unlock()
+		return &Error{Kind: ErrStoreUnavailable, CredentialID: a.id, Err: cause, RetryAfter: max(retry, time.Second),
+			Detail: "the refreshed token is kept and will be stored once the store answers"}
+	default:
+		return &Error{Kind: ErrIdPUnavailable, CredentialID: a.id, RetryAfter: max(retry, time.Second),
+			Detail: "the IdP has not answered yet; its answer will still be stored"}
+	}
+}
+
+func (a *attempt) stall(err error) {
+	a.mu.Lock()
+	a.stallErr = err
+	a.mu.Unlock()
+	a.once.Do(func() { close(a.stalled) })
+}
+
+// startAttempt starts the attempt that sends the refresh p announced on rec.
+// It owns lease from now on. The calling flight holds a count of b.wg, so the
+// Add cannot race Close's Wait.
+func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
+	a := &attempt{id: rec.ID, p: p, done: make(chan struct{}), stalled: make(chan struct{})}
+	s := b.slotFor(rec.ID)
+	s.attempt.Store(a)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		keep := b.keepAlive(lease)
+		next, ev := b.send(rec, p, f, orphan)
+		a.rec, a.err = b.finish(a, next, ev)
+		keep.stop()
+		s.attempt.CompareAndSwap(a, nil)
+		close(a.done)
+	}()
+	return a
+}
+
+// resume stores the outcome a previous run of this replica journaled.
+func (b *Broker) resume(e JournalEntry) {
+	a := &attempt{id: e.Record.ID, p: e.Pending, done: make(chan struct{}), stalled: make(chan struct{})}
+	s := b.slotFor(a.id)
+	s.attempt.Store(a)
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		ev := RefreshEvent{CredentialID: a.id, Reason: ReasonJournal, Outcome: OutcomeOK}
+		a.rec, a.err = b.finish(a, e.Record, ev)
+		s.attempt.CompareAndSwap(a, nil)
+		close(a.done)
+	}()
+}
+
+// send calls the IdP with rec's grant and returns the record to store:
+// refreshed, backing off, or REAUTH_REQUIRED, and the event that reports it.
+// A request whose answer was lost is sent again at once while the replay
+// reaches the IdP within the credential's reuse grace. orphan is the
+// pending refresh of a holder that died, when this one takes it over.
+func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Record, RefreshEvent) {
+	req := exchangeRequest(rec)
+	ev := RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason}
+	var lost time.Time // when the answer to a request sent was first lost
+	for replays := 0; ; replays++ {
+		ctx, cancel := context.WithTimeout(b.bg, b.cfg.RefreshReplyWait)
+		t0 := time.Now()
+		tok, err := b.up.Exchange(ctx, req)
+		cancel()
+		ev.Duration = time.Since(t0)
+		now := time.Now()
+		next := rec.Clone()
+		next.Pending = nil
+		if f.forced {
+			next.LastForcedAt = now
+		}
+		if err == nil {
+			b.succeeded(next, tok, now)
+			return next, ev
+		}
+		class, retryAfter := classOf(err)
+		if class == Unanswered && lost.IsZero() {
+			lost = t0
+		}
+		replay := !lost.IsZero() || orphan != nil
+		if class != Permanent && !lost.IsZero() && replays < maxReplays && b.mayReplay(rec, p, now.Add(replayPause)) {
+			// Within the grace the IdP answers a replay of the refresh
+			// token with the successor (Dex) or a new pair (Okta).
+			b.obs.Refreshed(RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason,
+				Outcome: OutcomeUnknown, Generation: rec.Generation, Duration: ev.Duration, Err: err})
+			if !sleepCtx(b.bg, replayPause) {
+				return nil, ev
+			}
+			continue
+		}
+		ev.Err = err
+		switch {
+		case class == Permanent && replay:
+			why := fmt.Sprintf("the answer to the refresh sent at %s was lost", lost.UTC().Format(time.RFC3339))
+			if orphan != nil {
+				why = fmt.Sprintf("replica %s died mid-refresh at %s", orphan.Holder, orphan.SentAt.UTC().Format(time.RFC3339))
+			}
+			b.unknown(next, why+"; presenting the refresh token again was refused: "+err.Error(), now)
+			ev.Outcome = OutcomeUnknown
+		case class == Permanent:
+			b.dead(next, err, now)
+			ev.Outcome = OutcomePermanent
+		case !lost.IsZero():
+			b.unknown(next, fmt.Sprintf("the IdP may have rotated the refresh token; the answer to the refresh sent at %s was lost: %v",
+				lost.UTC().Format(time.RFC3339), err), now)
+			ev.Outcome = OutcomeUnknown
+		default:
+			b.backOff(next, err, retryAfter, now)
+			ev.Outcome = OutcomeTransient
+		}
+		return next, ev
+	}
+}
+
+// A lost answer is replayed at most maxReplays times, replayPause apart.
+const (
+	maxReplays  = 5
+	replayPause = 100 * time.Millisecond
+)
+
+// mayReplay says whether a refresh token whose request's answer was lost
+// may be presented again: while the replay reaches the IdP within the
+// credential's reuse grace counted from when it was first sent.
+func (b *Broker) mayReplay(rec *Record, p *Pending, now time.Time) bool {
+	g := rec.ReuseGrace
+	return g > 0 && now.Add(graceMargin(g)).Before(p.SentAt.Add(g))
+}
+
+// succeeded makes next the record of a refresh the IdP answered with tok.
+func (b *Broker) succeeded(next *Record, tok *UpstreamToken, now time.Time) {
 	next.Token = Token{AccessToken: tok.AccessToken, TokenType: tok.TokenType, Expiry: tok.Expiry, IssuedAt: now}
 	if next.Token.Expiry.IsZero() {
 		next.Token.Expiry = now.Add(b.cfg.DefaultLifetime)
@@ -152,87 +471,202 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 	next.LastRefreshAt = now
 	next.LastError, next.LastErrorAt = "", time.Time{}
 	next.Failures, next.NextAttemptAt = 0, time.Time{}
-
-	epoch := b.epoch(f.id)
-	gen, err := b.commit(ctx, lease, next)
-	if err != nil {
-		ev.Outcome, ev.Generation, ev.Err = OutcomeLost, rec.Generation, err
-		b.obs.Refreshed(ev)
-		return nil, err
-	}
-	next.Generation = gen
-	b.fill(next, epoch)
-	ev.Outcome, ev.Generation = OutcomeOK, gen
-	b.obs.Refreshed(ev)
-	return next, nil
+	next.OutcomeUnknown = false
 }
 
-// commit stores next under lease, fenced on next.Generation. The IdP has
-// already rotated the refresh token, so losing next would strand the
-// credential: a Store that is briefly unreachable is retried until the lease
-// runs out, and a lease lost while the IdP answered is taken again if nobody
-// else holds it (the generation fence still refuses a record that moved on).
-func (b *Broker) commit(ctx context.Context, lease Lease, next *Record) (uint64, error) {
+// dead moves next to REAUTH_REQUIRED on the IdP's verdict cause.
+func (b *Broker) dead(next *Record, cause error, now time.Time) {
+	next.State = StateReauthRequired
+	next.Token = Token{}
+	next.LastError, next.LastErrorAt = cause.Error(), now
+	next.Failures, next.NextAttemptAt = 0, time.Time{}
+}
+
+// unknown moves next to REAUTH_REQUIRED because a refresh's outcome is
+// unknown: the IdP may have rotated the refresh token.
+func (b *Broker) unknown(next *Record, why string, now time.Time) {
+	next.State = StateReauthRequired
+	next.OutcomeUnknown = true
+	next.Token = Token{}
+	next.LastError, next.LastErrorAt = "refresh outcome unknown: "+why, now
+	next.Failures, next.NextAttemptAt = 0, time.Time{}
+}
+
+// backOff keeps next's refresh token and holds further IdP calls off.
+func (b *Broker) backOff(next *Record, cause error, retryAfter time.Duration, now time.Time) {
+	next.LastError, next.LastErrorAt = cause.Error(), now
+	next.Failures++
+	next.NextAttemptAt = now.Add(b.cfg.backoff(next.Failures, retryAfter))
+}
+
+// finish journals next and settles it, then reports ev. It returns the
+// record as stored, or the caller's error for the outcome: a failure is
+// reported as such even when its record was stored.
+func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, error) {
+	if next == nil { // the Broker gave up while replaying
+		ev.Outcome, ev.Err = OutcomeLost, errGaveUp
+		b.obs.Refreshed(ev)
+		return nil, &Error{Kind: ErrShuttingDown, CredentialID: a.id}
+	}
+	journaled := false
+	if j := b.cfg.Journal; j != nil {
+		if err := j.Save(b.bg, a.p, next); err == nil {
+			journaled = true
+		}
+	}
+	stored, err := b.settle(a, next, journaled)
+	if journaled && !errors.Is(err, errGaveUp) {
+		_ = b.cfg.Journal.Remove(b.bg, a.p)
+	}
+	ev.Generation = next.Generation
+	if err != nil {
+		if ev.Outcome == OutcomeOK || ev.Outcome == "" {
+			ev.Outcome = OutcomeLost
+		}
+		ev.Err = errors.Join(ev.Err, err)
+		b.obs.Refreshed(ev)
+		if errors.Is(err, errSuperseded) {
+			return nil, &Error{Kind: ErrLockTimeout, CredentialID: a.id, Err: err, RetryAfter: b.cfg.PollInterval,
+				Detail: "the credential changed while refreshing; the refresh was discarded"}
+		}
+		return nil, &Error{Kind: ErrStoreUnavailable, CredentialID: a.id, Err: err}
+	}
+	ev.Generation = stored.Generation
+	if ev.Outcome == "" {
+		ev.Outcome = OutcomeOK
+	}
+	b.obs.Refreshed(ev)
+	switch {
+	case stored.State == StateReauthRequired:
+		return nil, reauthErr(stored)
+	case ev.Outcome == OutcomeTransient:
+		return nil, &Error{Kind: ErrIdPUnavailable, CredentialID: a.id, Err: ev.Err, Detail: stored.LastError,
+			RetryAfter: time.Until(stored.NextAttemptAt)}
+	}
+	return stored, nil
+}
+
+var (
+	// errSuperseded: the record moved on before an outcome could be stored.
+	errSuperseded = errors.New("broker: the record moved on; the outcome was not stored")
+	// errGaveUp: Close gave up on an outcome it could not store in time.
+	errGaveUp = errors.New("broker: closed before the outcome could be stored")
+)
+
+// settle stores next, the outcome of a's refresh, fenced on its generation
+// and marker. It retries a Store that fails until the write lands or the
+// fence proves that the record moved on; a write that landed but whose
+// reply was lost is recognised. It gives up only when the Broker closes: at
+// once if the outcome is journaled, else after Close's wait.
+func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, error) {
 	delay := 20 * time.Millisecond
 	for {
-		gen, err := b.store.Commit(ctx, lease, next)
-		switch {
-		case err == nil:
-			return gen, nil
-		case errors.Is(err, ErrConflict):
-			return 0, &Error{Kind: ErrLockTimeout, CredentialID: next.ID, Err: err,
-				Detail: "the credential changed while refreshing; the refresh was discarded"}
-		case errors.Is(err, ErrLockLost):
-			l2, lerr := b.store.TryLock(ctx, next.ID, b.cfg.LockTTL)
-			if lerr != nil {
-				return 0, &Error{Kind: ErrLockTimeout, CredentialID: next.ID, Err: err,
-					Detail: "refresh lease lost before the result was stored"}
-			}
-			gen, err = b.store.Commit(ctx, l2, next)
-			b.release(ctx, l2)
-			if err != nil {
-				return 0, &Error{Kind: ErrLockTimeout, CredentialID: next.ID, Err: err,
-					Detail: "refresh lease lost before the result was stored"}
-			}
-			return gen, nil
+		epoch := b.epoch(next.ID)
+		gen, err := b.store.Settle(b.bg, a.p, next)
+		if err == nil {
+			stored := next.Clone()
+			stored.Generation = gen
+			b.fill(stored, epoch)
+			return stored, nil
 		}
-		if time.Now().Add(delay).After(lease.Deadline()) || ctx.Err() != nil {
-			return 0, storeErr(next.ID, err)
+		if errors.Is(err, ErrConflict) {
+			cur, gerr := b.store.Get(b.bg, next.ID)
+			switch {
+			case gerr == nil && landed(cur, next):
+				b.fill(cur, epoch)
+				return cur, nil
+			case gerr == nil, errors.Is(gerr, ErrNotFound):
+				return nil, errSuperseded
+			}
+			err = gerr
 		}
-		time.Sleep(delay)
-		delay = min(2*delay, time.Second)
+		a.stall(err)
+		if !b.pause(delay, journaled) {
+			return nil, errGaveUp
+		}
+		delay = min(2*delay, 2*time.Second)
 	}
 }
 
-// recordFailure stores what went wrong and returns the caller's error. A
-// permanent verdict moves the credential to REAUTH_REQUIRED; anything else
-// backs off and keeps the refresh token.
-func (b *Broker) recordFailure(ctx context.Context, lease Lease, next *Record, ev RefreshEvent, cause error, now time.Time) error {
-	class, retryAfter := classOf(cause)
-	permanent := class == Permanent
-	next.LastError, next.LastErrorAt = cause.Error(), now
-	e := &Error{CredentialID: next.ID, Detail: next.LastError, Err: cause}
-	if permanent {
-		next.State = StateReauthRequired
-		next.Token = Token{}
-		next.Failures, next.NextAttemptAt = 0, time.Time{}
-		e.Kind, ev.Outcome = ErrReauthRequired, OutcomePermanent
-	} else {
-		next.Failures++
-		wait := b.cfg.backoff(next.Failures, retryAfter)
-		next.NextAttemptAt = now.Add(wait)
-		e.Kind, e.RetryAfter, ev.Outcome = ErrIdPUnavailable, wait, OutcomeTransient
+// landed says whether cur is next as stored by a Settle whose reply was lost.
+func landed(cur, next *Record) bool {
+	return cur.Generation == next.Generation+1 && cur.Pending == nil &&
+		cur.RefreshToken == next.RefreshToken && cur.Token == next.Token && cur.State == next.State
+}
+
+// pause waits d between two tries of a write, or returns false when the
+// Broker gives up: at Close if the outcome is journaled, else at the end of
+// Close's wait.
+func (b *Broker) pause(d time.Duration, journaled bool) bool {
+	closing := b.closing
+	if !journaled {
+		closing = nil
 	}
-	ev.Err = cause
-	ev.Generation = next.Generation
-	epoch := b.epoch(next.ID)
-	if gen, err := b.store.Commit(ctx, lease, next); err == nil {
-		next.Generation = gen
-		ev.Generation = gen
-		b.fill(next, epoch)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-closing:
+		return false
+	case <-b.bg.Done():
+		return false
 	}
-	b.obs.Refreshed(ev)
-	return e
+}
+
+// sleepCtx waits d, or returns false when ctx ends first.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// keeper keeps a lease alive for an attempt, and takes it again if it was
+// lost (a Store outage longer than the TTL), so that other holders keep
+// waiting rather than reading the pending marker.
+type keeper struct {
+	quit chan struct{}
+	done chan struct{}
+}
+
+func (b *Broker) keepAlive(lease Lease) *keeper {
+	k := &keeper{quit: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(k.done)
+		cur := lease
+		defer func() { b.release(b.bg, cur) }()
+		tick := time.NewTicker(max(b.cfg.LockTTL/3, time.Millisecond))
+		defer tick.Stop()
+		for {
+			select {
+			case <-k.quit:
+				return
+			case <-b.bg.Done():
+				return
+			case <-tick.C:
+			}
+			ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockTTL/3)
+			err := cur.Extend(ctx, b.cfg.LockTTL)
+			if errors.Is(err, ErrLockLost) {
+				if l, err := b.store.TryLock(ctx, cur.ID(), b.cfg.LockTTL); err == nil {
+					cur = l
+				}
+			}
+			cancel()
+		}
+	}()
+	return k
+}
+
+// stop ends the keeping and releases the lease.
+func (k *keeper) stop() {
+	close(k.quit)
+	<-k.done
 }
 
 func exchangeRequest(rec *Record) UpstreamRequest {
@@ -262,9 +696,9 @@ func storeErr(id string, err error) error {
 	case errors.Is(err, ErrUnreadable):
 		return &Error{Kind: ErrUnreadable, CredentialID: id, Err: err, Detail: err.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
-		return &Error{Kind: ErrStoreUnavailable, CredentialID: id, Err: err, Detail: "store did not answer in time"}
+		return &Error{Kind: ErrStoreUnavailable, CredentialID: id, Err: err, Detail: "store did not answer in time", RetryAfter: time.Second}
 	}
-	return &Error{Kind: ErrStoreUnavailable, CredentialID: id, Err: err}
+	return &Error{Kind: ErrStoreUnavailable, CredentialID: id, Err: err, RetryAfter: time.Second}
 }
 
 // acquire waits for a credential's lease, up to Config.LockWait, woken by

@@ -8,12 +8,22 @@ import (
 // Store keeps credential records and coordinates refreshes between every
 // broker that shares it. Implementations must be safe for concurrent use.
 //
-// The contract that makes a refresh token be spent once:
+// The contract that makes a refresh token be spent once, and its successor
+// never lost:
 //   - TryLock grants a lease on one credential to one holder at a time, for a
 //     TTL; a lease that expires is lost.
 //   - Commit writes a record only if the lease is still held AND the stored
 //     generation equals rec.Generation, in one atomic step, and then stores
-//     rec.Generation+1 and publishes an Event.
+//     rec.Generation+1 and publishes an Event. It clears a pending marker.
+//   - MarkPending writes, under the lease, a marker saying that a refresh of
+//     the record at its generation is about to be sent. Every holder reads it
+//     (Record.Pending) and does not present the refresh token again while it
+//     stands.
+//   - Settle writes the outcome of the refresh a marker announced, fenced on
+//     the generation and on the marker, whether or not the lease is still
+//     held: a holder that lost its lease in a Store outage, or a replica
+//     restarted from its journal, can still store the successor, and nobody
+//     else can overwrite the record meanwhile without the operator's say.
 //
 // Every error other than the sentinels named below means the Store could not
 // be reached or answered wrongly; the Broker reports it as ErrStoreUnavailable.
@@ -34,11 +44,26 @@ type Store interface {
 	// waiting, or returns ErrLockHeld. The credential need not exist yet.
 	TryLock(ctx context.Context, id string, ttl time.Duration) (Lease, error)
 
-	// Commit stores rec under lease. rec.Generation must be the generation
-	// rec was read at (0 for a credential that does not exist yet). It
-	// returns the new generation, ErrLockLost when the lease is no longer
-	// held, or ErrConflict when the stored generation is another.
+	// Commit stores rec under lease, and clears any pending marker.
+	// rec.Generation must be the generation rec was read at (0 for a
+	// credential that does not exist yet). It returns the new generation,
+	// ErrLockLost when the lease is no longer held, or ErrConflict when the
+	// stored generation is another.
 	Commit(ctx context.Context, lease Lease, rec *Record) (uint64, error)
+
+	// MarkPending stores p as the pending refresh of the record, under lease,
+	// fenced on rec.Generation, without changing the record or its
+	// generation. It returns ErrLockLost or ErrConflict as Commit does.
+	MarkPending(ctx context.Context, lease Lease, rec *Record, p *Pending) error
+
+	// Settle stores rec, the outcome of the refresh that p announced, if the
+	// stored generation is rec.Generation and p is still the record's
+	// pending refresh; the lease need not be held. It clears the marker,
+	// bumps the generation and publishes an Event like Commit, and returns
+	// the new generation, or ErrConflict when the record moved on. Repeating
+	// a Settle that was applied but whose reply was lost returns the same
+	// generation again.
+	Settle(ctx context.Context, p *Pending, rec *Record) (uint64, error)
 
 	// Subscribe delivers an Event to fn for every change of any credential,
 	// made by any broker sharing the Store, until the returned stop function
@@ -67,9 +92,43 @@ type Lease interface {
 	// local monotonic clock when it was obtained. Past it, the holder must
 	// assume it has lost the lease.
 	Deadline() time.Time
+	// Extend keeps the lease for ttl from now and moves Deadline, or returns
+	// ErrLockLost when it is no longer held.
+	Extend(ctx context.Context, ttl time.Duration) error
 	// Release gives the lease up and wakes waiters. Releasing a lost lease
 	// is not an error.
 	Release(ctx context.Context) error
+}
+
+// Pending is the marker of a refresh that a holder is about to send, or has
+// sent and not yet stored the outcome of. It holds no secret.
+type Pending struct {
+	ID     string    `json:"id"`      // unique per refresh; fences its Settle
+	Holder string    `json:"holder"`  // the replica that sends it (Config.ReplicaID)
+	SentAt time.Time `json:"sent_at"` // when it was about to be sent
+	// Journaled says that the holder keeps the outcome in a Journal, so it
+	// may still store it after a restart.
+	Journaled bool `json:"journaled,omitempty"`
+}
+
+// Journal keeps the outcomes of refreshes on local disk from the IdP's
+// answer until they are stored, so that a replica killed or restarted in
+// between still stores them when it starts again. It must be safe for
+// concurrent use, and it seals what it writes: the records hold refresh
+// tokens.
+type Journal interface {
+	// Save durably records rec as the outcome of the refresh p announced.
+	Save(ctx context.Context, p *Pending, rec *Record) error
+	// Remove forgets the entry of p, once its outcome is stored or moot.
+	Remove(ctx context.Context, p *Pending) error
+	// Load returns every entry saved and not removed.
+	Load(ctx context.Context) ([]JournalEntry, error)
+}
+
+// JournalEntry is one outcome kept by a Journal.
+type JournalEntry struct {
+	Pending *Pending
+	Record  *Record
 }
 
 // Event says that a credential changed or its lease was released.

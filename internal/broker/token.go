@@ -23,7 +23,7 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
 		}
 		if e.state == StateReauthRequired {
-			return Token{}, &Error{Kind: ErrReauthRequired, CredentialID: id, Detail: e.lastError}
+			return Token{}, e.reauthErr(id)
 		}
 		now := time.Now()
 		if m, err := b.minValid(id, minValid, &e.token); err != nil {
@@ -126,7 +126,7 @@ func (b *Broker) load(ctx context.Context, caller Caller, id string) (*Record, e
 func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid time.Duration, refreshed bool) (Token, error) {
 	for i := 0; ; i++ {
 		if rec.State == StateReauthRequired {
-			return Token{}, &Error{Kind: ErrReauthRequired, CredentialID: rec.ID, Detail: rec.LastError}
+			return Token{}, reauthErr(rec)
 		}
 		m, err := b.minValid(rec.ID, minValid, &rec.Token)
 		if err != nil {

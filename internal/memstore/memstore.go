@@ -17,9 +17,10 @@ import (
 
 // Store is an in-memory broker.Store. The zero value is not usable; call New.
 type Store struct {
-	mu    sync.Mutex // guards recs and locks
-	recs  map[string]*broker.Record
-	locks map[string]lockState
+	mu      sync.Mutex // guards recs, locks and settled
+	recs    map[string]*broker.Record // with Pending set while a refresh is pending
+	locks   map[string]lockState
+	settled map[string]settledBy // by credential: the Settle that wrote the record last
 
 	smu  sync.Mutex // guards subs
 	subs map[int]func(broker.Event)
@@ -31,14 +32,22 @@ type lockState struct {
 	expires time.Time
 }
 
+// settledBy names the Settle that wrote a record, so that repeating it is
+// recognised.
+type settledBy struct {
+	pending string
+	gen     uint64
+}
+
 var _ broker.Store = (*Store)(nil)
 
 // New returns an empty Store.
 func New() *Store {
 	return &Store{
-		recs:  make(map[string]*broker.Record),
-		locks: make(map[string]lockState),
-		subs:  make(map[int]func(broker.Event)),
+		recs:    make(map[string]*broker.Record),
+		locks:   make(map[string]lockState),
+		settled: make(map[string]settledBy),
+		subs:    make(map[int]func(broker.Event)),
 	}
 }
 
@@ -88,6 +97,7 @@ func (s *Store) Delete(ctx context.Context, id string) error {
 	s.mu.Lock()
 	_, ok := s.recs[id]
 	delete(s.recs, id)
+	delete(s.settled, id)
 	s.mu.Unlock()
 	if ok {
 		s.publish(broker.Event{ID: id, Deleted: true})
@@ -134,12 +144,67 @@ func (s *Store) Commit(ctx context.Context, l broker.Lease, rec *broker.Record) 
 		s.mu.Unlock()
 		return 0, broker.ErrConflict
 	}
-	c := rec.Clone()
-	c.Generation = gen + 1
-	s.recs[rec.ID] = c
+	s.write(rec, gen+1)
+	delete(s.settled, rec.ID)
 	s.mu.Unlock()
 	s.publish(broker.Event{ID: rec.ID, Generation: gen + 1})
 	return gen + 1, nil
+}
+
+// write stores a copy of rec at gen, without a pending marker; s.mu is held.
+func (s *Store) write(rec *broker.Record, gen uint64) {
+	c := rec.Clone()
+	c.Generation = gen
+	c.Pending = nil
+	s.recs[rec.ID] = c
+}
+
+// MarkPending stores p as the record's pending refresh if lease is held and
+// the stored generation is rec.Generation.
+func (s *Store) MarkPending(ctx context.Context, l broker.Lease, rec *broker.Record, p *broker.Pending) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ml, ok := l.(*lease)
+	if !ok || ml.s != s || ml.id != rec.ID {
+		return broker.ErrLockLost
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.holds(ml, time.Now()) {
+		return broker.ErrLockLost
+	}
+	cur, ok := s.recs[rec.ID]
+	if !ok || cur.Generation != rec.Generation {
+		return broker.ErrConflict
+	}
+	c := *p
+	cur.Pending = &c
+	return nil
+}
+
+// Settle stores a copy of rec if the stored generation is rec.Generation and
+// p is the record's pending refresh, held lease or not.
+func (s *Store) Settle(ctx context.Context, p *broker.Pending, rec *broker.Record) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	s.mu.Lock()
+	cur, ok := s.recs[rec.ID]
+	switch {
+	case ok && cur.Generation == rec.Generation+1 && s.settled[rec.ID] == settledBy{p.ID, rec.Generation + 1}:
+		s.mu.Unlock()
+		return rec.Generation + 1, nil // a repeat of the Settle that wrote it
+	case !ok || cur.Generation != rec.Generation || cur.Pending == nil || cur.Pending.ID != p.ID:
+		s.mu.Unlock()
+		return 0, broker.ErrConflict
+	}
+	gen := rec.Generation + 1
+	s.write(rec, gen)
+	s.settled[rec.ID] = settledBy{p.ID, gen}
+	s.mu.Unlock()
+	s.publish(broker.Event{ID: rec.ID, Generation: gen})
+	return gen, nil
 }
 
 // Subscribe calls fn for every change until stop is called. fn runs on the
@@ -179,11 +244,35 @@ type lease struct {
 	s        *Store
 	id       string
 	token    string
+	mu       sync.Mutex // guards deadline
 	deadline time.Time
 }
 
-func (l *lease) ID() string          { return l.id }
-func (l *lease) Deadline() time.Time { return l.deadline }
+func (l *lease) ID() string { return l.id }
+
+func (l *lease) Deadline() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.deadline
+}
+
+// Extend keeps the lease for ttl from now, or returns broker.ErrLockLost.
+func (l *lease) Extend(ctx context.Context, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	now := time.Now()
+	l.s.mu.Lock()
+	defer l.s.mu.Unlock()
+	if !l.s.holds(l, now) {
+		return broker.ErrLockLost
+	}
+	l.s.locks[l.id] = lockState{token: l.token, expires: now.Add(ttl)}
+	l.mu.Lock()
+	l.deadline = now.Add(ttl)
+	l.mu.Unlock()
+	return nil
+}
 
 func (l *lease) Release(context.Context) error {
 	l.s.mu.Lock()

@@ -1,7 +1,8 @@
 -- Fenced write of one credential record: the writer must still hold the
 -- credential's lock, and the stored generation must be the one it read.
 --
--- KEYS[1]  the record, a hash with fields gen, data and lease
+-- KEYS[1]  the record, a hash with fields gen, data, lease, pending_id,
+--          pending and settled (a Commit clears a pending refresh)
 -- KEYS[2]  the credential's redislock key (same hash slot as KEYS[1])
 -- ARGV[1]  the writer's lock value (redislock token and metadata)
 -- ARGV[2]  the generation the writer read ("0": the record does not exist)
@@ -28,5 +29,6 @@ if gen ~= ARGV[2] then
   return -2
 end
 redis.call("HSET", KEYS[1], "gen", ARGV[3], "data", ARGV[4], "lease", ARGV[1])
+redis.call("HDEL", KEYS[1], "pending_id", "pending", "settled")
 redis.call("PUBLISH", ARGV[5], "c " .. ARGV[3] .. " " .. ARGV[6])
 return 1

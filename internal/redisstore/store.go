@@ -6,6 +6,9 @@
 // Keys, for the default prefix "tokenbroker" and credential id ID:
 //
 //	tokenbroker:{ID}:cred   hash: gen (generation), data (the record), lease
+//	                        (the lock value of the last Commit), pending and
+//	                        pending_id (a pending refresh's marker), settled
+//	                        (the marker id of the last Settle)
 //	tokenbroker:{ID}:lock   the redislock lock of the credential
 //	tokenbroker:index       sorted set of all credential ids, for List
 //	tokenbroker:events      Pub/Sub channel of change events
@@ -152,7 +155,7 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Record, error) {
 	if err := checkID(id); err != nil {
 		return nil, err
 	}
-	vals, err := s.client.HMGet(ctx, s.recordKey(id), "gen", "data").Result()
+	vals, err := s.client.HMGet(ctx, s.recordKey(id), "gen", "data", "pending").Result()
 	if err != nil {
 		return nil, fmt.Errorf("redisstore: get %q: %w", id, err)
 	}
@@ -180,7 +183,7 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Re
 		cmds := make([]*redis.SliceCmd, len(ids))
 		if _, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids {
-				cmds[i] = p.HMGet(ctx, s.recordKey(id), "gen", "data")
+				cmds[i] = p.HMGet(ctx, s.recordKey(id), "gen", "data", "pending")
 			}
 			return nil
 		}); err != nil {
@@ -352,9 +355,9 @@ func (s *Store) PrimaryKey() string {
 
 var _ broker.Resealer = (*Store)(nil)
 
-// decode turns the reply of HMGET gen data into a record.
+// decode turns the reply of HMGET gen data pending into a record.
 func (s *Store) decode(id string, vals []any) (*broker.Record, error) {
-	if len(vals) != 2 {
+	if len(vals) != 3 {
 		return nil, fmt.Errorf("redisstore: get %q: %d values in reply", id, len(vals))
 	}
 	data, ok := vals[1].(string)
@@ -389,6 +392,9 @@ func (s *Store) decode(id string, vals []any) (*broker.Record, error) {
 		return nil, unreadable(id, "stored record has another id")
 	}
 	rec.Generation = gen
+	if rec.Pending, err = decodePending(id, vals[2]); err != nil {
+		return nil, err
+	}
 	return rec, nil
 }
 

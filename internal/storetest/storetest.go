@@ -1,0 +1,246 @@
+// Package storetest checks that a broker.Store keeps the contract the
+// broker's no-loss guarantees rest on: pending markers written under the
+// lease, and the outcome of a pending refresh settled, fenced on its
+// generation and marker, whether or not the lease is still held. Each Store
+// runs Contract against a real instance of itself.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+)
+
+// Contract runs the pending-refresh checks against stores made by newStore,
+// one per check, each empty. Stores from one call share nothing.
+func Contract(t *testing.T, newStore func(t *testing.T) broker.Store) {
+	t.Run("mark and settle", func(t *testing.T) { markAndSettle(t, newStore(t)) })
+	t.Run("settle without the lease", func(t *testing.T) { settleWithoutLease(t, newStore(t)) })
+	t.Run("settle fenced", func(t *testing.T) { settleFenced(t, newStore(t)) })
+	t.Run("commit clears the marker", func(t *testing.T) { commitClears(t, newStore(t)) })
+	t.Run("extend", func(t *testing.T) { extend(t, newStore(t)) })
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// seed commits a fresh record of id and returns it as stored.
+func seed(t *testing.T, s broker.Store, id string) *broker.Record {
+	t.Helper()
+	ctx := ctxT(t)
+	l, err := s.TryLock(ctx, id, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	rec := &broker.Record{
+		Credential:   broker.Credential{ID: id, TokenURL: "https://idp.example/token", ClientID: "c"},
+		RefreshToken: "rt-0",
+		State:        broker.StateActive,
+	}
+	gen, err := s.Commit(ctx, l, rec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Generation = gen
+	return rec
+}
+
+func get(t *testing.T, s broker.Store, id string) *broker.Record {
+	t.Helper()
+	rec, err := s.Get(ctxT(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func marker(id string) *broker.Pending {
+	return &broker.Pending{ID: id, Holder: "replica-a", SentAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), Journaled: true}
+}
+
+func markAndSettle(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	rec := seed(t, s, "a")
+	l, err := s.TryLock(ctx, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	p := marker("p1")
+	if err := s.MarkPending(ctx, l, rec, p); err != nil {
+		t.Fatalf("MarkPending: %v", err)
+	}
+	got := get(t, s, "a")
+	if got.Pending == nil || *got.Pending != *p {
+		t.Fatalf("Get after MarkPending: pending %+v, want %+v", got.Pending, p)
+	}
+	if got.Generation != rec.Generation || got.RefreshToken != "rt-0" {
+		t.Fatalf("MarkPending changed the record: generation %d, refresh token %q", got.Generation, got.RefreshToken)
+	}
+	next := got.Clone()
+	next.Pending = nil
+	next.RefreshToken = "rt-1"
+	for i := range 2 { // the second as after a reply lost to a timeout
+		gen, err := s.Settle(ctx, p, next)
+		if err != nil || gen != rec.Generation+1 {
+			t.Fatalf("Settle #%d: %d, %v; want %d", i+1, gen, err, rec.Generation+1)
+		}
+	}
+	got = get(t, s, "a")
+	if got.Pending != nil || got.RefreshToken != "rt-1" || got.Generation != rec.Generation+1 {
+		t.Fatalf("after Settle: pending %+v, refresh token %q, generation %d", got.Pending, got.RefreshToken, got.Generation)
+	}
+	// The marker is gone: settling with it again, at the new generation, is
+	// refused.
+	again := got.Clone()
+	if _, err := s.Settle(ctx, p, again); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("Settle with a settled marker at the next generation: %v, want ErrConflict", err)
+	}
+}
+
+func settleWithoutLease(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	rec := seed(t, s, "a")
+	l, err := s.TryLock(ctx, "a", 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := marker("p1")
+	if err := s.MarkPending(ctx, l, rec, p); err != nil {
+		t.Fatal(err)
+	}
+	// The lease runs out (a Store outage longer than its TTL) and another
+	// holder takes it: the marker still lets the first one store its
+	// outcome.
+	other := waitLock(t, s, "a")
+	defer other.Release(ctx)
+	next := rec.Clone()
+	next.RefreshToken = "rt-1"
+	if _, err := s.Settle(ctx, p, next); err != nil {
+		t.Fatalf("Settle after the lease was lost: %v", err)
+	}
+	if got := get(t, s, "a"); got.RefreshToken != "rt-1" {
+		t.Fatalf("refresh token %q after Settle, want rt-1", got.RefreshToken)
+	}
+}
+
+// waitLock takes the lease of id once it is free.
+func waitLock(t *testing.T, s broker.Store, id string) broker.Lease {
+	t.Helper()
+	ctx := ctxT(t)
+	for {
+		l, err := s.TryLock(ctx, id, time.Minute)
+		if err == nil {
+			return l
+		}
+		if !errors.Is(err, broker.ErrLockHeld) {
+			t.Fatal(err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the lease was not released in time")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+func settleFenced(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	rec := seed(t, s, "a")
+	next := rec.Clone()
+	next.RefreshToken = "rt-1"
+	if _, err := s.Settle(ctx, marker("none"), next); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("Settle without a marker: %v, want ErrConflict", err)
+	}
+	l, err := s.TryLock(ctx, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	if err := s.MarkPending(ctx, l, rec, marker("p1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Settle(ctx, marker("p2"), next); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("Settle with another marker: %v, want ErrConflict", err)
+	}
+	stale := next.Clone()
+	stale.Generation--
+	if _, err := s.Settle(ctx, marker("p1"), stale); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("Settle at another generation: %v, want ErrConflict", err)
+	}
+	old := rec.Clone()
+	old.Generation = rec.Generation + 5
+	if err := s.MarkPending(ctx, l, old, marker("p3")); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("MarkPending at another generation: %v, want ErrConflict", err)
+	}
+	if err := s.Delete(ctx, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Settle(ctx, marker("p1"), next); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("Settle of a deleted record: %v, want ErrConflict", err)
+	}
+	if _, err := s.Get(ctx, "a"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("Get after a refused Settle of a deleted record: %v, want ErrNotFound", err)
+	}
+}
+
+func commitClears(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	rec := seed(t, s, "a")
+	l, err := s.TryLock(ctx, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	p := marker("p1")
+	if err := s.MarkPending(ctx, l, rec, p); err != nil {
+		t.Fatal(err)
+	}
+	reseed := rec.Clone()
+	reseed.RefreshToken = "rt-operator"
+	if _, err := s.Commit(ctx, l, reseed); err != nil {
+		t.Fatal(err)
+	}
+	got := get(t, s, "a")
+	if got.Pending != nil || got.RefreshToken != "rt-operator" {
+		t.Fatalf("after Commit: pending %+v, refresh token %q", got.Pending, got.RefreshToken)
+	}
+	// The outcome of the overridden refresh is refused.
+	late := rec.Clone()
+	late.Generation = got.Generation
+	late.RefreshToken = "rt-late"
+	if _, err := s.Settle(ctx, p, late); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("Settle after an operator's Commit: %v, want ErrConflict", err)
+	}
+}
+
+func extend(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	l, err := s.TryLock(ctx, "a", 200*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := l.Deadline()
+	if err := l.Extend(ctx, time.Minute); err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	if !l.Deadline().After(before.Add(30 * time.Second)) {
+		t.Fatalf("Extend moved the deadline from %v to %v", before, l.Deadline())
+	}
+	if _, err := s.TryLock(ctx, "a", time.Minute); !errors.Is(err, broker.ErrLockHeld) {
+		t.Fatalf("TryLock of an extended lease: %v, want ErrLockHeld", err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Extend(ctx, time.Minute); !errors.Is(err, broker.ErrLockLost) {
+		t.Fatalf("Extend after Release: %v, want ErrLockLost", err)
+	}
+}
