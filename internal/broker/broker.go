@@ -47,9 +47,9 @@ type Broker struct {
 type slot struct {
 	e       atomic.Pointer[entry]
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
-	mu    sync.Mutex // guards gen and epoch, and serializes stores to e
-	gen   uint64     // highest generation seen for the credential
-	epoch uint64     // bumped by deletes and resets: fills read before are void
+	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
+	gen     uint64                  // highest generation seen for the credential
+	epoch   uint64                  // bumped by deletes and resets: fills read before are void
 }
 
 // entry is an immutable cached view of a record, but for triggered.

@@ -17,7 +17,7 @@ import (
 
 // Store is an in-memory broker.Store. The zero value is not usable; call New.
 type Store struct {
-	mu      sync.Mutex // guards recs, locks and settled
+	mu      sync.Mutex                // guards recs, locks and settled
 	recs    map[string]*broker.Record // with Pending set while a refresh is pending
 	locks   map[string]lockState
 	settled map[string]settledBy // by credential: the Settle that wrote the record last
