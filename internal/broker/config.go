@@ -87,6 +87,13 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// flightBound bounds one flight, hence a caller's wait for a refresh: the
+// wait for another holder's lease, the IdP's answer, and a second for the
+// Store's round trips around them.
+func (c *Config) flightBound() time.Duration {
+	return c.LockWait + c.RefreshTimeout + time.Second
+}
+
 // sendMargin is how much of its lease a holder must have left to send a
 // refresh: the whole RefreshTimeout, and half the rest of the TTL for
 // storing the outcome.

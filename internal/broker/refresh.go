@@ -42,20 +42,19 @@ type flight struct {
 
 // refresh runs f once per key at a time in this process; callers with the
 // same key share the outcome. The refresh runs on its own context, so a
-// caller that goes away does not cut it short, and the caller waits at most
-// LockWait for it; the returned record must not be modified.
+// caller that goes away does not cut it short; the returned record must not
+// be modified. A caller waits at most LockWait for another holder of the
+// lease and then RefreshTimeout for the IdP (flightBound).
 func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, error) {
 	ch := b.flights.DoChan(key, func() (any, error) {
 		if !b.enter() {
 			return nil, &Error{Kind: ErrShuttingDown, CredentialID: f.id}
 		}
 		defer b.wg.Done()
-		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.LockWait)
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.flightBound())
 		defer cancel()
 		return b.runFlight(fctx, f)
 	})
-	timer := time.NewTimer(b.cfg.LockWait)
-	defer timer.Stop()
 	select {
 	case r := <-ch:
 		if r.Err != nil {
@@ -64,22 +63,11 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		return r.Val.(*Record), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
-	case <-timer.C:
-		return nil, b.stillRefreshing(f.id)
 	}
-}
-
-// stillRefreshing is the error of a caller that waited LockWait for a
-// refresh: what that refresh is waiting for.
-func (b *Broker) stillRefreshing(id string) error {
-	if a := b.attemptOf(id); a != nil {
-		return a.progressErr(b.cfg.PollInterval)
-	}
-	return &Error{Kind: ErrLockTimeout, CredentialID: id, RetryAfter: b.cfg.PollInterval}
 }
 
 // errPendingElsewhere says that another holder's refresh is pending on the
-// record: the flight waits for its outcome instead of calling the IdP.
+// record: the flight does not call the IdP.
 var errPendingElsewhere = errors.New("broker: a refresh of another holder is pending")
 
 // runFlight waits until the credential no longer needs a refresh or its
@@ -130,30 +118,19 @@ func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
 		}
 		b.obs.LockWaited(time.Since(start), true)
 		rec, err = b.refreshLocked(ctx, lease, f)
-		if !errors.Is(err, errPendingElsewhere) {
-			return rec, err
+		if errors.Is(err, errPendingElsewhere) {
+			// Another holder's refresh is pending: its outcome may be
+			// stored any moment, or its holder is cut off; either way the
+			// refresh token must not be presented now.
+			return nil, pendingErr(f.id, rec.Pending, max(b.cfg.PollInterval, time.Second))
 		}
-		// Another holder's refresh is pending: wait, and look again.
-		if err := b.waitPending(ctx); err != nil {
-			return nil, pendingErr(f.id, rec.Pending, b.cfg.PollInterval)
-		}
+		return rec, err
 	}
 }
 
 // errJoin says that an attempt of this Broker started while a flight waited
 // for the lease: the flight joins it.
 var errJoin = errors.New("broker: join the attempt under way")
-
-// waitPending waits PollInterval before a flight looks again at a record on
-// which another holder's refresh is pending. It does not wake on the
-// Store's events: the flight's own release of the lease publishes one, and
-// replicas waiting alike would wake each other in a loop.
-func (b *Broker) waitPending(ctx context.Context) error {
-	if !sleepCtx(ctx, b.cfg.PollInterval) {
-		return ctx.Err()
-	}
-	return nil
-}
 
 // pendingErr is the error of a caller whose refresh waits for the outcome of
 // another holder's pending refresh.
@@ -279,8 +256,9 @@ func (b *Broker) ensureLease(ctx context.Context, lease Lease) error {
 type attempt struct {
 	id      string
 	p       *Pending
-	done    chan struct{} // closed when the attempt is over
-	stalled chan struct{} // closed when an outcome is known and its first write failed
+	done     chan struct{} // closed when the attempt is over
+	answered chan struct{} // closed when the outcome is known (the IdP answered, or did not in time)
+	stalled  chan struct{} // closed when an outcome is known and its first write failed
 	once    sync.Once     // closes stalled
 
 	mu       sync.Mutex // guards stallErr
@@ -288,6 +266,10 @@ type attempt struct {
 
 	rec *Record // after done: the record as stored, or nil
 	err error   // after done
+}
+
+func newAttempt(id string, p *Pending) *attempt {
+	return &attempt{id: id, p: p, done: make(chan struct{}), answered: make(chan struct{}), stalled: make(chan struct{})}
 }
 
 // attemptOf returns this Broker's attempt under way on a credential, or nil.
@@ -303,20 +285,27 @@ func (b *Broker) attemptOf(id string) *attempt {
 
 // await waits for the attempt's outcome: its stored record, or, while it is
 // not over, an error saying what it waits for once its caller has waited
-// RefreshTimeout for the IdP or its outcome could not be stored at once.
+// RefreshTimeout for the IdP, or the outcome could not be stored at once.
 func (a *attempt) await(ctx context.Context, cfg Config) (*Record, error) {
 	timer := time.NewTimer(time.Until(a.p.SentAt.Add(cfg.RefreshTimeout)))
 	defer timer.Stop()
 	select {
 	case <-a.done:
 		return a.rec, a.err
+	case <-a.answered:
+		// The outcome is known: wait for it to be stored, unless the
+		// Store fails.
+		select {
+		case <-a.done:
+			return a.rec, a.err
+		case <-a.stalled:
+		case <-ctx.Done():
+		}
 	case <-a.stalled:
-		return nil, a.progressErr(cfg.PollInterval)
 	case <-timer.C:
-		return nil, a.progressErr(cfg.PollInterval)
 	case <-ctx.Done():
-		return nil, a.progressErr(cfg.PollInterval)
 	}
+	return nil, a.progressErr(cfg.PollInterval)
 }
 
 // progressErr says what an attempt that is not over waits for.
@@ -333,6 +322,9 @@ func (a *attempt) progressErr(retry time.Duration) error {
 		a.mu.Unlock()
 		return &Error{Kind: ErrStoreUnavailable, CredentialID: a.id, Err: cause, RetryAfter: max(retry, time.Second),
 			Detail: "the refreshed token is kept and will be stored once the store answers"}
+	case <-a.answered:
+		return &Error{Kind: ErrStoreUnavailable, CredentialID: a.id, RetryAfter: max(retry, time.Second),
+			Detail: "the refreshed token is being stored"}
 	default:
 		return &Error{Kind: ErrIdPUnavailable, CredentialID: a.id, RetryAfter: max(retry, time.Second),
 			Detail: "the IdP has not answered yet; its answer will still be stored"}
@@ -350,7 +342,7 @@ func (a *attempt) stall(err error) {
 // It owns lease from now on. The calling flight holds a count of b.wg, so the
 // Add cannot race Close's Wait.
 func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
-	a := &attempt{id: rec.ID, p: p, done: make(chan struct{}), stalled: make(chan struct{})}
+	a := newAttempt(rec.ID, p)
 	s := b.slotFor(rec.ID)
 	s.attempt.Store(a)
 	b.wg.Add(1)
@@ -358,6 +350,7 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 		defer b.wg.Done()
 		keep := b.keepAlive(lease)
 		next, ev := b.send(rec, p, f, orphan)
+		close(a.answered)
 		a.rec, a.err = b.finish(a, next, ev)
 		keep.stop()
 		s.attempt.CompareAndSwap(a, nil)
@@ -368,7 +361,8 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 
 // resume stores the outcome a previous run of this replica journaled.
 func (b *Broker) resume(e JournalEntry) {
-	a := &attempt{id: e.Record.ID, p: e.Pending, done: make(chan struct{}), stalled: make(chan struct{})}
+	a := newAttempt(e.Record.ID, e.Pending)
+	close(a.answered)
 	s := b.slotFor(a.id)
 	s.attempt.Store(a)
 	b.wg.Add(1)

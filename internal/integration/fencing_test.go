@@ -5,6 +5,7 @@ import (
 	"errors"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -13,30 +14,73 @@ import (
 )
 
 // pausingStore wraps a real Store and pauses its caller at chosen points, as
-// a stopped process or a long GC pause would.
+// a stopped process or a long GC pause would. beforeCommit pauses the write
+// of a refresh's outcome (Settle) and of an admin change (Commit).
 type pausingStore struct {
 	broker.Store
 	beforeLock   func()
 	afterLock    func()
 	beforeCommit func()
+	// cut, when set, cuts the replica off the Store for TryLock and lease
+	// extensions, as for a stopped process whose other goroutines are
+	// stopped too.
+	cut *atomic.Bool
 }
 
-func (s *pausingStore) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, error) {
-	if s.beforeLock != nil {
-		s.beforeLock()
+var errCut = errors.New("pausingStore: cut off")
+
+type pausingLease struct {
+	broker.Lease
+	cut *atomic.Bool
+}
+
+func (l *pausingLease) Extend(ctx context.Context, ttl time.Duration) error {
+	if l.cut != nil && l.cut.Load() {
+		return errCut
 	}
-	l, err := s.Store.TryLock(ctx, id, ttl)
-	if err == nil && s.afterLock != nil {
-		s.afterLock()
-	}
-	return l, err
+	return l.Lease.Extend(ctx, ttl)
 }
 
 func (s *pausingStore) Commit(ctx context.Context, l broker.Lease, rec *broker.Record) (uint64, error) {
 	if s.beforeCommit != nil {
 		s.beforeCommit()
 	}
-	return s.Store.Commit(ctx, l, rec)
+	return s.Store.Commit(ctx, unwrap(l), rec)
+}
+
+func (s *pausingStore) MarkPending(ctx context.Context, l broker.Lease, rec *broker.Record, p *broker.Pending) error {
+	return s.Store.MarkPending(ctx, unwrap(l), rec, p)
+}
+
+func unwrap(l broker.Lease) broker.Lease {
+	if pl, ok := l.(*pausingLease); ok {
+		return pl.Lease
+	}
+	return l
+}
+
+func (s *pausingStore) Settle(ctx context.Context, p *broker.Pending, rec *broker.Record) (uint64, error) {
+	if s.beforeCommit != nil {
+		s.beforeCommit()
+	}
+	return s.Store.Settle(ctx, p, rec)
+}
+
+func (s *pausingStore) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, error) {
+	if s.beforeLock != nil {
+		s.beforeLock()
+	}
+	if s.cut != nil && s.cut.Load() {
+		return nil, errCut
+	}
+	l, err := s.Store.TryLock(ctx, id, ttl)
+	if err == nil && s.afterLock != nil {
+		s.afterLock()
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &pausingLease{Lease: l, cut: s.cut}, nil
 }
 
 func pausing(afterLock, beforeCommit func()) func(broker.Store) broker.Store {
@@ -78,7 +122,11 @@ func TestHolderThatLostItsLeaseDoesNotCallTheIdP(t *testing.T) {
 	})
 }
 
-func TestStaleHolderCannotOverwriteNewerState(t *testing.T) {
+// A holder paused with the IdP's answer in hand until its lease is long
+// gone (a GC pause, a stopped process) still stores the successor; the other
+// replica, which takes the lease meanwhile, sees the pending refresh and
+// does not present the spent refresh token.
+func TestStaleHolderStoresItsOutcomeAndOthersWait(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, be backend) {
 		c := fencingCluster(t, be)
 		healthy := c.replica(nil)
@@ -87,37 +135,52 @@ func TestStaleHolderCannotOverwriteNewerState(t *testing.T) {
 
 		other := make(chan struct{})
 		obs := &observer{}
-		stale, _ := c.replicaOn(pausing(nil, func() {
-			select { // paused with the IdP's answer in hand, until the other replica moved on
-			case <-other:
-			case <-time.After(10 * time.Second):
-			}
-		}), obs)
+		var cut atomic.Bool
+		stale, _ := c.replicaOn(func(s broker.Store) broker.Store {
+			return &pausingStore{Store: s, cut: &cut, beforeCommit: func() {
+				cut.Store(true)
+				select { // stopped with the IdP's answer in hand, until the other replica tried
+				case <-other:
+				case <-time.After(10 * time.Second):
+				}
+				cut.Store(false)
+			}}
+		}, obs)
 
-		staleErr := make(chan error, 1)
+		staleTok := make(chan broker.Token, 1)
 		go func() {
-			_, err := stale.GetToken(context.Background(), "cred", 0)
-			staleErr <- err
+			tok, err := stale.GetToken(context.Background(), "cred", 0)
+			if err != nil {
+				t.Errorf("stale holder's caller: %v", err)
+			}
+			staleTok <- tok
 		}()
-		eventually(t, "the stale holder's IdP call", func() bool { return c.idp.Stats().Refreshes == 1 })
+		eventually(t, "the stale holder's IdP call", func() bool { return c.idp.Stats().Refreshes == 1 && cut.Load() })
+		time.Sleep(2 * c.cfg.LockTTL) // the stale holder's lease runs out
 
-		// The healthy replica waits out the lease and refreshes from the
-		// stored (now spent) refresh token: the strict IdP revokes the family.
-		if _, err := healthy.GetToken(context.Background(), "cred", 0); !errors.Is(err, broker.ErrReauthRequired) {
-			t.Fatalf("healthy replica: %v; want ErrReauthRequired", err)
+		if _, err := healthy.GetToken(context.Background(), "cred", 0); !errors.Is(err, broker.ErrStoreUnavailable) {
+			t.Fatalf("healthy replica: %v; want ErrStoreUnavailable while the refresh is pending", err)
 		}
-		newer := c.stored("cred")
+		if st := c.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
+			t.Fatalf("IdP saw %d refresh requests and %d reuses; want 1 and 0", st.RefreshRequests, st.Reuses)
+		}
 		close(other)
-
-		if err := <-staleErr; !errors.Is(err, broker.ErrLockTimeout) {
-			t.Fatalf("stale holder: %v; want ErrLockTimeout", err)
+		got := <-staleTok
+		if c.stored("cred").Generation != gen0+1 {
+			t.Fatal("the stale holder's caller got a token before it was stored")
 		}
-		got := c.stored("cred")
-		if got.Generation != newer.Generation || got.State != broker.StateReauthRequired || got.Generation != gen0+1 {
-			t.Fatalf("stored generation %d state %v; want the healthy replica's %d REAUTH_REQUIRED", got.Generation, got.State, newer.Generation)
+		tok, err := healthy.GetToken(context.Background(), "cred", 0)
+		if err != nil || !c.accepted(tok.AccessToken) || tok.AccessToken != got.AccessToken {
+			t.Fatalf("healthy replica after the outcome was stored: %v", err)
 		}
-		if outcomes := obs.outcomes(); !slices.Equal(outcomes, []string{broker.OutcomeLost}) {
-			t.Fatalf("stale holder outcomes %v; want [lost]", outcomes)
+		if got := c.stored("cred"); got.State != broker.StateActive || got.Pending != nil {
+			t.Fatalf("stored state %v, pending %v", got.State, got.Pending)
+		}
+		if st := c.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
+			t.Fatalf("IdP saw %d refresh requests and %d reuses; want 1 and 0", st.RefreshRequests, st.Reuses)
+		}
+		if outcomes := obs.outcomes(); !slices.Equal(outcomes, []string{broker.OutcomeOK}) {
+			t.Fatalf("stale holder outcomes %v; want [ok]", outcomes)
 		}
 	})
 }
