@@ -254,12 +254,12 @@ func (b *Broker) ensureLease(ctx context.Context, lease Lease) error {
 // goroutine of its own (owned by the Broker), and outlives the callers that
 // started it.
 type attempt struct {
-	id      string
-	p       *Pending
+	id       string
+	p        *Pending
 	done     chan struct{} // closed when the attempt is over
 	answered chan struct{} // closed when the outcome is known (the IdP answered, or did not in time)
 	stalled  chan struct{} // closed when an outcome is known and its first write failed
-	once    sync.Once     // closes stalled
+	once     sync.Once     // closes stalled
 
 	mu       sync.Mutex // guards stallErr
 	stallErr error
