@@ -143,8 +143,9 @@ func TestErrorsOverTheWire(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cr := get.GetCredential(); cr.GetState() != pb.State_REAUTH_REQUIRED || cr.GetLastError() == "" || cr.GetLastErrorAt() == nil {
-			t.Errorf("credential = %v; want REAUTH_REQUIRED with the IdP's error", cr)
+		if cr := get.GetCredential(); cr.GetState() != pb.State_REAUTH_REQUIRED || cr.GetReauthReason() != "REAUTH_REQUIRED" ||
+			cr.GetLastError() == "" || cr.GetLastErrorAt() == nil {
+			t.Errorf("credential = %v; want REAUTH_REQUIRED (reauth_reason too) with the IdP's error", cr)
 		}
 	})
 	t.Run("idp unavailable", func(t *testing.T) {
@@ -321,6 +322,9 @@ func TestBadInput(t *testing.T) {
 		{"Put negative refresh_ahead", put(good(func(c *pb.Credential) { c.RefreshAhead = durationpb.New(-time.Second) })), "credential.refresh_ahead"},
 		{"Put refresh_ahead over 24h", put(good(func(c *pb.Credential) { c.RefreshAhead = durationpb.New(48 * time.Hour) })), "credential.refresh_ahead"},
 		{"Put invalid refresh_ahead", put(good(func(c *pb.Credential) { c.RefreshAhead = dur(-1, 1) })), "credential.refresh_ahead"},
+		{"Put negative reuse_grace", put(good(func(c *pb.Credential) { c.ReuseGrace = durationpb.New(-time.Second) })), "credential.reuse_grace"},
+		{"Put reuse_grace over 24h", put(good(func(c *pb.Credential) { c.ReuseGrace = durationpb.New(25 * time.Hour) })), "credential.reuse_grace"},
+		{"Put invalid reuse_grace", put(good(func(c *pb.Credential) { c.ReuseGrace = dur(1, -1) })), "credential.reuse_grace"},
 
 		{"GetCredential empty id", getCred(""), "id"},
 		{"GetCredential malformed id", getCred("ü"), "id"},
