@@ -67,15 +67,20 @@ type TokenSourceOption func(*TokenSource)
 // WithEarlyExpiry sets how long before its expiry a cached token is treated
 // as stale and fetched again (default DefaultEarlyExpiry). For short-lived
 // tokens it is capped at half the token's remaining lifetime when it was
-// received, so the cache is still used for half of it.
+// received, so the cache is still used for half of it. A longer WithMinValid
+// wins.
 func WithEarlyExpiry(d time.Duration) TokenSourceOption {
 	return func(s *TokenSource) { s.earlyExpiry = max(d, 0) }
 }
 
-// WithMinValid sets the minimum validity asked of the broker for each token
-// it returns (default: the broker's own default). The broker fails with
-// ErrInvalidArgument (reason MIN_VALID_TOO_LONG) when the credential's tokens
-// do not live that long.
+// WithMinValid sets the minimum validity of every token the source hands
+// out: the broker is asked for tokens valid at least that long, and a
+// cached token goes stale once less than d is left (or less than the early
+// expiry, if that is longer; see WithEarlyExpiry). Without it the broker's
+// own default applies to its answers and the cache uses the early expiry
+// alone. The broker fails with ErrInvalidArgument (reason
+// MIN_VALID_TOO_LONG) when the credential's tokens do not live long enough
+// (d over half their lifetime).
 func WithMinValid(d time.Duration) TokenSourceOption {
 	return func(s *TokenSource) { s.minValid = max(d, 0) }
 }
@@ -198,13 +203,15 @@ func (s *TokenSource) do(ctx context.Context, c *call) {
 	close(c.done)
 }
 
-// newEntry computes when tok goes stale, on the monotonic clock.
+// newEntry computes when tok goes stale, on the monotonic clock: at its
+// expiry less the larger of the minimum validity and the early expiry (this
+// one capped at half the time tok has left).
 func (s *TokenSource) newEntry(tok *oauth2.Token) *entry {
 	if tok.Expiry.IsZero() {
 		return &entry{tok: tok}
 	}
 	now := s.now()
 	left := tok.Expiry.Sub(now)
-	early := min(s.earlyExpiry, left/2)
-	return &entry{tok: tok, staleAt: now.Add(left - early)}
+	margin := max(s.minValid, min(s.earlyExpiry, left/2))
+	return &entry{tok: tok, staleAt: now.Add(left - margin)}
 }
