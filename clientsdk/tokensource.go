@@ -121,14 +121,32 @@ func (s *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 // its current token, and replaces the cache with the answer. Concurrent
 // Invalidate calls for the same token share one broker call.
 //
-// The returned token may equal the rejected one when the broker has nothing
-// newer (for example while forced refreshes are rate-limited); do not retry
-// with it.
+// The broker may have nothing newer, and then says so in one of two ways:
+// it returns the rejected token itself, when that is still its current one
+// and a forced refresh of the credential is not possible now (they are
+// rate-limited per credential); or it refuses the call with an *Error
+// matching ErrRateLimited (and ErrUnavailable), for example when this
+// client's invalidations come too fast. Either way there is no token to
+// retry with: hand the caller the rejection it got, as Transport and the
+// interceptors do. Other errors are the broker's failures, such as
+// ErrReauthRequired.
 func (s *TokenSource) Invalidate(ctx context.Context, rejected string) (*oauth2.Token, error) {
 	if rejected == "" {
 		return nil, errors.New("clientsdk: Invalidate needs the rejected access token")
 	}
 	return s.get(ctx, rejected)
+}
+
+// nothingNewer reports whether next and err, the results of
+// Invalidate(ctx, rejected), leave the caller with no token other than the
+// rejected one: Invalidate returned that very token, or failed with
+// ErrRateLimited. A caller then gives up on a retry and reports the
+// rejection it saw, not err.
+func nothingNewer(next *oauth2.Token, err error, rejected string) bool {
+	if err != nil {
+		return errors.Is(err, ErrRateLimited)
+	}
+	return next.AccessToken == rejected
 }
 
 // fresh reports whether e may still be handed out.
