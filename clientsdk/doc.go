@@ -9,14 +9,16 @@
 //
 //   - Transport, an http.RoundTripper that sets Authorization and, when the
 //     resource server answers 401, reports the rejected token to the broker
-//     and retries once with a new one;
+//     and retries once with a new one, if the broker has one (otherwise,
+//     also when it is rate-limited, the caller gets the 401);
 //   - PerRPCCredentials, and UnaryClientInterceptor and
 //     StreamClientInterceptor, which do the same for gRPC calls to other
 //     services on codes.Unauthenticated.
 //
 // Failed broker calls return an *Error, which matches the package's sentinel
-// errors (ErrReauthRequired, ErrCredentialNotFound, ErrPermissionDenied,
-// ErrUnavailable, ...) with errors.Is and keeps the gRPC status.
+// errors (ErrReauthRequired, ErrRefreshOutcomeUnknown, ErrCredentialNotFound,
+// ErrPermissionDenied, ErrUnavailable, ...) with errors.Is and keeps the
+// gRPC status.
 //
 // Tokens are secrets: this package never puts one in an error message.
 package clientsdk

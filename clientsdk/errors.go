@@ -9,14 +9,25 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	tbv1 "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
 // Sentinel errors. An error returned by this package for a failed broker call
 // is an *Error that matches one or more of them with errors.Is.
 var (
-	// ErrReauthRequired: the identity provider declared the credential's grant
-	// dead; an operator must put in a new refresh token. Retrying does not help.
+	// ErrReauthRequired: the credential's refresh token cannot be used: the
+	// identity provider declared the grant dead, or (see
+	// ErrRefreshOutcomeUnknown) a refresh's outcome is unknown. An operator
+	// must put in a new refresh token. Retrying does not help.
 	ErrReauthRequired = errors.New("clientsdk: credential needs re-authorization")
+	// ErrRefreshOutcomeUnknown: the broker does not know how a refresh of the
+	// credential ended (the reply was lost, or the replica that sent it
+	// died), and the identity provider may have rotated the refresh token, so
+	// the broker does not present it again. It is no verdict of the identity
+	// provider, but the remedy is the same: an operator must put in a new
+	// refresh token. Errors matching it also match ErrReauthRequired.
+	ErrRefreshOutcomeUnknown = errors.New("clientsdk: refresh outcome unknown; credential needs re-authorization")
 	// ErrCredentialNotFound: the broker holds no credential with that ID.
 	ErrCredentialNotFound = errors.New("clientsdk: credential not found")
 	// ErrPermissionDenied: the broker refused this client access to the
@@ -58,25 +69,36 @@ type Error struct {
 	kinds []error
 }
 
-// kindsOf is the one table from the broker's error contract to the sentinel
-// errors: the ErrorInfo reason decides; an unknown or missing reason falls
-// back on the gRPC code.
+// reasonKinds is the one table from the broker's ErrorInfo reasons, the
+// names of the API's ErrorReasonEnum.ErrorReason, to the sentinel errors.
+// Every reason of the enum but ERROR_REASON_UNSPECIFIED has an entry
+// (TestEveryReasonMapped); one with no sentinels (INTERNAL,
+// RECORD_UNREADABLE) matches none, whatever the code.
+var reasonKinds = map[string][]error{
+	tbv1.ErrorReasonEnum_CREDENTIAL_NOT_FOUND.String():    {ErrCredentialNotFound},
+	tbv1.ErrorReasonEnum_INVALID_ARGUMENT.String():        {ErrInvalidArgument},
+	tbv1.ErrorReasonEnum_MIN_VALID_TOO_LONG.String():      {ErrInvalidArgument},
+	tbv1.ErrorReasonEnum_REAUTH_REQUIRED.String():         {ErrReauthRequired},
+	tbv1.ErrorReasonEnum_REFRESH_OUTCOME_UNKNOWN.String(): {ErrRefreshOutcomeUnknown, ErrReauthRequired},
+	tbv1.ErrorReasonEnum_IDP_UNAVAILABLE.String():         {ErrUnavailable},
+	tbv1.ErrorReasonEnum_LOCK_TIMEOUT.String():            {ErrUnavailable},
+	tbv1.ErrorReasonEnum_STORE_UNAVAILABLE.String():       {ErrUnavailable},
+	tbv1.ErrorReasonEnum_SHUTTING_DOWN.String():           {ErrUnavailable},
+	tbv1.ErrorReasonEnum_RATE_LIMITED.String():            {ErrRateLimited, ErrUnavailable},
+	tbv1.ErrorReasonEnum_UNAUTHENTICATED.String():         {ErrUnauthenticated, ErrPermissionDenied},
+	tbv1.ErrorReasonEnum_PERMISSION_DENIED.String():       {ErrPermissionDenied},
+	tbv1.ErrorReasonEnum_CANCELLED.String():               {context.Canceled},
+	tbv1.ErrorReasonEnum_DEADLINE_EXCEEDED.String():       {context.DeadlineExceeded},
+	tbv1.ErrorReasonEnum_INTERNAL.String():                nil,
+	tbv1.ErrorReasonEnum_RECORD_UNREADABLE.String():       nil,
+}
+
+// kindsOf returns the sentinel errors a broker error matches: the ErrorInfo
+// reason decides (reasonKinds); an unknown or missing reason falls back on
+// the gRPC code.
 func kindsOf(code codes.Code, reason string) []error {
-	switch reason {
-	case "CREDENTIAL_NOT_FOUND":
-		return []error{ErrCredentialNotFound}
-	case "REAUTH_REQUIRED":
-		return []error{ErrReauthRequired}
-	case "IDP_UNAVAILABLE", "LOCK_TIMEOUT", "STORE_UNAVAILABLE", "SHUTTING_DOWN":
-		return []error{ErrUnavailable}
-	case "RATE_LIMITED":
-		return []error{ErrRateLimited, ErrUnavailable}
-	case "INVALID_ARGUMENT", "MIN_VALID_TOO_LONG":
-		return []error{ErrInvalidArgument}
-	case "UNAUTHENTICATED":
-		return []error{ErrUnauthenticated, ErrPermissionDenied}
-	case "PERMISSION_DENIED":
-		return []error{ErrPermissionDenied}
+	if kinds, ok := reasonKinds[reason]; ok {
+		return kinds
 	}
 	switch code {
 	case codes.NotFound:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -15,10 +16,12 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/clientsdk"
+	tbv1 "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
 var sentinels = []error{
 	clientsdk.ErrReauthRequired,
+	clientsdk.ErrRefreshOutcomeUnknown,
 	clientsdk.ErrCredentialNotFound,
 	clientsdk.ErrPermissionDenied,
 	clientsdk.ErrUnauthenticated,
@@ -30,13 +33,15 @@ var sentinels = []error{
 // TestErrorsEveryReason sends every reason of the broker's error contract over
 // the wire and checks which sentinels the client's error matches.
 func TestErrorsEveryReason(t *testing.T) {
-	tests := []struct {
+	type reasonCase struct {
 		code   codes.Code
 		reason string
 		want   []error
-	}{
+	}
+	tests := []reasonCase{
 		{codes.NotFound, "CREDENTIAL_NOT_FOUND", []error{clientsdk.ErrCredentialNotFound}},
 		{codes.FailedPrecondition, "REAUTH_REQUIRED", []error{clientsdk.ErrReauthRequired}},
+		{codes.FailedPrecondition, "REFRESH_OUTCOME_UNKNOWN", []error{clientsdk.ErrRefreshOutcomeUnknown, clientsdk.ErrReauthRequired}},
 		{codes.Unavailable, "IDP_UNAVAILABLE", []error{clientsdk.ErrUnavailable}},
 		{codes.Unavailable, "LOCK_TIMEOUT", []error{clientsdk.ErrUnavailable}},
 		{codes.Unavailable, "STORE_UNAVAILABLE", []error{clientsdk.ErrUnavailable}},
@@ -46,6 +51,10 @@ func TestErrorsEveryReason(t *testing.T) {
 		{codes.OutOfRange, "MIN_VALID_TOO_LONG", []error{clientsdk.ErrInvalidArgument}},
 		{codes.Unauthenticated, "UNAUTHENTICATED", []error{clientsdk.ErrUnauthenticated, clientsdk.ErrPermissionDenied}},
 		{codes.PermissionDenied, "PERMISSION_DENIED", []error{clientsdk.ErrPermissionDenied}},
+		{codes.DataLoss, "RECORD_UNREADABLE", nil},
+		{codes.Internal, "INTERNAL", nil},
+		{codes.Canceled, "CANCELLED", nil},                 // matches context.Canceled
+		{codes.DeadlineExceeded, "DEADLINE_EXCEEDED", nil}, // matches context.DeadlineExceeded
 		// An unknown reason, or none, falls back on the code.
 		{codes.Unavailable, "SOMETHING_NEW", []error{clientsdk.ErrUnavailable}},
 		{codes.NotFound, "", []error{clientsdk.ErrCredentialNotFound}},
@@ -56,6 +65,15 @@ func TestErrorsEveryReason(t *testing.T) {
 		{codes.PermissionDenied, "", []error{clientsdk.ErrPermissionDenied}},
 		{codes.Internal, "", nil},
 		{codes.Unimplemented, "", nil},
+	}
+	// Every reason of the API's enum is among the cases.
+	for _, name := range tbv1.ErrorReasonEnum_ErrorReason_name {
+		if name == tbv1.ErrorReasonEnum_ERROR_REASON_UNSPECIFIED.String() {
+			continue
+		}
+		if !slices.ContainsFunc(tests, func(tt reasonCase) bool { return tt.reason == name }) {
+			t.Errorf("reason %s of the API is not tested", name)
+		}
 	}
 	f := newFakeBroker()
 	c := startBroker(t, f)
@@ -132,5 +150,30 @@ func TestErrorsContextEnded(t *testing.T) {
 	cancel()
 	if _, err := ts.TokenContext(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want Canceled", err)
+	}
+}
+
+// TestEveryReasonMapped fails when a reason of the API's enum has no entry
+// in the SDK's mapping to sentinel errors.
+func TestEveryReasonMapped(t *testing.T) {
+	for n, name := range tbv1.ErrorReasonEnum_ErrorReason_name {
+		_, ok := clientsdk.ReasonKinds(name)
+		if unspecified := n == int32(tbv1.ErrorReasonEnum_ERROR_REASON_UNSPECIFIED); ok == unspecified {
+			t.Errorf("reason %s: mapped = %v", name, ok)
+		}
+	}
+}
+
+// TestErrorsOfTheContext: the reasons of a caller's own context ending
+// match the context's errors.
+func TestErrorsOfTheContext(t *testing.T) {
+	f := newFakeBroker()
+	c := startBroker(t, f)
+	f.failNext(brokerError(codes.Canceled, "CANCELLED"), brokerError(codes.DeadlineExceeded, "DEADLINE_EXCEEDED"))
+	if _, err := c.TokenSource("x").Token(); !errors.Is(err, context.Canceled) || errors.Is(err, clientsdk.ErrUnavailable) {
+		t.Errorf("CANCELLED: %v; want context.Canceled", err)
+	}
+	if _, err := c.TokenSource("x").Token(); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("DEADLINE_EXCEEDED: %v; want context.DeadlineExceeded", err)
 	}
 }

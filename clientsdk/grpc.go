@@ -100,8 +100,11 @@ func withCreds(opts []grpc.CallOption, creds *callToken) []grpc.CallOption {
 // codes.Unauthenticated after the token was sent, it reports exactly that
 // token to the broker (TokenSource.Invalidate) and makes the call once more
 // with the new token; a second Unauthenticated is returned as is. If the
-// broker has no other token the first error is returned; if the broker call
-// fails, its error (an *Error) is.
+// broker has no other token (it returned the rejected one, or refused the
+// invalidation as rate-limited; see TokenSource.Invalidate), the call's own
+// Unauthenticated error is returned, never the broker's; if the broker call
+// fails otherwise (for example ErrReauthRequired), its error (an *Error)
+// is.
 //
 // The token requires transport security unless AllowInsecure is given. Do
 // not also set PerRPCCredentials on the connection.
@@ -118,11 +121,11 @@ func UnaryClientInterceptor(ts *TokenSource, opts ...CredentialsOption) grpc.Una
 			return err
 		}
 		next, ierr := ts.Invalidate(ctx, tok.AccessToken)
+		if nothingNewer(next, ierr, tok.AccessToken) {
+			return err
+		}
 		if ierr != nil {
 			return ierr
-		}
-		if next.AccessToken == tok.AccessToken {
-			return err
 		}
 		creds = &callToken{tok: next, allowInsecure: cfg.allowInsecure}
 		return invoker(ctx, method, req, reply, cc, withCreds(callOpts, creds)...)
@@ -138,11 +141,16 @@ func UnaryClientInterceptor(ts *TokenSource, opts ...CredentialsOption) grpc.Una
 // exactly that token to the broker (TokenSource.Invalidate), so later calls
 // use a new one. A server-streaming call (one request message, then
 // responses) that fails so before any response is opened once more with the
-// new token and its request sent again, and the caller's RecvMsg continues on
-// it; a second Unauthenticated is returned as is. Client-streaming and
-// bidirectional streams are not replayed, since their messages are not kept:
-// they get the error. Per the grpc.ClientStream contract, the caller must not
-// modify a message after passing it to SendMsg.
+// new token, if the broker returned a different one, and its request sent
+// again, and the caller's RecvMsg continues on it; a second Unauthenticated
+// is returned as is. If the broker has no other token (see
+// TokenSource.Invalidate), the stream's own Unauthenticated error is
+// returned, never the broker's; if the broker call fails otherwise, the
+// server-streaming call gets that error (an *Error) instead.
+// Client-streaming and bidirectional streams are not replayed, since their
+// messages are not kept: they get the stream's error.
+// Per the grpc.ClientStream contract, the caller must not modify a message
+// after passing it to SendMsg.
 //
 // The token requires transport security unless AllowInsecure is given. Do
 // not also set PerRPCCredentials on the connection.
@@ -244,7 +252,7 @@ func (s *authStream) RecvMsg(m any) error {
 	s.mu.Unlock()
 
 	next, ierr := s.invalidate(creds.tok.AccessToken)
-	if !replay || (ierr == nil && next.AccessToken == creds.tok.AccessToken) {
+	if !replay || nothingNewer(next, ierr, creds.tok.AccessToken) {
 		return err
 	}
 	if ierr != nil {

@@ -197,6 +197,52 @@ func TestUnaryInterceptorPassesSecondUnauthenticatedThrough(t *testing.T) {
 	fx.wantRejected(t, "tok-1")
 }
 
+// TestUnaryInterceptorNothingNewerReturnsTheOriginalError: when the broker
+// has no other token, the caller gets the service's own Unauthenticated,
+// not the broker's answer, and the call is not made again.
+func TestUnaryInterceptorNothingNewerReturnsTheOriginalError(t *testing.T) {
+	for _, tc := range nothingNewer {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newGRPCFixture(t)
+			rejected := tc.setup(t, fx.broker, fx.ts, &fx.svc.rejectAll)
+			hc := healthpb.NewHealthClient(fx.interceptedConn(t, clientsdk.AllowInsecure()))
+			_, err := hc.Check(context.Background(), &healthpb.HealthCheckRequest{})
+			wantOriginalUnauthenticated(t, err)
+			fx.wantSeen(t, "Bearer "+rejected)
+		})
+	}
+}
+
+// TestStreamInterceptorNothingNewerReturnsTheOriginalError is the same for
+// a server-streaming call.
+func TestStreamInterceptorNothingNewerReturnsTheOriginalError(t *testing.T) {
+	for _, tc := range nothingNewer {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newGRPCFixture(t)
+			rejected := tc.setup(t, fx.broker, fx.ts, &fx.svc.rejectAll)
+			hc := healthpb.NewHealthClient(fx.interceptedConn(t, clientsdk.AllowInsecure()))
+			stream, err := hc.Watch(context.Background(), &healthpb.HealthCheckRequest{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = stream.Recv()
+			wantOriginalUnauthenticated(t, err)
+			fx.wantSeen(t, "Bearer "+rejected)
+		})
+	}
+}
+
+// wantOriginalUnauthenticated checks that err is the protected service's
+// own refusal, not an error of the broker.
+func wantOriginalUnauthenticated(t *testing.T, err error) {
+	t.Helper()
+	var be *clientsdk.Error
+	if st, _ := status.FromError(err); st.Code() != codes.Unauthenticated || st.Message() != "token rejected" ||
+		errors.As(err, &be) || errors.Is(err, clientsdk.ErrRateLimited) {
+		t.Fatalf("err = %v; want the service's Unauthenticated \"token rejected\"", err)
+	}
+}
+
 func TestUnaryInterceptorRefusesInsecureTransport(t *testing.T) {
 	fx := newGRPCFixture(t)
 	hc := healthpb.NewHealthClient(fx.interceptedConn(t)) // no AllowInsecure

@@ -67,15 +67,20 @@ type TokenSourceOption func(*TokenSource)
 // WithEarlyExpiry sets how long before its expiry a cached token is treated
 // as stale and fetched again (default DefaultEarlyExpiry). For short-lived
 // tokens it is capped at half the token's remaining lifetime when it was
-// received, so the cache is still used for half of it.
+// received, so the cache is still used for half of it. A longer WithMinValid
+// wins.
 func WithEarlyExpiry(d time.Duration) TokenSourceOption {
 	return func(s *TokenSource) { s.earlyExpiry = max(d, 0) }
 }
 
-// WithMinValid sets the minimum validity asked of the broker for each token
-// it returns (default: the broker's own default). The broker fails with
-// ErrInvalidArgument (reason MIN_VALID_TOO_LONG) when the credential's tokens
-// do not live that long.
+// WithMinValid sets the minimum validity of every token the source hands
+// out: the broker is asked for tokens valid at least that long, and a
+// cached token goes stale once less than d is left (or less than the early
+// expiry, if that is longer; see WithEarlyExpiry). Without it the broker's
+// own default applies to its answers and the cache uses the early expiry
+// alone. The broker fails with ErrInvalidArgument (reason
+// MIN_VALID_TOO_LONG) when the credential's tokens do not live long enough
+// (d over half their lifetime).
 func WithMinValid(d time.Duration) TokenSourceOption {
 	return func(s *TokenSource) { s.minValid = max(d, 0) }
 }
@@ -116,14 +121,32 @@ func (s *TokenSource) TokenContext(ctx context.Context) (*oauth2.Token, error) {
 // its current token, and replaces the cache with the answer. Concurrent
 // Invalidate calls for the same token share one broker call.
 //
-// The returned token may equal the rejected one when the broker has nothing
-// newer (for example while forced refreshes are rate-limited); do not retry
-// with it.
+// The broker may have nothing newer, and then says so in one of two ways:
+// it returns the rejected token itself, when that is still its current one
+// and a forced refresh of the credential is not possible now (they are
+// rate-limited per credential); or it refuses the call with an *Error
+// matching ErrRateLimited (and ErrUnavailable), for example when this
+// client's invalidations come too fast. Either way there is no token to
+// retry with: hand the caller the rejection it got, as Transport and the
+// interceptors do. Other errors are the broker's failures, such as
+// ErrReauthRequired.
 func (s *TokenSource) Invalidate(ctx context.Context, rejected string) (*oauth2.Token, error) {
 	if rejected == "" {
 		return nil, errors.New("clientsdk: Invalidate needs the rejected access token")
 	}
 	return s.get(ctx, rejected)
+}
+
+// nothingNewer reports whether next and err, the results of
+// Invalidate(ctx, rejected), leave the caller with no token other than the
+// rejected one: Invalidate returned that very token, or failed with
+// ErrRateLimited. A caller then gives up on a retry and reports the
+// rejection it saw, not err.
+func nothingNewer(next *oauth2.Token, err error, rejected string) bool {
+	if err != nil {
+		return errors.Is(err, ErrRateLimited)
+	}
+	return next.AccessToken == rejected
 }
 
 // fresh reports whether e may still be handed out.
@@ -198,13 +221,15 @@ func (s *TokenSource) do(ctx context.Context, c *call) {
 	close(c.done)
 }
 
-// newEntry computes when tok goes stale, on the monotonic clock.
+// newEntry computes when tok goes stale, on the monotonic clock: at its
+// expiry less the larger of the minimum validity and the early expiry (this
+// one capped at half the time tok has left).
 func (s *TokenSource) newEntry(tok *oauth2.Token) *entry {
 	if tok.Expiry.IsZero() {
 		return &entry{tok: tok}
 	}
 	now := s.now()
 	left := tok.Expiry.Sub(now)
-	early := min(s.earlyExpiry, left/2)
-	return &entry{tok: tok, staleAt: now.Add(left - early)}
+	margin := max(s.minValid, min(s.earlyExpiry, left/2))
+	return &entry{tok: tok, staleAt: now.Add(left - margin)}
 }

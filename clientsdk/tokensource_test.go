@@ -109,6 +109,60 @@ func TestTokenEarlyExpiryCappedForShortLivedTokens(t *testing.T) {
 	}
 }
 
+// TestTokenCachedUntilMinValid: a source asking for a minimum validity
+// longer than its early expiry stops handing out a cached token once less
+// than that is left, and asks the broker for it.
+func TestTokenCachedUntilMinValid(t *testing.T) {
+	clock := newFakeClock()
+	f := newFakeBroker()
+	f.ttl = 5 * time.Minute
+	f.setClock(clock.now)
+	ts := startBroker(t, f).TokenSource("cred", clientsdk.WithMinValid(time.Minute), clientsdk.WithEarlyExpiry(10*time.Second))
+	clientsdk.SetClock(ts, clock.now)
+
+	tok := mustToken(t, ts)
+	clock.set(4*time.Minute - time.Second) // 61s left
+	if again := mustToken(t, ts); again != tok {
+		t.Fatalf("with 61s left got %q, want the cached token", again.AccessToken)
+	}
+	clock.set(4*time.Minute + time.Second) // 59s left: less than min valid
+	next := mustToken(t, ts)
+	if next.AccessToken != "tok-2" || next.Expiry.Sub(clock.now()) < time.Minute {
+		t.Fatalf("with 59s left got %q expiring in %v, want tok-2 valid for a minute", next.AccessToken, next.Expiry.Sub(clock.now()))
+	}
+	if got := f.minValids(); len(got) != 2 || got[0] != time.Minute || got[1] != time.Minute {
+		t.Fatalf("min_valid sent = %v, want [1m 1m]", got)
+	}
+}
+
+// TestTokenMinValidNotCapped: the early expiry is capped at half the life a
+// token has left when it arrives, the minimum validity is not. The broker
+// may hand out a token well into its life (another source fetched it).
+func TestTokenMinValidNotCapped(t *testing.T) {
+	clock := newFakeClock()
+	f := newFakeBroker()
+	f.ttl = time.Minute
+	f.setClock(clock.now)
+	c := startBroker(t, f)
+	mustToken(t, c.TokenSource("cred")) // tok-1, expiring at 60s
+	ts := c.TokenSource("cred", clientsdk.WithMinValid(20*time.Second), clientsdk.WithEarlyExpiry(30*time.Second))
+	clientsdk.SetClock(ts, clock.now)
+
+	clock.set(35 * time.Second) // tok-1 has 25s left: the early expiry is capped at 12.5s
+	tok := mustToken(t, ts)
+	if tok.AccessToken != "tok-1" {
+		t.Fatalf("got %q, want tok-1, which is still valid for 25s", tok.AccessToken)
+	}
+	clock.set(39 * time.Second) // 21s left
+	if again := mustToken(t, ts); again != tok {
+		t.Fatal("token not cached while it has more than min valid left")
+	}
+	clock.set(41 * time.Second) // 19s left
+	if next := mustToken(t, ts); next.AccessToken != "tok-2" {
+		t.Fatalf("with 19s left got %q, want tok-2", next.AccessToken)
+	}
+}
+
 func TestTokenSendsMinValid(t *testing.T) {
 	f := newFakeBroker()
 	c := startBroker(t, f)
@@ -117,6 +171,14 @@ func TestTokenSendsMinValid(t *testing.T) {
 	got := f.minValids()
 	if len(got) != 2 || got[0] != 45*time.Second || got[1] != 0 {
 		t.Fatalf("min_valid sent = %v, want [45s 0s]", got)
+	}
+	// InvalidateToken asks for it too.
+	ts := c.TokenSource("c", clientsdk.WithMinValid(45*time.Second))
+	if _, err := ts.Invalidate(context.Background(), mustToken(t, ts).AccessToken); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.minValids(); len(got) != 4 || got[2] != 45*time.Second || got[3] != 45*time.Second {
+		t.Fatalf("min_valid sent = %v, want [45s 0s 45s 45s]", got)
 	}
 }
 

@@ -17,15 +17,20 @@ const maxDrain = 64 << 10
 // token once.
 //
 // When the response is 401 Unauthorized, Transport reports exactly the token
-// it sent to the broker (TokenSource.Invalidate) and, if the request can be
-// sent again (it has no body, or GetBody is set, as http.NewRequest does for
-// in-memory bodies), sends it once more with the new token, after draining
-// and closing the first response. It never retries more than once: a second
-// 401 is returned as is. A request whose body cannot be replayed gets its 401
-// back; the rejected token is still reported, so the next request uses a new
-// one. If the broker has no other token, the 401 is returned. If the broker
-// call fails, RoundTrip returns its error (an *Error) instead of a 401 it
-// could have retried, and the 401 otherwise.
+// it sent to the broker (TokenSource.Invalidate) and, if the broker returned
+// a different token and the request can be sent again (it has no body, or
+// GetBody is set, as http.NewRequest does for in-memory bodies), sends it
+// once more with the new token, after draining and closing the first
+// response. It never retries more than once: a second 401 is returned as is.
+// A request whose body cannot be replayed gets its 401 back; the rejected
+// token is still reported, so the next request uses a new one.
+//
+// If the broker has no other token (it returned the rejected one, or
+// refused the invalidation as rate-limited; see TokenSource.Invalidate),
+// the caller gets the original 401 response, unread, never an error. If the
+// broker call fails otherwise (for example ErrReauthRequired or
+// ErrUnavailable), RoundTrip returns that error (an *Error) instead of a 401
+// it could have retried, and the 401 when it could not have.
 //
 // The caller's request is never modified. Transport is safe for concurrent
 // use.
@@ -62,7 +67,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 	replayable := req.Body == nil || req.Body == http.NoBody || req.GetBody != nil
 	next, err := t.Source.Invalidate(ctx, tok.AccessToken)
-	if !replayable || (err == nil && next.AccessToken == tok.AccessToken) {
+	if !replayable || nothingNewer(next, err, tok.AccessToken) {
 		return resp, nil
 	}
 	if err != nil {

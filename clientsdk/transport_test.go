@@ -10,8 +10,11 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/clientsdk"
 )
@@ -233,27 +236,63 @@ func TestTransportPassesSecond401Through(t *testing.T) {
 	}
 }
 
-func TestTransportNoRetryWhenBrokerHasNothingNewer(t *testing.T) {
-	fx := newTransportFixture(t)
-	fx.api.rejectAll.Store(true)
-	// Bring the cache up to date, then have the broker keep that token.
-	if _, err := fx.ts.Invalidate(context.Background(), "tok-1"); err != nil {
-		t.Fatal(err)
-	}
-	fx.broker.pin()
-	resp, err := fx.client.Get(fx.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusUnauthorized {
-		t.Fatalf("got %s", resp.Status)
-	}
-	if auth, _ := fx.api.seen(); len(auth) != 1 {
-		t.Fatalf("API got %d requests, want 1", len(auth))
-	}
-	if got := fx.broker.rejectedTokens(); len(got) != 2 || got[1] != "tok-2" {
-		t.Fatalf("invalidated %q, want tok-1 then tok-2", got)
+// nothingNewer sets up the two answers of a broker that has no token other
+// than the rejected one, for a fixture whose cached tok-1 the resource
+// rejects: it returns the token the resource will see rejected.
+//   - "same token": the broker returns the rejected token again (as it does
+//     when the token is still current but a forced refresh is not possible
+//     now); the cache is first brought up to date with tok-2, which the
+//     broker then keeps and the resource rejects.
+//   - "rate limited": the broker refuses the invalidation with
+//     RESOURCE_EXHAUSTED, reason RATE_LIMITED (as its per-client limiter
+//     does).
+var nothingNewer = []struct {
+	name  string
+	setup func(t *testing.T, f *fakeBroker, ts *clientsdk.TokenSource, rejectAll *atomic.Bool) string
+}{
+	{"same token", func(t *testing.T, f *fakeBroker, ts *clientsdk.TokenSource, rejectAll *atomic.Bool) string {
+		if _, err := ts.Invalidate(context.Background(), "tok-1"); err != nil {
+			t.Fatal(err)
+		}
+		f.pin()
+		rejectAll.Store(true)
+		return "tok-2"
+	}},
+	{"rate limited", func(t *testing.T, f *fakeBroker, _ *clientsdk.TokenSource, _ *atomic.Bool) string {
+		f.failNext(brokerError(codes.ResourceExhausted, "RATE_LIMITED", &errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)}))
+		return "tok-1"
+	}},
+}
+
+// TestTransportNothingNewerReturnsThe401: when the broker has no other
+// token, the caller gets the resource's own 401, body and all, and the
+// request is not sent again.
+func TestTransportNothingNewerReturnsThe401(t *testing.T) {
+	for _, tc := range nothingNewer {
+		t.Run(tc.name, func(t *testing.T) {
+			fx := newTransportFixture(t)
+			rejected := tc.setup(t, fx.broker, fx.ts, &fx.api.rejectAll)
+			req, err := http.NewRequest(http.MethodPost, fx.url, strings.NewReader("payload"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := fx.client.Do(req)
+			if err != nil {
+				t.Fatalf("err = %v; want the 401 response", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "token rejected") ||
+				resp.Header.Get("WWW-Authenticate") == "" {
+				t.Fatalf("got %s %q; want the resource's 401 with its body and headers", resp.Status, body)
+			}
+			if auth, _ := fx.api.seen(); len(auth) != 1 || auth[0] != "Bearer "+rejected {
+				t.Fatalf("API saw %q; want one request with %s", auth, rejected)
+			}
+			if got := fx.broker.rejectedTokens(); len(got) == 0 || got[len(got)-1] != rejected {
+				t.Fatalf("invalidated %q; want %s reported last", got, rejected)
+			}
+		})
 	}
 }
 

@@ -1,16 +1,11 @@
 package auth
 
 import (
-	"context"
 	"math"
-	"slices"
 	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
-
-	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // minSweepInterval is the least time between two sweeps of idle clients, so
@@ -18,9 +13,10 @@ import (
 // whole map.
 const minSweepInterval = time.Minute
 
-// Limiter limits, per client, how often a costly method (InvalidateToken,
-// RefreshCredential) may be called: a token bucket of a rate and a burst for
-// each client id. It is safe for concurrent use.
+// Limiter limits, per client, how often the costly methods may be called
+// (grpcapi applies it, as a grpcapi.Limiter, to the methods that may call
+// the IdP): a token bucket of a rate and a burst for each client id. It is
+// safe for concurrent use.
 //
 // Memory is bounded without a background goroutine. A client's bucket that
 // has not been used for burst/rate is full again, so forgetting it changes
@@ -99,26 +95,4 @@ func (l *Limiter) sweep(now time.Time) {
 		}
 	}
 	l.swept = now
-}
-
-// UnaryServerInterceptor returns an interceptor that applies l to the calls
-// of the given full method names (e.g.
-// "/tokenbroker.v1.TokenService/InvalidateToken"), per broker.Caller ID, and
-// lets other calls through. It must run inside the interceptor that puts
-// the caller into the context (all calls without one share a bucket). A
-// refused call fails with a *broker.Error of kind broker.ErrRateLimited whose
-// RetryAfter says when to try again, which the transport sends as
-// RESOURCE_EXHAUSTED with a retry delay.
-func (l *Limiter) UnaryServerInterceptor(fullMethods ...string) grpc.UnaryServerInterceptor {
-	methods := slices.Clone(fullMethods)
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if slices.Contains(methods, info.FullMethod) {
-			caller, _ := broker.CallerFrom(ctx)
-			if ok, wait := l.Allow(caller.ID); !ok {
-				return nil, &broker.Error{Kind: broker.ErrRateLimited, RetryAfter: wait,
-					Detail: "too many calls of this method by this client; retry later"}
-			}
-		}
-		return handler(ctx, req)
-	}
 }

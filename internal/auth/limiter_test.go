@@ -1,17 +1,12 @@
 package auth
 
 import (
-	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
-
-	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
 // fakeClock is a settable clock for a Limiter.
@@ -185,37 +180,4 @@ func BenchmarkLimiterAllow(b *testing.B) {
 			l.Allow("worker-a")
 		}
 	})
-}
-
-func TestLimiterInterceptor(t *testing.T) {
-	l := NewLimiter(rate.Every(time.Hour), 2)
-	const limited = "/tokenbroker.v1.TokenService/InvalidateToken"
-	icpt := l.UnaryServerInterceptor(limited, "/tokenbroker.v1.AdminService/RefreshCredential")
-	calls := 0
-	handler := func(context.Context, any) (any, error) { calls++; return "ok", nil }
-	call := func(caller, method string) error {
-		_, err := icpt(broker.NewContext(context.Background(), broker.Caller{ID: caller}), nil, &grpc.UnaryServerInfo{FullMethod: method}, handler)
-		return err
-	}
-	for range 2 {
-		if err := call("worker-a", limited); err != nil {
-			t.Fatal(err)
-		}
-	}
-	err := call("worker-a", limited)
-	var be *broker.Error
-	if !errors.Is(err, broker.ErrRateLimited) || !errors.As(err, &be) || be.RetryAfter <= 0 {
-		t.Fatalf("third call: %v; want ErrRateLimited with a retry delay", err)
-	}
-	if err := call("worker-b", limited); err != nil {
-		t.Fatalf("another client: %v", err)
-	}
-	for range 5 {
-		if err := call("worker-a", "/tokenbroker.v1.TokenService/GetToken"); err != nil {
-			t.Fatalf("unlimited method: %v", err)
-		}
-	}
-	if calls != 8 {
-		t.Fatalf("handler called %d times; want 8", calls)
-	}
 }

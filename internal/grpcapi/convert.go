@@ -32,7 +32,8 @@ func durationArg(field string, d *durationpb.Duration) (time.Duration, error) {
 // into the broker's configuration and the refresh token to seed it with:
 // client_secret then fallback_client_secrets become ClientSecrets, the enums
 // their broker constants. Output-only fields are ignored. Its errors are
-// *broker.Error with ErrInvalidArgument naming the field; the broker checks
+// *broker.Error with ErrInvalidArgument naming the field; it checks the
+// range of reuse_grace (0 to broker.MaxDuration), and the broker checks
 // everything else when the credential is put.
 func CredentialFromProto(c *pb.Credential) (broker.Credential, string, error) {
 	if c == nil {
@@ -72,11 +73,26 @@ func CredentialFromProto(c *pb.Credential) (broker.Credential, string, error) {
 		return out, "", err
 	}
 	out.RefreshAhead = ahead
+	grace, err := durationArg("credential.reuse_grace", c.GetReuseGrace())
+	if err != nil {
+		return out, "", err
+	}
+	// The broker's validateCredential checks refresh_ahead but not yet
+	// reuse_grace, so its range is checked here.
+	switch {
+	case grace < 0:
+		return out, "", invalidArg("credential.reuse_grace", "must not be negative")
+	case grace > broker.MaxDuration:
+		return out, "", invalidArg("credential.reuse_grace", "must be at most %s", broker.MaxDuration)
+	}
+	out.ReuseGrace = grace
 	return out, c.GetRefreshToken(), nil
 }
 
 // publicView is a record as the API shows it: never a refresh token, a client
-// secret or an access token.
+// secret or an access token. A credential in REAUTH_REQUIRED says why in
+// reauth_reason: REFRESH_OUTCOME_UNKNOWN when no IdP verdict put it there
+// (Record.OutcomeUnknown), REAUTH_REQUIRED otherwise.
 func publicView(r *broker.Record) *pb.Credential {
 	c := &pb.Credential{
 		Id:                r.ID,
@@ -98,6 +114,9 @@ func publicView(r *broker.Record) *pb.Credential {
 	if r.RefreshAhead != 0 {
 		c.RefreshAhead = durationpb.New(r.RefreshAhead)
 	}
+	if r.ReuseGrace != 0 {
+		c.ReuseGrace = durationpb.New(r.ReuseGrace)
+	}
 	switch r.AuthStyle {
 	case broker.AuthStyleBasic:
 		c.AuthStyle = pb.AuthStyle_AUTH_STYLE_BASIC
@@ -115,6 +134,10 @@ func publicView(r *broker.Record) *pb.Credential {
 		c.State = pb.State_ACTIVE
 	case broker.StateReauthRequired:
 		c.State = pb.State_REAUTH_REQUIRED
+		c.ReauthReason = pb.ErrorReasonEnum_REAUTH_REQUIRED.String()
+		if r.OutcomeUnknown {
+			c.ReauthReason = pb.ErrorReasonEnum_REFRESH_OUTCOME_UNKNOWN.String()
+		}
 	case broker.StateUnreadable:
 		c.State = pb.State_UNREADABLE
 	}

@@ -11,30 +11,11 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
 // ErrorDomain is the domain of every google.rpc.ErrorInfo the server sends.
 const ErrorDomain = "tokenbroker.dev"
-
-// Reasons are the stable google.rpc.ErrorInfo reasons, one per row of
-// errorTable. Clients match on them; never rename one.
-const (
-	ReasonCredentialNotFound = "CREDENTIAL_NOT_FOUND"
-	ReasonInvalidArgument    = "INVALID_ARGUMENT"
-	ReasonReauthRequired     = "REAUTH_REQUIRED"
-	ReasonIdPUnavailable     = "IDP_UNAVAILABLE"
-	ReasonLockTimeout        = "LOCK_TIMEOUT"
-	ReasonStoreUnavailable   = "STORE_UNAVAILABLE"
-	ReasonShuttingDown       = "SHUTTING_DOWN"
-	ReasonRateLimited        = "RATE_LIMITED"
-	ReasonMinValidTooLong    = "MIN_VALID_TOO_LONG"
-	ReasonPermissionDenied   = "PERMISSION_DENIED"
-	ReasonUnauthenticated    = "UNAUTHENTICATED"
-	ReasonCancelled          = "CANCELLED"
-	ReasonDeadlineExceeded   = "DEADLINE_EXCEEDED"
-	ReasonInternal           = "INTERNAL"
-	ReasonRecordUnreadable   = "RECORD_UNREADABLE"
-)
 
 // statusOK is the status of every successful call; a Status is immutable.
 var statusOK = status.New(codes.OK, "")
@@ -43,29 +24,40 @@ var statusOK = status.New(codes.OK, "")
 // know: its text may say anything, so it stays in the server's log.
 const internalMessage = "internal error"
 
+// reason is an ErrorInfo reason: a value of the API's one list of them,
+// sent as its name.
+type reason = pb.ErrorReasonEnum_ErrorReason
+
+// reasonInternal is the reason of every error no row of errorTable matches.
+const reasonInternal = pb.ErrorReasonEnum_INTERNAL
+
 // errorTable maps every failure a call can end with to one gRPC code and one
 // reason. Rows are tried in order with errors.Is: the broker's sentinels come
 // before the context errors, because a broker error may wrap a context error
-// as its cause. An error no row matches is INTERNAL.
+// as its cause, and ErrOutcomeUnknown comes before ErrReauthRequired, which
+// its errors also match. An error no row matches is INTERNAL
+// (reasonInternal). Every reason of the API but ERROR_REASON_UNSPECIFIED is
+// sent by exactly one row or as reasonInternal (TestErrorReasonsAllMapped).
 var errorTable = []struct {
 	err    error
 	code   codes.Code
-	reason string
+	reason reason
 }{
-	{broker.ErrNotFound, codes.NotFound, ReasonCredentialNotFound},
-	{broker.ErrInvalidArgument, codes.InvalidArgument, ReasonInvalidArgument},
-	{broker.ErrReauthRequired, codes.FailedPrecondition, ReasonReauthRequired},
-	{broker.ErrIdPUnavailable, codes.Unavailable, ReasonIdPUnavailable},
-	{broker.ErrLockTimeout, codes.Unavailable, ReasonLockTimeout},
-	{broker.ErrStoreUnavailable, codes.Unavailable, ReasonStoreUnavailable},
-	{broker.ErrShuttingDown, codes.Unavailable, ReasonShuttingDown},
-	{broker.ErrRateLimited, codes.ResourceExhausted, ReasonRateLimited},
-	{broker.ErrMinValidTooLong, codes.OutOfRange, ReasonMinValidTooLong},
-	{broker.ErrPermissionDenied, codes.PermissionDenied, ReasonPermissionDenied},
-	{broker.ErrUnauthenticated, codes.Unauthenticated, ReasonUnauthenticated},
-	{broker.ErrUnreadable, codes.DataLoss, ReasonRecordUnreadable},
-	{context.Canceled, codes.Canceled, ReasonCancelled},
-	{context.DeadlineExceeded, codes.DeadlineExceeded, ReasonDeadlineExceeded},
+	{broker.ErrNotFound, codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND},
+	{broker.ErrInvalidArgument, codes.InvalidArgument, pb.ErrorReasonEnum_INVALID_ARGUMENT},
+	{broker.ErrOutcomeUnknown, codes.FailedPrecondition, pb.ErrorReasonEnum_REFRESH_OUTCOME_UNKNOWN},
+	{broker.ErrReauthRequired, codes.FailedPrecondition, pb.ErrorReasonEnum_REAUTH_REQUIRED},
+	{broker.ErrIdPUnavailable, codes.Unavailable, pb.ErrorReasonEnum_IDP_UNAVAILABLE},
+	{broker.ErrLockTimeout, codes.Unavailable, pb.ErrorReasonEnum_LOCK_TIMEOUT},
+	{broker.ErrStoreUnavailable, codes.Unavailable, pb.ErrorReasonEnum_STORE_UNAVAILABLE},
+	{broker.ErrShuttingDown, codes.Unavailable, pb.ErrorReasonEnum_SHUTTING_DOWN},
+	{broker.ErrRateLimited, codes.ResourceExhausted, pb.ErrorReasonEnum_RATE_LIMITED},
+	{broker.ErrMinValidTooLong, codes.OutOfRange, pb.ErrorReasonEnum_MIN_VALID_TOO_LONG},
+	{broker.ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+	{broker.ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+	{broker.ErrUnreadable, codes.DataLoss, pb.ErrorReasonEnum_RECORD_UNREADABLE},
+	{context.Canceled, codes.Canceled, pb.ErrorReasonEnum_CANCELLED},
+	{context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReasonEnum_DEADLINE_EXCEEDED},
 }
 
 // Code returns the gRPC code an error a call ends with is sent as: OK for
@@ -102,14 +94,14 @@ func toStatus(err error, credentialID string) *status.Status {
 	if st, ok := status.FromError(err); ok {
 		return st
 	}
-	code, reason, msg := codes.Internal, ReasonInternal, internalMessage
+	code, why, msg := codes.Internal, reasonInternal, internalMessage
 	for _, row := range errorTable {
 		if errors.Is(err, row.err) {
-			code, reason, msg = row.code, row.reason, err.Error()
+			code, why, msg = row.code, row.reason, err.Error()
 			break
 		}
 	}
-	info := &errdetails.ErrorInfo{Reason: reason, Domain: ErrorDomain}
+	info := &errdetails.ErrorInfo{Reason: why.String(), Domain: ErrorDomain}
 	var be *broker.Error
 	if code == codes.Internal || !errors.As(err, &be) {
 		be = &broker.Error{}

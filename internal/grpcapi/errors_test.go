@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	rpccode "google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
@@ -43,6 +46,7 @@ func TestErrorTable(t *testing.T) {
 		{name: "not found", err: be(broker.ErrNotFound), code: codes.NotFound, reason: "CREDENTIAL_NOT_FOUND"},
 		{name: "invalid argument", err: inv, code: codes.InvalidArgument, reason: "INVALID_ARGUMENT", field: "credential.token_url", noCredID: true},
 		{name: "reauth required", err: be(broker.ErrReauthRequired), code: codes.FailedPrecondition, reason: "REAUTH_REQUIRED"},
+		{name: "refresh outcome unknown", err: be(broker.ErrOutcomeUnknown), code: codes.FailedPrecondition, reason: "REFRESH_OUTCOME_UNKNOWN"},
 		{name: "idp unavailable", err: idp, code: codes.Unavailable, reason: "IDP_UNAVAILABLE", retry: 1500 * time.Millisecond},
 		{name: "lock timeout", err: be(broker.ErrLockTimeout), code: codes.Unavailable, reason: "LOCK_TIMEOUT"},
 		{name: "store unavailable", err: be(broker.ErrStoreUnavailable), code: codes.Unavailable, reason: "STORE_UNAVAILABLE"},
@@ -61,6 +65,7 @@ func TestErrorTable(t *testing.T) {
 		// a context error: the broker's kind wins.
 		{name: "plain sentinel", err: broker.ErrNotFound, code: codes.NotFound, reason: "CREDENTIAL_NOT_FOUND", noCredID: true},
 		{name: "wrapped", err: fmt.Errorf("get: %w", be(broker.ErrReauthRequired)), code: codes.FailedPrecondition, reason: "REAUTH_REQUIRED"},
+		{name: "wrapped outcome unknown", err: fmt.Errorf("get: %w", be(broker.ErrOutcomeUnknown)), code: codes.FailedPrecondition, reason: "REFRESH_OUTCOME_UNKNOWN"},
 		{name: "store cause deadline", err: storeCtx, code: codes.Unavailable, reason: "STORE_UNAVAILABLE"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -115,7 +120,8 @@ func TestErrorTable(t *testing.T) {
 	t.Run("every sentinel has a row", func(t *testing.T) {
 		for _, s := range []error{broker.ErrNotFound, broker.ErrInvalidArgument, broker.ErrReauthRequired,
 			broker.ErrIdPUnavailable, broker.ErrLockTimeout, broker.ErrStoreUnavailable, broker.ErrRateLimited,
-			broker.ErrMinValidTooLong, broker.ErrPermissionDenied, broker.ErrUnauthenticated, broker.ErrShuttingDown, broker.ErrUnreadable} {
+			broker.ErrMinValidTooLong, broker.ErrPermissionDenied, broker.ErrUnauthenticated, broker.ErrShuttingDown, broker.ErrUnreadable,
+			broker.ErrOutcomeUnknown} {
 			if toStatus(s, "").Code() == codes.Internal {
 				t.Errorf("%v has no row", s)
 			}
@@ -132,13 +138,14 @@ func TestErrorsOverTheWire(t *testing.T) {
 		e.idp.Revoke(c.GetRefreshToken())
 		e.put(t, c)
 		_, err := e.tok.GetToken(ctxT(t), &pb.GetTokenRequest{CredentialId: "dead"})
-		wantErr(t, err, codes.FailedPrecondition, ReasonReauthRequired)
+		wantErr(t, err, codes.FailedPrecondition, pb.ErrorReasonEnum_REAUTH_REQUIRED)
 		get, err := e.adm.GetCredential(ctxT(t), &pb.GetCredentialRequest{Id: "dead"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cr := get.GetCredential(); cr.GetState() != pb.State_REAUTH_REQUIRED || cr.GetLastError() == "" || cr.GetLastErrorAt() == nil {
-			t.Errorf("credential = %v; want REAUTH_REQUIRED with the IdP's error", cr)
+		if cr := get.GetCredential(); cr.GetState() != pb.State_REAUTH_REQUIRED || cr.GetReauthReason() != "REAUTH_REQUIRED" ||
+			cr.GetLastError() == "" || cr.GetLastErrorAt() == nil {
+			t.Errorf("credential = %v; want REAUTH_REQUIRED (reauth_reason too) with the IdP's error", cr)
 		}
 	})
 	t.Run("idp unavailable", func(t *testing.T) {
@@ -146,7 +153,7 @@ func TestErrorsOverTheWire(t *testing.T) {
 		e.put(t, e.credential("flaky"))
 		e.idp.FailNext(1, http.StatusServiceUnavailable)
 		_, err := e.tok.GetToken(ctxT(t), &pb.GetTokenRequest{CredentialId: "flaky"})
-		st := wantErr(t, err, codes.Unavailable, ReasonIdPUnavailable)
+		st := wantErr(t, err, codes.Unavailable, pb.ErrorReasonEnum_IDP_UNAVAILABLE)
 		if retryInfo(st) == nil {
 			t.Errorf("no RetryInfo on IDP_UNAVAILABLE")
 		}
@@ -165,7 +172,7 @@ func TestErrorsOverTheWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := e.adm.RefreshCredential(ctxT(t), &pb.RefreshCredentialRequest{Id: "busy"})
-		st := wantErr(t, err, codes.ResourceExhausted, ReasonRateLimited)
+		st := wantErr(t, err, codes.ResourceExhausted, pb.ErrorReasonEnum_RATE_LIMITED)
 		if ri := retryInfo(st); ri == nil || ri.GetRetryDelay().AsDuration() <= 0 {
 			t.Errorf("RetryInfo = %v; want a delay", ri)
 		}
@@ -174,7 +181,7 @@ func TestErrorsOverTheWire(t *testing.T) {
 		e := newEnv(t, envOptions{idp: fakeidpTTL(time.Minute)})
 		e.put(t, e.credential("short"))
 		_, err := e.tok.GetToken(ctxT(t), &pb.GetTokenRequest{CredentialId: "short", MinValid: durationpb.New(2 * time.Hour)})
-		wantErr(t, err, codes.OutOfRange, ReasonMinValidTooLong)
+		wantErr(t, err, codes.OutOfRange, pb.ErrorReasonEnum_MIN_VALID_TOO_LONG)
 	})
 	t.Run("lock timeout", func(t *testing.T) {
 		e := newEnv(t, envOptions{cfg: broker.Config{RefreshTimeout: time.Second, LockTTL: 2 * time.Second, LockWait: 50 * time.Millisecond, PollInterval: 10 * time.Millisecond}})
@@ -184,7 +191,7 @@ func TestErrorsOverTheWire(t *testing.T) {
 		}
 		defer lease.Release(context.Background())
 		_, err = e.adm.PutCredential(ctxT(t), &pb.PutCredentialRequest{Credential: e.credential("locked")})
-		st := wantErr(t, err, codes.Unavailable, ReasonLockTimeout)
+		st := wantErr(t, err, codes.Unavailable, pb.ErrorReasonEnum_LOCK_TIMEOUT)
 		if retryInfo(st) == nil {
 			t.Errorf("no RetryInfo on LOCK_TIMEOUT")
 		}
@@ -196,14 +203,14 @@ func TestErrorsOverTheWire(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err := e.tok.GetToken(ctxT(t), &pb.GetTokenRequest{CredentialId: "closing"})
-		wantErr(t, err, codes.Unavailable, ReasonShuttingDown)
+		wantErr(t, err, codes.Unavailable, pb.ErrorReasonEnum_SHUTTING_DOWN)
 	})
 	t.Run("not found", func(t *testing.T) {
 		e := newEnv(t, envOptions{})
 		_, err := e.tok.GetToken(ctxT(t), &pb.GetTokenRequest{CredentialId: "nobody"})
-		wantErr(t, err, codes.NotFound, ReasonCredentialNotFound)
+		wantErr(t, err, codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND)
 		_, err = e.adm.RefreshCredential(ctxT(t), &pb.RefreshCredentialRequest{Id: "nobody"})
-		wantErr(t, err, codes.NotFound, ReasonCredentialNotFound)
+		wantErr(t, err, codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND)
 	})
 }
 
@@ -315,6 +322,9 @@ func TestBadInput(t *testing.T) {
 		{"Put negative refresh_ahead", put(good(func(c *pb.Credential) { c.RefreshAhead = durationpb.New(-time.Second) })), "credential.refresh_ahead"},
 		{"Put refresh_ahead over 24h", put(good(func(c *pb.Credential) { c.RefreshAhead = durationpb.New(48 * time.Hour) })), "credential.refresh_ahead"},
 		{"Put invalid refresh_ahead", put(good(func(c *pb.Credential) { c.RefreshAhead = dur(-1, 1) })), "credential.refresh_ahead"},
+		{"Put negative reuse_grace", put(good(func(c *pb.Credential) { c.ReuseGrace = durationpb.New(-time.Second) })), "credential.reuse_grace"},
+		{"Put reuse_grace over 24h", put(good(func(c *pb.Credential) { c.ReuseGrace = durationpb.New(25 * time.Hour) })), "credential.reuse_grace"},
+		{"Put invalid reuse_grace", put(good(func(c *pb.Credential) { c.ReuseGrace = dur(1, -1) })), "credential.reuse_grace"},
 
 		{"GetCredential empty id", getCred(""), "id"},
 		{"GetCredential malformed id", getCred("ü"), "id"},
@@ -329,7 +339,7 @@ func TestBadInput(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.call(ctxT(t))
-			st := wantErr(t, err, codes.InvalidArgument, ReasonInvalidArgument)
+			st := wantErr(t, err, codes.InvalidArgument, pb.ErrorReasonEnum_INVALID_ARGUMENT)
 			_, info, _ := errInfo(t, err)
 			if got := info.GetMetadata()["field"]; got != tc.field {
 				t.Errorf("ErrorInfo field = %q; want %q (%v)", got, tc.field, err)
@@ -353,4 +363,111 @@ func TestBadInput(t *testing.T) {
 	if n := e.idp.Stats().Refreshes; n != 1 {
 		t.Errorf("IdP refreshes = %d; want only the first GetToken's", n)
 	}
+}
+
+// sentReasons is every reason the server can send, with its code: the
+// error table's rows and the fallback for errors no row matches.
+func sentReasons(t *testing.T) map[reason]codes.Code {
+	t.Helper()
+	sent := map[reason]codes.Code{reasonInternal: codes.Internal}
+	for _, row := range errorTable {
+		if _, dup := sent[row.reason]; dup {
+			t.Errorf("reason %v is sent by more than one row (or also as the fallback)", row.reason)
+		}
+		sent[row.reason] = row.code
+	}
+	return sent
+}
+
+// TestErrorReasonsAllMapped fails when a reason of the API's enum is sent
+// by no row of the error table (nor as the fallback), or when the table
+// sends a reason the enum does not have.
+func TestErrorReasonsAllMapped(t *testing.T) {
+	sent := sentReasons(t)
+	for n, name := range pb.ErrorReasonEnum_ErrorReason_name {
+		r := reason(n)
+		if r == pb.ErrorReasonEnum_ERROR_REASON_UNSPECIFIED {
+			if _, ok := sent[r]; ok {
+				t.Errorf("the table sends %s", name)
+			}
+			continue
+		}
+		if _, ok := sent[r]; !ok {
+			t.Errorf("reason %s of the enum has no row in errorTable", name)
+		}
+	}
+	for r := range sent {
+		if _, ok := pb.ErrorReasonEnum_ErrorReason_name[int32(r)]; !ok {
+			t.Errorf("errorTable sends reason %d, which the enum does not have", r)
+		}
+	}
+}
+
+// TestREADMEErrorsTable checks the table in the README's "### Errors"
+// section against the API: it lists exactly the enum's reasons (but
+// ERROR_REASON_UNSPECIFIED), each with the code errorTable sends it with. A
+// row may list several reasons, with one code for all or one code each.
+func TestREADMEErrorsTable(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "\n### Errors\n")
+	if !ok {
+		t.Fatal(`README.md has no "### Errors" section`)
+	}
+	if end := strings.Index(section, "\n#"); end >= 0 {
+		section = section[:end]
+	}
+	listed := map[string]string{} // reason -> code name, as the README says
+	for _, line := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(line, "| `") {
+			continue
+		}
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 {
+			t.Fatalf("README row %q has too few cells", line)
+		}
+		var reasons, codeNames []string
+		for _, r := range strings.Split(cells[1], ",") {
+			reasons = append(reasons, strings.Trim(strings.TrimSpace(r), "`"))
+		}
+		for _, c := range strings.Split(cells[2], ",") {
+			codeNames = append(codeNames, strings.TrimSpace(c))
+		}
+		if len(codeNames) != 1 && len(codeNames) != len(reasons) {
+			t.Fatalf("README row %q: %d reasons, %d codes", line, len(reasons), len(codeNames))
+		}
+		for i, r := range reasons {
+			c := codeNames[0]
+			if len(codeNames) > 1 {
+				c = codeNames[i]
+			}
+			if _, dup := listed[r]; dup {
+				t.Errorf("README lists %s twice", r)
+			}
+			listed[r] = c
+		}
+	}
+	sent := sentReasons(t)
+	for r, want := range sent {
+		name := r.String()
+		got, ok := listed[name]
+		if !ok {
+			t.Errorf("README's Errors table lacks %s (%s)", name, canonical(want))
+			continue
+		}
+		if got != canonical(want) {
+			t.Errorf("README says %s is %s; the server sends %s", name, got, canonical(want))
+		}
+		delete(listed, name)
+	}
+	for name := range listed {
+		t.Errorf("README lists %s, which is no reason the server sends", name)
+	}
+}
+
+// canonical is c's name as google.rpc.Code spells it (NOT_FOUND).
+func canonical(c codes.Code) string {
+	return rpccode.Code(c).String()
 }

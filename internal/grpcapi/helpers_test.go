@@ -184,13 +184,13 @@ func errInfo(t *testing.T, err error) (codes.Code, *errdetails.ErrorInfo, *statu
 }
 
 // wantErr checks a call's error: its code and ErrorInfo reason.
-func wantErr(t *testing.T, err error, code codes.Code, reason string) *status.Status {
+func wantErr(t *testing.T, err error, code codes.Code, reason reason) *status.Status {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("call succeeded; want %v %s", code, reason)
 	}
 	got, info, st := errInfo(t, err)
-	if got != code || info.GetReason() != reason || info.GetDomain() != ErrorDomain {
+	if got != code || info.GetReason() != reason.String() || info.GetDomain() != ErrorDomain {
 		t.Fatalf("error = %v (reason %q, domain %q); want %v %s", err, info.GetReason(), info.GetDomain(), code, reason)
 	}
 	return st

@@ -43,7 +43,10 @@ func isPublic(fullMethod string) bool {
 // does not know it.
 var errPanic = errors.New("grpcapi: handler panicked")
 
-// limitedMethods may call the IdP on demand; Options.Limiter limits them.
+// limitedMethods are the methods that may call the IdP on demand (forced
+// refreshes); Options.Limiter limits them per client. This is the one list
+// of them: the Limiter, the README and the broker's flag help describe
+// these.
 var limitedMethods = map[string]bool{
 	pb.TokenService_InvalidateToken_FullMethodName:   true,
 	pb.AdminService_RefreshCredential_FullMethodName: true,

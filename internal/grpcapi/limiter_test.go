@@ -53,7 +53,7 @@ func TestLimiter(t *testing.T) {
 		t.Fatalf("first InvalidateToken: %v", err)
 	}
 	_, err = e.tok.InvalidateToken(withKey(ctx, "w1"), inv)
-	st := wantErr(t, err, codes.ResourceExhausted, ReasonRateLimited)
+	st := wantErr(t, err, codes.ResourceExhausted, pb.ErrorReasonEnum_RATE_LIMITED)
 	if ri := retryInfo(st); ri.GetRetryDelay().AsDuration() != 2*time.Second {
 		t.Errorf("RetryInfo = %v; want the limiter's 2s", ri)
 	}
@@ -71,5 +71,5 @@ func TestLimiter(t *testing.T) {
 		t.Fatalf("first RefreshCredential: %v", err)
 	}
 	_, err = e.adm.RefreshCredential(withKey(ctx, "admin"), &pb.RefreshCredentialRequest{Id: "limited"})
-	wantErr(t, err, codes.ResourceExhausted, ReasonRateLimited)
+	wantErr(t, err, codes.ResourceExhausted, pb.ErrorReasonEnum_RATE_LIMITED)
 }

@@ -270,68 +270,69 @@ func TestSecurityMatrix(t *testing.T) {
 		return err
 	}
 
+	const none = pb.ErrorReasonEnum_ERROR_REASON_UNSPECIFIED
 	type row struct {
 		name   string
 		conn   *grpc.ClientConn
 		authz  string // the authorization metadata; "" sends none
 		call   func(context.Context, *grpc.ClientConn) error
 		code   codes.Code
-		reason string // the ErrorInfo reason; "" for OK and transport failures
+		reason reason // the ErrorInfo reason; none (0) for OK and transport failures
 	}
 	rows := []row{
 		// Authentication.
-		{"no key", plain, "", getToken("cred-a"), codes.Unauthenticated, ReasonUnauthenticated},
-		{"no key, admin call", plain, "", admin["ListCredentials"], codes.Unauthenticated, ReasonUnauthenticated},
-		{"unknown key", plain, "Bearer " + unknownKey, getToken("cred-a"), codes.Unauthenticated, ReasonUnauthenticated},
-		{"unknown key, admin call", plain, "Bearer " + unknownKey, admin["GetCredential"], codes.Unauthenticated, ReasonUnauthenticated},
-		{"malformed authorization", plain, "Basic " + e.keys["reader-a"], getToken("cred-a"), codes.Unauthenticated, ReasonUnauthenticated},
-		{"a key hash instead of the key", plain, "Bearer " + auth.HashKey(e.keys["reader-a"]), getToken("cred-a"), codes.Unauthenticated, ReasonUnauthenticated},
+		{"no key", plain, "", getToken("cred-a"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"no key, admin call", plain, "", admin["ListCredentials"], codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"unknown key", plain, "Bearer " + unknownKey, getToken("cred-a"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"unknown key, admin call", plain, "Bearer " + unknownKey, admin["GetCredential"], codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"malformed authorization", plain, "Basic " + e.keys["reader-a"], getToken("cred-a"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"a key hash instead of the key", plain, "Bearer " + auth.HashKey(e.keys["reader-a"]), getToken("cred-a"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
 
 		// A reader with a bearer key.
-		{"reader, its credential", plain, bearer("reader-a"), getToken("cred-a"), codes.OK, ""},
-		{"reader, invalidates on its credential", plain, bearer("reader-a"), invalidate("cred-a"), codes.OK, ""},
-		{"reader, another client's credential", plain, bearer("reader-a"), getToken("cred-b"), codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, invalidates on another client's credential", plain, bearer("reader-a"), invalidate("cred-b"), codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, a missing credential", plain, bearer("reader-a"), getToken("nope"), codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, invalidates on a missing credential", plain, bearer("reader-a"), invalidate("nope"), codes.PermissionDenied, ReasonPermissionDenied},
-		{"other reader, its credential", plain, bearer("reader-b"), getToken("cred-b"), codes.OK, ""},
+		{"reader, its credential", plain, bearer("reader-a"), getToken("cred-a"), codes.OK, none},
+		{"reader, invalidates on its credential", plain, bearer("reader-a"), invalidate("cred-a"), codes.OK, none},
+		{"reader, another client's credential", plain, bearer("reader-a"), getToken("cred-b"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, invalidates on another client's credential", plain, bearer("reader-a"), invalidate("cred-b"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, a missing credential", plain, bearer("reader-a"), getToken("nope"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, invalidates on a missing credential", plain, bearer("reader-a"), invalidate("nope"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"other reader, its credential", plain, bearer("reader-b"), getToken("cred-b"), codes.OK, none},
 
 		// The admin methods need an admin identity.
-		{"reader, PutCredential", plain, bearer("reader-a"), admin["PutCredential"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, GetCredential", plain, bearer("reader-a"), admin["GetCredential"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, GetCredential of a missing one", plain, bearer("reader-a"), admin["GetCredential missing"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, ListCredentials", plain, bearer("reader-a"), admin["ListCredentials"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, RefreshCredential", plain, bearer("reader-a"), admin["RefreshCredential"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"reader, DeleteCredential of a missing one", plain, bearer("reader-a"), admin["DeleteCredential missing"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"admin, PutCredential", plain, bearer("ops"), admin["PutCredential"], codes.OK, ""},
-		{"admin, GetCredential", plain, bearer("ops"), admin["GetCredential"], codes.OK, ""},
-		{"admin, GetCredential of a missing one", plain, bearer("ops"), admin["GetCredential missing"], codes.NotFound, ReasonCredentialNotFound},
-		{"admin, ListCredentials", plain, bearer("ops"), admin["ListCredentials"], codes.OK, ""},
-		{"admin, RefreshCredential", plain, bearer("ops"), admin["RefreshCredential"], codes.OK, ""},
-		{"admin, DeleteCredential of a missing one", plain, bearer("ops"), admin["DeleteCredential missing"], codes.NotFound, ReasonCredentialNotFound},
-		{"admin, a token it is not allowed", plain, bearer("ops"), getToken("cred-a"), codes.PermissionDenied, ReasonPermissionDenied},
+		{"reader, PutCredential", plain, bearer("reader-a"), admin["PutCredential"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, GetCredential", plain, bearer("reader-a"), admin["GetCredential"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, GetCredential of a missing one", plain, bearer("reader-a"), admin["GetCredential missing"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, ListCredentials", plain, bearer("reader-a"), admin["ListCredentials"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, RefreshCredential", plain, bearer("reader-a"), admin["RefreshCredential"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"reader, DeleteCredential of a missing one", plain, bearer("reader-a"), admin["DeleteCredential missing"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"admin, PutCredential", plain, bearer("ops"), admin["PutCredential"], codes.OK, none},
+		{"admin, GetCredential", plain, bearer("ops"), admin["GetCredential"], codes.OK, none},
+		{"admin, GetCredential of a missing one", plain, bearer("ops"), admin["GetCredential missing"], codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND},
+		{"admin, ListCredentials", plain, bearer("ops"), admin["ListCredentials"], codes.OK, none},
+		{"admin, RefreshCredential", plain, bearer("ops"), admin["RefreshCredential"], codes.OK, none},
+		{"admin, DeleteCredential of a missing one", plain, bearer("ops"), admin["DeleteCredential missing"], codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND},
+		{"admin, a token it is not allowed", plain, bearer("ops"), getToken("cred-a"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
 
 		// mTLS: the certificate's URI SAN names svc-m.
-		{"mTLS identity, its credential", svc, "", getToken("cred-m"), codes.OK, ""},
-		{"mTLS identity, invalidates on its credential", svc, "", invalidate("cred-m"), codes.OK, ""},
-		{"mTLS identity, another client's credential", svc, "", getToken("cred-a"), codes.PermissionDenied, ReasonPermissionDenied},
-		{"mTLS identity, a missing credential", svc, "", getToken("nope"), codes.PermissionDenied, ReasonPermissionDenied},
-		{"mTLS identity, admin call", svc, "", admin["ListCredentials"], codes.PermissionDenied, ReasonPermissionDenied},
-		{"mTLS identity with another client's key", svc, bearer("reader-a"), getToken("cred-a"), codes.Unauthenticated, ReasonUnauthenticated},
-		{"mTLS identity with an unknown key", svc, "Bearer " + unknownKey, getToken("cred-m"), codes.Unauthenticated, ReasonUnauthenticated},
-		{"unregistered certificate, no key", stranger, "", getToken("cred-a"), codes.Unauthenticated, ReasonUnauthenticated},
-		{"unregistered certificate with a key", stranger, bearer("reader-a"), getToken("cred-a"), codes.OK, ""},
+		{"mTLS identity, its credential", svc, "", getToken("cred-m"), codes.OK, none},
+		{"mTLS identity, invalidates on its credential", svc, "", invalidate("cred-m"), codes.OK, none},
+		{"mTLS identity, another client's credential", svc, "", getToken("cred-a"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"mTLS identity, a missing credential", svc, "", getToken("nope"), codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"mTLS identity, admin call", svc, "", admin["ListCredentials"], codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
+		{"mTLS identity with another client's key", svc, bearer("reader-a"), getToken("cred-a"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"mTLS identity with an unknown key", svc, "Bearer " + unknownKey, getToken("cred-m"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"unregistered certificate, no key", stranger, "", getToken("cred-a"), codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
+		{"unregistered certificate with a key", stranger, bearer("reader-a"), getToken("cred-a"), codes.OK, none},
 
 		// Refused at the transport: no status from the broker at all.
-		{"certificate from a foreign CA", alien, "", getToken("cred-m"), codes.Unavailable, ""},
-		{"foreign CA certificate with a valid key", alien, bearer("reader-a"), getToken("cred-a"), codes.Unavailable, ""},
-		{"plaintext client", noTLS, bearer("reader-a"), getToken("cred-a"), codes.Unavailable, ""},
-		{"client that does not trust the server", untrusting, bearer("reader-a"), getToken("cred-a"), codes.Unavailable, ""},
+		{"certificate from a foreign CA", alien, "", getToken("cred-m"), codes.Unavailable, none},
+		{"foreign CA certificate with a valid key", alien, bearer("reader-a"), getToken("cred-a"), codes.Unavailable, none},
+		{"plaintext client", noTLS, bearer("reader-a"), getToken("cred-a"), codes.Unavailable, none},
+		{"client that does not trust the server", untrusting, bearer("reader-a"), getToken("cred-a"), codes.Unavailable, none},
 
 		// Health and reflection need no key.
-		{"health without a key", plain, "", health, codes.OK, ""},
-		{"reflection without a key", plain, "", reflect, codes.OK, ""},
-		{"health with an unknown key", plain, "Bearer " + unknownKey, health, codes.OK, ""},
+		{"health without a key", plain, "", health, codes.OK, none},
+		{"reflection without a key", plain, "", reflect, codes.OK, none},
+		{"health with an unknown key", plain, "Bearer " + unknownKey, health, codes.OK, none},
 	}
 	for _, r := range rows {
 		t.Run(r.name, func(t *testing.T) {
@@ -345,7 +346,7 @@ func TestSecurityMatrix(t *testing.T) {
 				if err != nil {
 					t.Fatalf("call = %v; want OK", err)
 				}
-			case r.reason == "":
+			case r.reason == none:
 				st, _ := status.FromError(err)
 				if st.Code() != r.code {
 					t.Fatalf("call = %v; want %v", err, r.code)
@@ -428,5 +429,5 @@ func TestRequireClientCert(t *testing.T) {
 		t.Fatalf("GetToken by certificate: %v", err)
 	}
 	_, err = pb.NewTokenServiceClient(stranger).GetToken(ctxT(t), &pb.GetTokenRequest{CredentialId: "cred-m"})
-	wantErr(t, err, codes.Unauthenticated, ReasonUnauthenticated)
+	wantErr(t, err, codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED)
 }

@@ -11,12 +11,12 @@ package grpcapi
 
 import (
 	"context"
-	"google.golang.org/grpc/codes"
 	"log/slog"
 	"net"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -52,9 +52,9 @@ type Authenticator interface {
 	Authenticate(ctx context.Context) (broker.Caller, error)
 }
 
-// A Limiter limits, per client, how often the costly methods
-// (InvalidateToken and RefreshCredential, which may call the IdP) may be
-// called. It must be safe for concurrent use. auth.Limiter is one.
+// A Limiter limits, per client, how often the methods that may call the IdP
+// (limitedMethods: InvalidateToken and RefreshCredential) may be called. It
+// must be safe for concurrent use. auth.Limiter is one.
 type Limiter interface {
 	// Allow reports whether the client may make one more call now, and
 	// otherwise how long it should wait.

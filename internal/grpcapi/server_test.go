@@ -160,13 +160,13 @@ func TestAdminService(t *testing.T) {
 		t.Fatalf("DeleteCredential: %v", err)
 	}
 	_, err = e.adm.GetCredential(ctx, &pb.GetCredentialRequest{Id: "svc-b"})
-	st := wantErr(t, err, codes.NotFound, ReasonCredentialNotFound)
+	st := wantErr(t, err, codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND)
 	_, info, _ := errInfo(t, st.Err())
 	if info.GetMetadata()["credential_id"] != "svc-b" {
 		t.Errorf("ErrorInfo metadata = %v; want credential_id", info.GetMetadata())
 	}
 	_, err = e.adm.DeleteCredential(ctx, &pb.DeleteCredentialRequest{Id: "svc-b"})
-	wantErr(t, err, codes.NotFound, ReasonCredentialNotFound)
+	wantErr(t, err, codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND)
 }
 
 func TestPutCredentialClientCredentials(t *testing.T) {
@@ -264,7 +264,7 @@ func TestNoSecretInResponses(t *testing.T) {
 	bad := e.credential("secretive")
 	bad.ClientSecret = testClientSecret + "\x01"
 	_, err = e.adm.PutCredential(ctx, &pb.PutCredentialRequest{Credential: bad})
-	st := wantErr(t, err, codes.InvalidArgument, ReasonInvalidArgument)
+	st := wantErr(t, err, codes.InvalidArgument, pb.ErrorReasonEnum_INVALID_ARGUMENT)
 	js, _ := protojson.Marshal(st.Proto())
 	logs := e.logs.String()
 	for _, s := range append(secrets, tok.GetAccessToken()) {
@@ -386,18 +386,18 @@ func TestAuthentication(t *testing.T) {
 	}
 
 	_, err := e.tok.GetToken(ctx, &pb.GetTokenRequest{CredentialId: "guarded"})
-	st := wantErr(t, err, codes.Unauthenticated, ReasonUnauthenticated)
+	st := wantErr(t, err, codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED)
 	if strings.Contains(st.Message(), "SECRET") {
 		t.Errorf("the authenticator's error text reached the client: %q", st.Message())
 	}
 	_, err = e.tok.GetToken(withKey(ctx, "bad"), &pb.GetTokenRequest{CredentialId: "guarded"})
-	wantErr(t, err, codes.Unauthenticated, ReasonUnauthenticated)
+	wantErr(t, err, codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED)
 	_, err = e.tok.GetToken(withKey(ctx, "banned"), &pb.GetTokenRequest{CredentialId: "guarded"})
-	wantErr(t, err, codes.PermissionDenied, ReasonPermissionDenied)
+	wantErr(t, err, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED)
 	_, err = e.tok.GetToken(withKey(ctx, "stranger"), &pb.GetTokenRequest{CredentialId: "guarded"})
-	wantErr(t, err, codes.PermissionDenied, ReasonPermissionDenied)
+	wantErr(t, err, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED)
 	_, err = e.adm.ListCredentials(withKey(ctx, "worker"), &pb.ListCredentialsRequest{})
-	wantErr(t, err, codes.PermissionDenied, ReasonPermissionDenied)
+	wantErr(t, err, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED)
 
 	if _, err := e.tok.GetToken(withKey(ctx, "worker"), &pb.GetTokenRequest{CredentialId: "guarded"}); err != nil {
 		t.Fatalf("GetToken as an allowed client: %v", err)
@@ -421,7 +421,7 @@ func TestAccessLog(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = e.adm.GetCredential(ctx, &pb.GetCredentialRequest{Id: "missing"})
-	wantErr(t, err, codes.NotFound, ReasonCredentialNotFound)
+	wantErr(t, err, codes.NotFound, pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND)
 
 	type line struct {
 		Level, Msg, Method, Code, Reason, Error string
@@ -441,7 +441,7 @@ func TestAccessLog(t *testing.T) {
 	want := []line{
 		{Level: "DEBUG", Method: "/tokenbroker.v1.AdminService/PutCredential", Code: "OK", CredentialID: "logged"},
 		{Level: "DEBUG", Method: "/tokenbroker.v1.TokenService/GetToken", Code: "OK", CredentialID: "logged"},
-		{Level: "INFO", Method: "/tokenbroker.v1.AdminService/GetCredential", Code: "NotFound", CredentialID: "missing", Reason: ReasonCredentialNotFound},
+		{Level: "INFO", Method: "/tokenbroker.v1.AdminService/GetCredential", Code: "NotFound", CredentialID: "missing", Reason: pb.ErrorReasonEnum_CREDENTIAL_NOT_FOUND.String()},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("%d access log lines; want %d:\n%s", len(lines), len(want), e.logs.String())
@@ -466,7 +466,7 @@ func TestPanicRecovery(t *testing.T) {
 	_, err := s.unary(context.Background(), &pb.GetTokenRequest{CredentialId: "p"}, info, func(context.Context, any) (any, error) {
 		panic("boom")
 	})
-	st := wantErr(t, err, codes.Internal, ReasonInternal)
+	st := wantErr(t, err, codes.Internal, pb.ErrorReasonEnum_INTERNAL)
 	if st.Message() != internalMessage {
 		t.Errorf("message = %q; want the generic one", st.Message())
 	}
@@ -482,7 +482,7 @@ func TestPanicRecovery(t *testing.T) {
 	err = s.stream(nil, fakeStream{}, &grpc.StreamServerInfo{FullMethod: "/x.Y/Z"}, func(any, grpc.ServerStream) error {
 		panic(fmt.Errorf("boom"))
 	})
-	wantErr(t, err, codes.Internal, ReasonInternal)
+	wantErr(t, err, codes.Internal, pb.ErrorReasonEnum_INTERNAL)
 }
 
 type fakeStream struct{ grpc.ServerStream }
@@ -503,7 +503,7 @@ func TestMaxRecvMsgSize(t *testing.T) {
 	_, err = e2.tok.InvalidateToken(ctxT(t), &pb.InvalidateTokenRequest{
 		CredentialId: "x", RejectedAccessToken: strings.Repeat("a", 512<<10),
 	})
-	st := wantErr(t, err, codes.InvalidArgument, ReasonInvalidArgument)
+	st := wantErr(t, err, codes.InvalidArgument, pb.ErrorReasonEnum_INVALID_ARGUMENT)
 	if br := badRequest(st); br == nil || br.GetFieldViolations()[0].GetField() != "rejected_access_token" {
 		t.Errorf("BadRequest = %v; want rejected_access_token", br)
 	}

@@ -89,14 +89,14 @@ func TestUnaryInterceptors(t *testing.T) {
 
 	// Unauthenticated: refused before the interceptors.
 	_, err := e.tok.GetToken(ctx, &pb.GetTokenRequest{CredentialId: "intercepted"})
-	wantErr(t, err, codes.Unauthenticated, ReasonUnauthenticated)
+	wantErr(t, err, codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED)
 	if got := s.take(); len(got) != 0 {
 		t.Errorf("an unauthenticated call reached the interceptors: %q", got)
 	}
 
 	// The broker's own refusal is seen with the code it is sent with.
 	_, err = e.tok.GetToken(withKey(ctx, "w2"), &pb.GetTokenRequest{CredentialId: "intercepted"})
-	wantErr(t, err, codes.PermissionDenied, ReasonPermissionDenied)
+	wantErr(t, err, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED)
 	if got := s.take(); len(got) != 4 || got[2] != "inner after PermissionDenied" {
 		t.Errorf("interceptors saw %q; want PermissionDenied after the call", got)
 	}
@@ -108,7 +108,7 @@ func TestUnaryInterceptors(t *testing.T) {
 	}
 	s.take()
 	_, err = e.tok.InvalidateToken(withKey(ctx, "w1"), inv)
-	st := wantErr(t, err, codes.ResourceExhausted, ReasonRateLimited)
+	st := wantErr(t, err, codes.ResourceExhausted, pb.ErrorReasonEnum_RATE_LIMITED)
 	if retryInfo(st) == nil {
 		t.Errorf("no RetryInfo")
 	}
@@ -119,12 +119,12 @@ func TestUnaryInterceptors(t *testing.T) {
 	// An interceptor's broker error goes through the table; its panic is
 	// recovered as INTERNAL.
 	_, err = e.adm.DeleteCredential(withKey(ctx, "admin"), &pb.DeleteCredentialRequest{Id: "intercepted"})
-	wantErr(t, err, codes.PermissionDenied, ReasonPermissionDenied)
+	wantErr(t, err, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED)
 	if e.stored(t, "intercepted") == nil {
 		t.Fatalf("the handler ran after the interceptor refused")
 	}
 	_, err = e.adm.GetCredential(withKey(ctx, "admin"), &pb.GetCredentialRequest{Id: "intercepted"})
-	wantErr(t, err, codes.Internal, ReasonInternal)
+	wantErr(t, err, codes.Internal, pb.ErrorReasonEnum_INTERNAL)
 	s.take()
 
 	// Public services run through them without a caller.

@@ -131,20 +131,31 @@ func checkRequestCounts(t *testing.T, reg prometheus.Gatherer) {
 	}
 }
 
-func TestStatsHandler(t *testing.T) {
-	reg := prometheus.NewPedanticRegistry()
-	m := metrics.New(reg, metrics.Options{})
-	conn := serveHealth(t, grpc.StatsHandler(m.StatsHandler()), grpc.UnaryInterceptor(requireKey))
-	exercise(t, conn)
-	checkRequestCounts(t, reg)
+// observed returns server options that feed m.ObserveRPC the way
+// grpcapi's Options.ObserveCall hook does: from the outermost interceptor,
+// once the call's final code is known, refusals by authentication
+// (requireKey) included.
+func observed(m *metrics.Metrics) []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			start := time.Now()
+			resp, err := requireKey(ctx, req, info, h)
+			m.ObserveRPC(info.FullMethod, status.Code(err), time.Since(start))
+			return resp, err
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			start := time.Now()
+			err := h(srv, ss)
+			m.ObserveRPC(info.FullMethod, status.Code(err), time.Since(start))
+			return err
+		}),
+	}
 }
 
-func TestInterceptors(t *testing.T) {
+func TestObserveRPC(t *testing.T) {
 	reg := prometheus.NewPedanticRegistry()
 	m := metrics.New(reg, metrics.Options{})
-	conn := serveHealth(t,
-		grpc.ChainUnaryInterceptor(m.UnaryServerInterceptor(), requireKey),
-		grpc.ChainStreamInterceptor(m.StreamServerInterceptor()))
+	conn := serveHealth(t, observed(m)...)
 	exercise(t, conn)
 	checkRequestCounts(t, reg)
 }
@@ -184,7 +195,7 @@ func TestNoSecretsInMetrics(t *testing.T) {
 		}
 		return counts, nil
 	})
-	conn := serveHealth(t, grpc.StatsHandler(m.StatsHandler()), grpc.UnaryInterceptor(requireKey))
+	conn := serveHealth(t, observed(m)...)
 	exercise(t, conn)
 	e.secrets = append(e.secrets, requestSecret)
 

@@ -34,7 +34,9 @@ const (
 	State_STATE_UNSPECIFIED State = 0
 	// The credential can be refreshed and tokens are served.
 	State_ACTIVE State = 1
-	// The IdP said the grant is dead (invalid_grant or its equivalent). No
+	// The stored refresh token cannot be used: the IdP said the grant is dead
+	// (invalid_grant or its equivalent), or a refresh's outcome is unknown and
+	// the IdP may have rotated it (Credential.reauth_reason tells which). No
 	// further refresh is attempted until an operator puts a new refresh token
 	// in with PutCredential.
 	State_REAUTH_REQUIRED State = 2
@@ -233,6 +235,14 @@ type Credential struct {
 	RefreshAhead *durationpb.Duration `protobuf:"bytes,10,opt,name=refresh_ahead,json=refreshAhead,proto3" json:"refresh_ahead,omitempty"`
 	// How new tokens are obtained.
 	GrantType GrantType `protobuf:"varint,11,opt,name=grant_type,json=grantType,proto3,enum=tokenbroker.v1.GrantType" json:"grant_type,omitempty"`
+	// How long the IdP still accepts a refresh token after it rotated it: 0
+	// (or unset) for a strict IdP, 24h at most. Dex's reuseInterval is 3s by
+	// default, Okta's grace period 0 to 60s (30s by default); Auth0 and Ory
+	// Hydra allow none by default. Within it, a refresh whose reply was lost
+	// is sent again with the same refresh token; past it, the credential goes
+	// to REAUTH_REQUIRED with reauth_reason REFRESH_OUTCOME_UNKNOWN. Set it no
+	// longer than the IdP's own setting. Shown only when not zero.
+	ReuseGrace *durationpb.Duration `protobuf:"bytes,12,opt,name=reuse_grace,json=reuseGrace,proto3" json:"reuse_grace,omitempty"`
 	// Output only. Where the credential stands.
 	State State `protobuf:"varint,20,opt,name=state,proto3,enum=tokenbroker.v1.State" json:"state,omitempty"`
 	// Output only. Version of the stored record; it grows by one with every
@@ -261,6 +271,12 @@ type Credential struct {
 	// Output only. Before this time the broker does not call the IdP again
 	// after a transient failure (backoff, or the IdP's Retry-After).
 	NextAttemptAt *timestamppb.Timestamp `protobuf:"bytes,30,opt,name=next_attempt_at,json=nextAttemptAt,proto3" json:"next_attempt_at,omitempty"`
+	// Output only. Why the credential is in state REAUTH_REQUIRED, as an
+	// ErrorReasonEnum.ErrorReason name: REAUTH_REQUIRED when the IdP said the
+	// grant is dead, REFRESH_OUTCOME_UNKNOWN when a refresh's outcome is
+	// unknown (the IdP may have rotated the refresh token). Empty in any
+	// other state.
+	ReauthReason  string `protobuf:"bytes,31,opt,name=reauth_reason,json=reauthReason,proto3" json:"reauth_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -372,6 +388,13 @@ func (x *Credential) GetGrantType() GrantType {
 	return GrantType_GRANT_TYPE_UNSPECIFIED
 }
 
+func (x *Credential) GetReuseGrace() *durationpb.Duration {
+	if x != nil {
+		return x.ReuseGrace
+	}
+	return nil
+}
+
 func (x *Credential) GetState() State {
 	if x != nil {
 		return x.State
@@ -447,6 +470,13 @@ func (x *Credential) GetNextAttemptAt() *timestamppb.Timestamp {
 		return x.NextAttemptAt
 	}
 	return nil
+}
+
+func (x *Credential) GetReauthReason() string {
+	if x != nil {
+		return x.ReauthReason
+	}
+	return ""
 }
 
 // PutCredentialRequest creates or replaces a credential.
@@ -1051,7 +1081,7 @@ var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x92\b\n" +
+	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\b\n" +
 	"\n" +
 	"Credential\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -1067,7 +1097,9 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\rrefresh_ahead\x18\n" +
 	" \x01(\v2\x19.google.protobuf.DurationR\frefreshAhead\x128\n" +
 	"\n" +
-	"grant_type\x18\v \x01(\x0e2\x19.tokenbroker.v1.GrantTypeR\tgrantType\x12+\n" +
+	"grant_type\x18\v \x01(\x0e2\x19.tokenbroker.v1.GrantTypeR\tgrantType\x12:\n" +
+	"\vreuse_grace\x18\f \x01(\v2\x19.google.protobuf.DurationR\n" +
+	"reuseGrace\x12+\n" +
 	"\x05state\x18\x14 \x01(\x0e2\x15.tokenbroker.v1.StateR\x05state\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x15 \x01(\x04R\n" +
@@ -1084,7 +1116,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12B\n" +
-	"\x0fnext_attempt_at\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\"R\n" +
+	"\x0fnext_attempt_at\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12#\n" +
+	"\rreauth_reason\x18\x1f \x01(\tR\freauthReason\"R\n" +
 	"\x14PutCredentialRequest\x12:\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
@@ -1185,35 +1218,36 @@ var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: tokenbroker.v1.Credential.auth_style:type_name -> tokenbroker.v1.AuthStyle
 	16, // 1: tokenbroker.v1.Credential.refresh_ahead:type_name -> google.protobuf.Duration
 	2,  // 2: tokenbroker.v1.Credential.grant_type:type_name -> tokenbroker.v1.GrantType
-	0,  // 3: tokenbroker.v1.Credential.state:type_name -> tokenbroker.v1.State
-	17, // 4: tokenbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	17, // 5: tokenbroker.v1.Credential.last_refresh_at:type_name -> google.protobuf.Timestamp
-	17, // 6: tokenbroker.v1.Credential.last_error_at:type_name -> google.protobuf.Timestamp
-	17, // 7: tokenbroker.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	17, // 8: tokenbroker.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	17, // 9: tokenbroker.v1.Credential.next_attempt_at:type_name -> google.protobuf.Timestamp
-	3,  // 10: tokenbroker.v1.PutCredentialRequest.credential:type_name -> tokenbroker.v1.Credential
-	3,  // 11: tokenbroker.v1.PutCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
-	3,  // 12: tokenbroker.v1.GetCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
-	3,  // 13: tokenbroker.v1.ListCredentialsResponse.credentials:type_name -> tokenbroker.v1.Credential
-	3,  // 14: tokenbroker.v1.RefreshCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
-	4,  // 15: tokenbroker.v1.AdminService.PutCredential:input_type -> tokenbroker.v1.PutCredentialRequest
-	6,  // 16: tokenbroker.v1.AdminService.GetCredential:input_type -> tokenbroker.v1.GetCredentialRequest
-	8,  // 17: tokenbroker.v1.AdminService.ListCredentials:input_type -> tokenbroker.v1.ListCredentialsRequest
-	10, // 18: tokenbroker.v1.AdminService.DeleteCredential:input_type -> tokenbroker.v1.DeleteCredentialRequest
-	12, // 19: tokenbroker.v1.AdminService.RefreshCredential:input_type -> tokenbroker.v1.RefreshCredentialRequest
-	14, // 20: tokenbroker.v1.AdminService.ReencryptCredentials:input_type -> tokenbroker.v1.ReencryptCredentialsRequest
-	5,  // 21: tokenbroker.v1.AdminService.PutCredential:output_type -> tokenbroker.v1.PutCredentialResponse
-	7,  // 22: tokenbroker.v1.AdminService.GetCredential:output_type -> tokenbroker.v1.GetCredentialResponse
-	9,  // 23: tokenbroker.v1.AdminService.ListCredentials:output_type -> tokenbroker.v1.ListCredentialsResponse
-	11, // 24: tokenbroker.v1.AdminService.DeleteCredential:output_type -> tokenbroker.v1.DeleteCredentialResponse
-	13, // 25: tokenbroker.v1.AdminService.RefreshCredential:output_type -> tokenbroker.v1.RefreshCredentialResponse
-	15, // 26: tokenbroker.v1.AdminService.ReencryptCredentials:output_type -> tokenbroker.v1.ReencryptCredentialsResponse
-	21, // [21:27] is the sub-list for method output_type
-	15, // [15:21] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	16, // 3: tokenbroker.v1.Credential.reuse_grace:type_name -> google.protobuf.Duration
+	0,  // 4: tokenbroker.v1.Credential.state:type_name -> tokenbroker.v1.State
+	17, // 5: tokenbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	17, // 6: tokenbroker.v1.Credential.last_refresh_at:type_name -> google.protobuf.Timestamp
+	17, // 7: tokenbroker.v1.Credential.last_error_at:type_name -> google.protobuf.Timestamp
+	17, // 8: tokenbroker.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	17, // 9: tokenbroker.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	17, // 10: tokenbroker.v1.Credential.next_attempt_at:type_name -> google.protobuf.Timestamp
+	3,  // 11: tokenbroker.v1.PutCredentialRequest.credential:type_name -> tokenbroker.v1.Credential
+	3,  // 12: tokenbroker.v1.PutCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	3,  // 13: tokenbroker.v1.GetCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	3,  // 14: tokenbroker.v1.ListCredentialsResponse.credentials:type_name -> tokenbroker.v1.Credential
+	3,  // 15: tokenbroker.v1.RefreshCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	4,  // 16: tokenbroker.v1.AdminService.PutCredential:input_type -> tokenbroker.v1.PutCredentialRequest
+	6,  // 17: tokenbroker.v1.AdminService.GetCredential:input_type -> tokenbroker.v1.GetCredentialRequest
+	8,  // 18: tokenbroker.v1.AdminService.ListCredentials:input_type -> tokenbroker.v1.ListCredentialsRequest
+	10, // 19: tokenbroker.v1.AdminService.DeleteCredential:input_type -> tokenbroker.v1.DeleteCredentialRequest
+	12, // 20: tokenbroker.v1.AdminService.RefreshCredential:input_type -> tokenbroker.v1.RefreshCredentialRequest
+	14, // 21: tokenbroker.v1.AdminService.ReencryptCredentials:input_type -> tokenbroker.v1.ReencryptCredentialsRequest
+	5,  // 22: tokenbroker.v1.AdminService.PutCredential:output_type -> tokenbroker.v1.PutCredentialResponse
+	7,  // 23: tokenbroker.v1.AdminService.GetCredential:output_type -> tokenbroker.v1.GetCredentialResponse
+	9,  // 24: tokenbroker.v1.AdminService.ListCredentials:output_type -> tokenbroker.v1.ListCredentialsResponse
+	11, // 25: tokenbroker.v1.AdminService.DeleteCredential:output_type -> tokenbroker.v1.DeleteCredentialResponse
+	13, // 26: tokenbroker.v1.AdminService.RefreshCredential:output_type -> tokenbroker.v1.RefreshCredentialResponse
+	15, // 27: tokenbroker.v1.AdminService.ReencryptCredentials:output_type -> tokenbroker.v1.ReencryptCredentialsResponse
+	22, // [22:28] is the sub-list for method output_type
+	16, // [16:22] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }

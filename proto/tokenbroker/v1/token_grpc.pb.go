@@ -36,9 +36,9 @@ const (
 // single refresh at the identity provider (IdP), across all broker replicas.
 //
 // Failures carry a google.rpc.ErrorInfo detail (domain "tokenbroker.dev")
-// whose reason is stable: CREDENTIAL_NOT_FOUND, REAUTH_REQUIRED,
-// IDP_UNAVAILABLE, LOCK_TIMEOUT, STORE_UNAVAILABLE, RATE_LIMITED,
-// INVALID_ARGUMENT, MIN_VALID_TOO_LONG, UNAUTHENTICATED, PERMISSION_DENIED.
+// whose reason is stable: one of the names of ErrorReasonEnum.ErrorReason
+// (error_reason.proto), such as CREDENTIAL_NOT_FOUND, REAUTH_REQUIRED,
+// REFRESH_OUTCOME_UNKNOWN, IDP_UNAVAILABLE, LOCK_TIMEOUT or RATE_LIMITED.
 // Retryable failures (UNAVAILABLE, RESOURCE_EXHAUSTED) may also carry a
 // google.rpc.RetryInfo with the delay to wait.
 type TokenServiceClient interface {
@@ -92,9 +92,9 @@ func (c *tokenServiceClient) InvalidateToken(ctx context.Context, in *Invalidate
 // single refresh at the identity provider (IdP), across all broker replicas.
 //
 // Failures carry a google.rpc.ErrorInfo detail (domain "tokenbroker.dev")
-// whose reason is stable: CREDENTIAL_NOT_FOUND, REAUTH_REQUIRED,
-// IDP_UNAVAILABLE, LOCK_TIMEOUT, STORE_UNAVAILABLE, RATE_LIMITED,
-// INVALID_ARGUMENT, MIN_VALID_TOO_LONG, UNAUTHENTICATED, PERMISSION_DENIED.
+// whose reason is stable: one of the names of ErrorReasonEnum.ErrorReason
+// (error_reason.proto), such as CREDENTIAL_NOT_FOUND, REAUTH_REQUIRED,
+// REFRESH_OUTCOME_UNKNOWN, IDP_UNAVAILABLE, LOCK_TIMEOUT or RATE_LIMITED.
 // Retryable failures (UNAVAILABLE, RESOURCE_EXHAUSTED) may also carry a
 // google.rpc.RetryInfo with the delay to wait.
 type TokenServiceServer interface {
