@@ -9,6 +9,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -42,7 +43,7 @@ func newEnv(t *testing.T, idpOpts fakeidp.Options) *env {
 	}
 	return &env{
 		t:     t,
-		idp:   fakeidp.NewTest(t, idpOpts),
+		idp:   fakeidptest.Start(t, idpOpts),
 		store: memstore.New(),
 		cfg: broker.Config{
 			Open:           true,

@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -192,22 +191,6 @@ func New(opts Options) *Server {
 	mux.HandleFunc(TokenPath, s.handleToken)
 	mux.HandleFunc(ResourcePath, s.handleResource)
 	s.handler = mux
-	return s
-}
-
-// NewTest returns a started Server that is closed when tb's test ends. It
-// fails the test if the server cannot start.
-func NewTest(tb testing.TB, opts Options) *Server {
-	tb.Helper()
-	s := New(opts)
-	if err := s.Start(); err != nil {
-		tb.Fatalf("fakeidp: start: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			tb.Errorf("fakeidp: close: %v", err)
-		}
-	})
 	return s
 }
 

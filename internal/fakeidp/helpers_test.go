@@ -14,6 +14,7 @@ import (
 	"golang.org/x/oauth2"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 )
 
 const (
@@ -27,7 +28,7 @@ func newIdP(t *testing.T, opts fakeidp.Options) *fakeidp.Server {
 	if opts.Clients == nil {
 		opts.Clients = map[string]string{clientID: secret}
 	}
-	return fakeidp.NewTest(t, opts)
+	return fakeidptest.Start(t, opts)
 }
 
 // httpClient returns a client of its own whose idle connections are closed
