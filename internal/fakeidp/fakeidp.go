@@ -118,6 +118,12 @@ type Options struct {
 	// RandSeed seeds the generator behind FailureRate, so a run's faults
 	// can be repeated.
 	RandSeed uint64
+	// Now, when set, is the Server's clock: it decides when access tokens
+	// expire and when a grace window ends, and stamps Event.Time. Tests
+	// that must not wait real time pass a fake clock. Latency and stalls
+	// are real time regardless. time.Now when nil. It must be safe for
+	// concurrent use.
+	Now func() time.Time
 	// OnEvent, when set, is called once for every request to /token and
 	// /resource, synchronously on the request's goroutine and before the
 	// answer (if any) is written. It must be safe for concurrent use and
@@ -129,6 +135,7 @@ type Options struct {
 // use. Create one with New.
 type Server struct {
 	addr    string
+	now     func() time.Time
 	onEvent func(Event)
 	handler http.Handler
 	done    chan struct{} // closed by Close; ends latency sleeps
@@ -167,6 +174,7 @@ type Server struct {
 func New(opts Options) *Server {
 	s := &Server{
 		addr:     opts.Addr,
+		now:      opts.Now,
 		onEvent:  opts.OnEvent,
 		done:     make(chan struct{}),
 		clients:  make(map[string][]string, len(opts.Clients)),
@@ -178,6 +186,9 @@ func New(opts Options) *Server {
 	}
 	if s.addr == "" {
 		s.addr = defaultAddr
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	for id, secret := range opts.Clients {
 		s.clients[id] = []string{secret}

@@ -122,12 +122,13 @@ func TestGraceWindowExpired(t *testing.T) {
 }
 
 func TestGraceReplayMintsFreshAccessToken(t *testing.T) {
-	s := newIdP(t, fakeidp.Options{OnReuse: fakeidp.Grace, GraceWindow: time.Hour, AccessTokenTTL: time.Millisecond})
+	clock := newClock()
+	s := newIdP(t, fakeidp.Options{OnReuse: fakeidp.Grace, GraceWindow: time.Hour, AccessTokenTTL: time.Minute, Now: clock.Now})
 	c := config(s, clientID, secret, oauth2.AuthStyleInHeader)
 	rt0 := s.Seed(clientID)
 	t1 := mustRefresh(t, c, rt0)
-	waitExpired(t, s, t1.AccessToken)
-	s.SetAccessTokenTTL(time.Hour)
+	clock.Advance(time.Minute)
+	wantLive(t, s, t1.AccessToken, false)
 
 	again := mustRefresh(t, c, rt0)
 	if again.RefreshToken != t1.RefreshToken || again.AccessToken == t1.AccessToken {
@@ -620,13 +621,19 @@ func TestResourceChallenges(t *testing.T) {
 }
 
 func TestExpiredAccessToken(t *testing.T) {
-	s := newIdP(t, fakeidp.Options{AccessTokenTTL: 20 * time.Millisecond})
+	clock := newClock()
+	s := newIdP(t, fakeidp.Options{AccessTokenTTL: 20 * time.Millisecond, Now: clock.Now})
 	r := post(t, s, refreshForm(s.Seed(clientID)), basic(clientID, secret))
 	if r.status != http.StatusOK || r.body["expires_in"] != float64(1) {
 		t.Fatalf("sub-second TTL: %d, expires_in %v", r.status, r.body["expires_in"])
 	}
 	at := r.str("access_token")
-	waitExpired(t, s, at)
+	clock.Advance(19 * time.Millisecond)
+	if r := resource(t, s, at); r.status != http.StatusOK {
+		t.Fatalf("before its exact expiry: %d", r.status)
+	}
+	clock.Advance(time.Millisecond)
+	wantLive(t, s, at, false)
 	r = resource(t, s, at)
 	if r.status != http.StatusUnauthorized || !strings.HasPrefix(r.header.Get("WWW-Authenticate"), `Bearer error="invalid_token"`) ||
 		!strings.Contains(r.str("error_description"), "expired") {

@@ -3,7 +3,6 @@ package fakeidp
 import (
 	"net/http"
 	"strings"
-	"time"
 )
 
 // resourceBody is what /resource answers to a valid access token.
@@ -18,7 +17,7 @@ type resourceBody struct {
 // in an Authorization: Bearer header (RFC 6750 section 2.1, the only form
 // accepted), 401 otherwise.
 func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) {
-	now := time.Now()
+	now := s.now()
 	ev := Event{Time: now, Path: ResourcePath, Generation: -1}
 	h := w.Header()
 	noStore(h)

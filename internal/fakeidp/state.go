@@ -120,7 +120,7 @@ func (s *Server) Lookup(token string) (info TokenInfo, ok bool) {
 			Access:           true,
 			Generation:       a.gen,
 			FamilyGeneration: a.fam.gen,
-			Live:             !a.fam.revoked && time.Now().Before(a.expiry),
+			Live:             !a.fam.revoked && s.now().Before(a.expiry),
 			Revoked:          a.fam.revoked,
 			Expiry:           a.expiry,
 			Scope:            a.scope,

@@ -80,7 +80,7 @@ func expiresIn(d time.Duration) int64 {
 // handleToken serves the token endpoint.
 func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	s.stats.tokenRequests.Add(1)
-	ev := Event{Time: time.Now(), Path: TokenPath, Generation: -1}
+	ev := Event{Time: s.now(), Path: TokenPath, Generation: -1}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		s.answer(w, &ev, tokenResponse{}, &oauthError{
@@ -270,7 +270,7 @@ func (s *Server) refreshGrant(clientID string, form url.Values, ev *Event) (toke
 	if !ok {
 		return tokenResponse{}, badRequest("invalid_scope", "The scope is malformed")
 	}
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.refresh[rt]
@@ -360,7 +360,7 @@ func (s *Server) clientCredentialsGrant(clientID string, verified bool, form url
 	if !ok {
 		return tokenResponse{}, badRequest("invalid_scope", "The scope is malformed")
 	}
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.newFamily(clientID, scope)
