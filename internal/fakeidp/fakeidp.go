@@ -61,22 +61,46 @@ func (r Rotation) String() string {
 
 // ReusePolicy is how the token endpoint answers a spent refresh token that is
 // presented again. Only Rotate spends refresh tokens.
+//
+// The grace policies accept a replay of a spent refresh token only within
+// the grace window (SetGraceWindow) that starts when the token was first
+// spent, and only while the family has not been refreshed since, that is
+// while none of the tokens that replaced it has been used: the replay of a
+// token two rotations old is always a reuse. Outside that, each falls back
+// to a refusal, as its IdP does.
 type ReusePolicy int
 
 // Reuse policies.
 const (
 	// RevokeFamily answers 400 invalid_grant and revokes the whole family:
-	// its current refresh token and every access token it issued die. The
-	// default, and what Auth0, Okta and Ory Hydra do.
+	// its live refresh tokens and every access token it issued die. The
+	// default, and what Auth0, Okta and Ory Hydra do without a grace
+	// period.
 	RevokeFamily ReusePolicy = iota
-	// Grace answers a reuse within the grace window after the rotation that
-	// spent the token with the same new pair again (a fresh access token if
-	// that one has expired meanwhile), provided the family has not rotated
-	// since. Any other reuse is handled as RevokeFamily.
+	// Grace answers a replay within the grace window with the same new
+	// pair again (a fresh access token only if that one has expired
+	// meanwhile). Outside the window it behaves as RevokeFamily.
 	Grace
 	// DexInvalidRequest answers 400 invalid_request with Dex's description
-	// ("already been claimed") and revokes nothing.
+	// ("already been claimed") and revokes nothing: Dex with
+	// reuseInterval 0.
 	DexInvalidRequest
+	// DexReuseInterval is Dex's reuseInterval (3 s by default in Dex; set
+	// the window with SetGraceWindow): a replay within the window answers
+	// the same successor refresh token with a new access token each time.
+	// Outside the window it behaves as DexInvalidRequest: 400
+	// invalid_request, nothing revoked.
+	DexReuseInterval
+	// GraceNewPair is the grace period of Okta (0 to 60 s, 30 s by
+	// default), Auth0's reuse interval and Ory Hydra's
+	// rotation_grace_period: each replay within the window mints a new
+	// pair, and the successors minted earlier from the same token stay
+	// valid too. Once one of those siblings is used, the family continues
+	// from it and the others die unused (TokenInfo.Superseded); presenting
+	// one of them then is a reuse. (Okta keeps both valid until one is
+	// used, as here; Hydra keeps all of them valid, which is more lenient.)
+	// Outside the window it behaves as RevokeFamily.
+	GraceNewPair
 )
 
 func (p ReusePolicy) String() string {
@@ -87,6 +111,10 @@ func (p ReusePolicy) String() string {
 		return "grace"
 	case DexInvalidRequest:
 		return "dex-invalid-request"
+	case DexReuseInterval:
+		return "dex-reuse-interval"
+	case GraceNewPair:
+		return "grace-new-pair"
 	}
 	return "unknown"
 }
@@ -107,9 +135,14 @@ type Options struct {
 	Rotation Rotation
 	// OnReuse is the initial reuse policy (RevokeFamily when zero).
 	OnReuse ReusePolicy
-	// GraceWindow is how long after a rotation the Grace policy answers a
-	// reuse of the spent token; DefaultGraceWindow when zero or negative.
+	// GraceWindow is how long after a rotation the grace policies (Grace,
+	// DexReuseInterval, GraceNewPair) accept a replay of the spent token;
+	// DefaultGraceWindow when zero or negative. See SetGraceWindow.
 	GraceWindow time.Duration
+	// RevokePreviousAccessToken makes each refresh that mints an access
+	// token revoke every access token the family issued before, as Ory
+	// Hydra v2 and Salesforce do; see SetRevokePreviousAccessToken.
+	RevokePreviousAccessToken bool
 	// Latency delays every token request; see SetLatency.
 	Latency time.Duration
 	// FailureRate is the probability in [0, 1] that a token request fails
@@ -140,15 +173,17 @@ type Server struct {
 	handler http.Handler
 	done    chan struct{} // closed by Close; ends latency sleeps
 
-	mu       sync.RWMutex // guards the token state and the grant knobs
-	clients  map[string][]string
-	refresh  map[string]*refreshEntry
-	access   map[string]*accessEntry
-	families int // families created, for IDs
-	rotation Rotation
-	onReuse  ReusePolicy
-	grace    time.Duration
-	ttl      time.Duration
+	mu               sync.RWMutex // guards the token state and the grant knobs
+	clients          map[string][]string
+	refresh          map[string]*refreshEntry
+	access           map[string]*accessEntry
+	fams             map[string]*family // by ID
+	families         int                // families created, for IDs
+	rotation         Rotation
+	onReuse          ReusePolicy
+	grace            time.Duration
+	ttl              time.Duration
+	revokePrevAccess bool
 
 	kmu         sync.Mutex // guards the fault knobs
 	latency     time.Duration
@@ -180,9 +215,12 @@ func New(opts Options) *Server {
 		clients:  make(map[string][]string, len(opts.Clients)),
 		refresh:  make(map[string]*refreshEntry),
 		access:   make(map[string]*accessEntry),
+		fams:     make(map[string]*family),
 		rotation: opts.Rotation,
 		onReuse:  opts.OnReuse,
 		rng:      rand.New(rand.NewPCG(opts.RandSeed, opts.RandSeed^0x9e3779b97f4a7c15)),
+
+		revokePrevAccess: opts.RevokePreviousAccessToken,
 	}
 	if s.addr == "" {
 		s.addr = defaultAddr
@@ -302,14 +340,31 @@ func (s *Server) SetReusePolicy(p ReusePolicy) {
 	s.mu.Unlock()
 }
 
-// SetGraceWindow sets the Grace policy's window; DefaultGraceWindow when d is
-// zero or negative.
+// SetGraceWindow sets the grace policies' window, measured on the Server's
+// clock (Options.Now) from the rotation that first spent a token; it
+// applies to every later presentation, of tokens spent before the call too.
+// DefaultGraceWindow when d is zero or negative: a window of 0 is
+// RevokeFamily or DexInvalidRequest.
 func (s *Server) SetGraceWindow(d time.Duration) {
 	if d <= 0 {
 		d = DefaultGraceWindow
 	}
 	s.mu.Lock()
 	s.grace = d
+	s.mu.Unlock()
+}
+
+// SetRevokePreviousAccessToken switches whether later refreshes revoke the
+// family's earlier access tokens. When on, every refresh grant that mints an
+// access token (grace replays that mint one included) makes each access
+// token the family issued before it answer 401 at the protected resource at
+// once, expiry notwithstanding; only the newest access token of a family
+// stays live. (Hydra revokes the access token issued with the presented
+// refresh token, which is the same token unless replays branched the
+// family.)
+func (s *Server) SetRevokePreviousAccessToken(on bool) {
+	s.mu.Lock()
+	s.revokePrevAccess = on
 	s.mu.Unlock()
 }
 

@@ -167,6 +167,24 @@ func wantNoStore(t testing.TB, r response) {
 	}
 }
 
+// recorder collects the Server's events, for Options.OnEvent.
+type recorder struct {
+	mu  sync.Mutex
+	evs []fakeidp.Event
+}
+
+func (r *recorder) add(ev fakeidp.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+}
+
+func (r *recorder) events() []fakeidp.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]fakeidp.Event(nil), r.evs...)
+}
+
 // fakeClock is a clock for Options.Now that moves only when told to.
 type fakeClock struct {
 	mu  sync.Mutex

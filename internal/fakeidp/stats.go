@@ -14,12 +14,15 @@ type Stats struct {
 	// RefreshRequests counts grant_type=refresh_token requests that reached
 	// grant processing (well formed, client authenticated, no early fault).
 	RefreshRequests int64
-	// Refreshes counts refresh grants answered with tokens, Grace replays
+	// Refreshes counts refresh grants answered with tokens, grace replays
 	// included (a lost reply still counts: the grant happened).
 	Refreshes int64
 	// Reuses counts spent refresh tokens presented again, whatever the
-	// policy answered.
+	// policy answered: every spent-token presentation. Reuses minus
+	// GraceReplays were refused. FamilyStats has the same per family.
 	Reuses int64
+	// GraceReplays counts the Reuses accepted within a grace window.
+	GraceReplays int64
 	// Revocations counts families revoked (by a reuse or by Revoke).
 	Revocations int64
 	// ClientCredentials counts client_credentials grants answered with a
@@ -36,15 +39,15 @@ type Stats struct {
 }
 
 type counters struct {
-	tokenRequests, refreshRequests, refreshes, reuses, revocations atomic.Int64
-	clientCredentials, invalidClient, faults                       atomic.Int64
-	resourceOK, resource401                                        atomic.Int64
+	tokenRequests, refreshRequests, refreshes, reuses, graceReplays atomic.Int64
+	revocations, clientCredentials, invalidClient, faults           atomic.Int64
+	resourceOK, resource401                                         atomic.Int64
 }
 
 func (c *counters) all() []*atomic.Int64 {
 	return []*atomic.Int64{
-		&c.tokenRequests, &c.refreshRequests, &c.refreshes, &c.reuses, &c.revocations,
-		&c.clientCredentials, &c.invalidClient, &c.faults, &c.resourceOK, &c.resource401,
+		&c.tokenRequests, &c.refreshRequests, &c.refreshes, &c.reuses, &c.graceReplays,
+		&c.revocations, &c.clientCredentials, &c.invalidClient, &c.faults, &c.resourceOK, &c.resource401,
 	}
 }
 
@@ -57,6 +60,7 @@ func (s *Server) Stats() Stats {
 		RefreshRequests:   c.refreshRequests.Load(),
 		Refreshes:         c.refreshes.Load(),
 		Reuses:            c.reuses.Load(),
+		GraceReplays:      c.graceReplays.Load(),
 		Revocations:       c.revocations.Load(),
 		ClientCredentials: c.clientCredentials.Load(),
 		InvalidClient:     c.invalidClient.Load(),
@@ -66,10 +70,15 @@ func (s *Server) Stats() Stats {
 	}
 }
 
-// ResetStats sets every counter to zero.
+// ResetStats sets every counter to zero, the families' too.
 func (s *Server) ResetStats() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, c := range s.stats.all() {
 		c.Store(0)
+	}
+	for _, f := range s.fams {
+		f.refreshes, f.graceReplays, f.rejectedReuses = 0, 0, 0
 	}
 }
 
@@ -92,6 +101,9 @@ type Event struct {
 	Generation int
 	// Reuse is set when the presented refresh token was already spent.
 	Reuse bool
+	// GraceReplay is set, with Reuse, when the spent refresh token was
+	// accepted within a grace window.
+	GraceReplay bool
 	// Abandoned is set when the client went away, or the Server closed,
 	// while the request waited out the latency: nothing was looked at and
 	// nothing answered.

@@ -290,63 +290,124 @@ func (s *Server) refreshGrant(clientID string, form url.Values, ev *Event) (toke
 		s.stats.reuses.Add(1)
 	}
 	if f.revoked {
+		if e.spent {
+			f.rejectedReuses++
+		}
 		return tokenResponse{}, badRequest("invalid_grant", "The refresh token has been revoked")
 	}
 	if e.spent {
-		return s.reuse(e, now)
+		return s.reuse(e, reqScope, now, ev)
 	}
 
-	scope := f.scope
+	scope := strings.Join(f.scope, " ")
 	if reqScope != nil {
-		scope = reqScope
+		scope = strings.Join(reqScope, " ")
 	}
+	// Using one live refresh token of the family settles it: siblings that
+	// GraceNewPair replays minted next to this one die unused.
+	for _, h := range f.heads {
+		if h != e && !h.spent {
+			h.spent, h.superseded, h.spentAt = true, true, now
+		}
+	}
+	f.heads = f.heads[:0]
 	f.gen++
-	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now)
+	at, ttl := s.issueAccess(f, scope, now, s.revokePrevAccess)
 	resp := tokenResponse{
 		AccessToken: at,
 		TokenType:   "Bearer",
 		ExpiresIn:   expiresIn(ttl),
-		Scope:       strings.Join(scope, " "),
+		Scope:       scope,
 	}
 	switch s.rotation {
 	case NoRotation:
 		resp.RefreshToken = rt
+		f.heads = append(f.heads, e)
 	case OmitRefreshToken:
 		// No refresh_token: the client keeps the one it has.
+		f.heads = append(f.heads, e)
 	default:
-		next := newToken("rt", f.id)
-		s.refresh[next] = &refreshEntry{fam: f, gen: f.gen}
-		f.current = next
-		resp.RefreshToken = next
+		resp.RefreshToken = s.newRefresh(f)
 		e.spent, e.spentAt, e.reply = true, now, resp
 	}
-	s.stats.refreshes.Add(1)
+	s.countRefresh(f)
 	return resp, nil
 }
 
-// reuse answers a spent refresh token of a live family. Call with s.mu held.
-func (s *Server) reuse(e *refreshEntry, now time.Time) (tokenResponse, *oauthError) {
+func (s *Server) countRefresh(f *family) {
+	f.refreshes++
+	s.stats.refreshes.Add(1)
+}
+
+// reuse answers a spent refresh token of a live family, as the reuse policy
+// says. Call with s.mu held.
+func (s *Server) reuse(e *refreshEntry, reqScope []string, now time.Time, ev *Event) (tokenResponse, *oauthError) {
 	f := e.fam
+	// A replay is possible only within the window after the rotation that
+	// spent e, and only while the family has not been refreshed since.
+	inWindow := !e.superseded && f.gen == e.gen+1 && now.Sub(e.spentAt) <= s.grace
+	var resp tokenResponse
 	switch s.onReuse {
 	case DexInvalidRequest:
-		return tokenResponse{}, badRequest("invalid_request", dexReuseDescription)
-	case Grace:
-		if now.Sub(e.spentAt) > s.grace || e.reply.RefreshToken != f.current {
-			break
+		return s.reject(e, false)
+	case Grace, DexReuseInterval:
+		if !inWindow || !s.liveRefresh(e.reply.RefreshToken) {
+			return s.reject(e, s.onReuse == Grace)
 		}
-		resp := e.reply
-		if a := s.access[resp.AccessToken]; now.Before(a.expiry) {
+		resp = e.reply
+		a := s.access[resp.AccessToken]
+		if s.onReuse == Grace && now.Before(a.expiry) && !a.superseded() {
 			resp.ExpiresIn = expiresIn(a.expiry.Sub(now))
 		} else {
-			at, ttl := s.issueAccess(f, a.scope, now)
+			// Dex mints a new access token for each replay; Grace does
+			// when the first one has expired.
+			at, ttl := s.issueAccess(f, a.scope, now, s.revokePrevAccess)
 			resp.AccessToken, resp.ExpiresIn = at, expiresIn(ttl)
 			e.reply = resp
 		}
-		s.stats.refreshes.Add(1)
-		return resp, nil
+	case GraceNewPair:
+		if !inWindow {
+			return s.reject(e, true)
+		}
+		scope := strings.Join(f.scope, " ")
+		if reqScope != nil {
+			scope = strings.Join(reqScope, " ")
+		}
+		at, ttl := s.issueAccess(f, scope, now, s.revokePrevAccess)
+		resp = tokenResponse{
+			AccessToken:  at,
+			TokenType:    "Bearer",
+			ExpiresIn:    expiresIn(ttl),
+			RefreshToken: s.newRefresh(f), // a sibling of the earlier successors
+			Scope:        scope,
+		}
+		e.reply = resp
+	default:
+		return s.reject(e, true)
 	}
-	s.revoke(f)
+	ev.GraceReplay = true
+	f.graceReplays++
+	s.stats.graceReplays.Add(1)
+	s.countRefresh(f)
+	return resp, nil
+}
+
+// reject refuses a spent refresh token: Dex's invalid_request, which revokes
+// nothing, or invalid_grant with the family revoked. Call with s.mu held.
+func (s *Server) reject(e *refreshEntry, revoke bool) (tokenResponse, *oauthError) {
+	e.fam.rejectedReuses++
+	if !revoke {
+		return tokenResponse{}, badRequest("invalid_request", dexReuseDescription)
+	}
+	s.revoke(e.fam)
 	return tokenResponse{}, badRequest("invalid_grant", "The refresh token was already used; its token family has been revoked")
+}
+
+// liveRefresh reports whether token is an unspent refresh token. Call with
+// s.mu held.
+func (s *Server) liveRefresh(token string) bool {
+	e, ok := s.refresh[token]
+	return ok && !e.spent
 }
 
 // clientCredentialsGrant serves grant_type=client_credentials (RFC 6749
@@ -365,7 +426,7 @@ func (s *Server) clientCredentialsGrant(clientID string, verified bool, form url
 	defer s.mu.Unlock()
 	f := s.newFamily(clientID, scope)
 	ev.Family = f.id
-	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now)
+	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now, false)
 	s.stats.clientCredentials.Add(1)
 	return tokenResponse{
 		AccessToken: at,
