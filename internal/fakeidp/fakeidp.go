@@ -145,6 +145,10 @@ type Options struct {
 	RevokePreviousAccessToken bool
 	// Latency delays every token request; see SetLatency.
 	Latency time.Duration
+	// DropAbandoned drops, unprocessed, a token request whose client goes
+	// away while it waits; by default it is processed anyway. See
+	// SetDropAbandoned.
+	DropAbandoned bool
 	// FailureRate is the probability in [0, 1] that a token request fails
 	// with 503; see SetFailureRate.
 	FailureRate float64
@@ -171,7 +175,7 @@ type Server struct {
 	now     func() time.Time
 	onEvent func(Event)
 	handler http.Handler
-	done    chan struct{} // closed by Close; ends latency sleeps
+	done    chan struct{} // closed by Close; ends stalls and latency sleeps
 
 	mu               sync.RWMutex // guards the token state and the grant knobs
 	clients          map[string][]string
@@ -185,15 +189,22 @@ type Server struct {
 	ttl              time.Duration
 	revokePrevAccess bool
 
-	kmu         sync.Mutex // guards the fault knobs
-	latency     time.Duration
-	failNext    int
-	failStatus  int
-	rateNext    int
-	retryAfter  time.Duration
-	loseNext    int
-	failureRate float64
-	rng         *rand.Rand
+	kmu           sync.Mutex // guards the fault knobs and the stall state
+	latency       time.Duration
+	dropAbandoned bool
+	paused        bool
+	stallNext     int
+	release       chan struct{} // closed by Resume, then replaced
+	held          int           // requests stalled now
+	heldGone      int           // of which the client has gone away
+	stallCh       chan struct{} // closed on each change of the stall state, then replaced
+	failNext      int
+	failStatus    int
+	rateNext      int
+	retryAfter    time.Duration
+	loseNext      int
+	failureRate   float64
+	rng           *rand.Rand
 
 	stats counters
 
@@ -216,6 +227,8 @@ func New(opts Options) *Server {
 		refresh:  make(map[string]*refreshEntry),
 		access:   make(map[string]*accessEntry),
 		fams:     make(map[string]*family),
+		release:  make(chan struct{}),
+		stallCh:  make(chan struct{}),
 		rotation: opts.Rotation,
 		onReuse:  opts.OnReuse,
 		rng:      rand.New(rand.NewPCG(opts.RandSeed, opts.RandSeed^0x9e3779b97f4a7c15)),
@@ -234,6 +247,7 @@ func New(opts Options) *Server {
 	s.SetAccessTokenTTL(opts.AccessTokenTTL)
 	s.SetGraceWindow(opts.GraceWindow)
 	s.SetLatency(opts.Latency)
+	s.SetDropAbandoned(opts.DropAbandoned)
 	s.SetFailureRate(opts.FailureRate)
 
 	mux := http.NewServeMux()
@@ -276,8 +290,9 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// Close stops serving: it ends pending latency sleeps, waits (a few seconds
-// at most) for requests in flight, and closes every connection. A closed
+// Close stops serving: it ends pending stalls and latency sleeps (those
+// requests are dropped unprocessed), waits (a few seconds at most) for
+// requests in flight, and closes every connection. A closed
 // Server cannot be started again. Close is idempotent.
 func (s *Server) Close() error {
 	s.lmu.Lock()

@@ -470,11 +470,11 @@ func TestRateLimitNext(t *testing.T) {
 	}
 }
 
-func TestLatencyHonoursCancel(t *testing.T) {
-	abandoned := make(chan struct{}, 1)
-	s := newIdP(t, fakeidp.Options{Latency: time.Hour, OnEvent: func(ev fakeidp.Event) {
+func TestDropAbandonedDuringLatency(t *testing.T) {
+	abandoned := make(chan fakeidp.Event, 1)
+	s := newIdP(t, fakeidp.Options{Latency: time.Hour, DropAbandoned: true, OnEvent: func(ev fakeidp.Event) {
 		if ev.Abandoned {
-			abandoned <- struct{}{}
+			abandoned <- ev
 		}
 	}})
 	c := config(s, clientID, secret, oauth2.AuthStyleInHeader)
@@ -493,13 +493,16 @@ func TestLatencyHonoursCancel(t *testing.T) {
 		t.Fatalf("got %v, want context.Canceled", err)
 	}
 	select {
-	case <-abandoned:
+	case ev := <-abandoned:
+		if !ev.ClientGone || ev.Status != 0 || ev.Stalled {
+			t.Fatalf("event %+v", ev)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the server did not abandon the request")
 	}
 	s.SetLatency(10 * time.Millisecond)
 	mustRefresh(t, c, rt) // the abandoned request spent nothing
-	if st := s.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 {
+	if st := s.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 || st.Abandoned != 1 || st.ClientGone != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }

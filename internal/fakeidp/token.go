@@ -83,7 +83,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	ev := Event{Time: s.now(), Path: TokenPath, Generation: -1}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		s.answer(w, &ev, tokenResponse{}, &oauthError{
+		s.answer(w, r, &ev, tokenResponse{}, &oauthError{
 			status: http.StatusMethodNotAllowed, code: "invalid_request",
 			desc: "The token endpoint accepts only POST",
 		})
@@ -93,13 +93,18 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	// goes away during the latency (it watches the connection only then).
 	body, oe := readBody(w, r)
 	if oe != nil {
-		s.answer(w, &ev, tokenResponse{}, oe)
+		s.answer(w, r, &ev, tokenResponse{}, oe)
 		return
 	}
-	if !s.sleep(r.Context(), s.currentLatency()) {
-		// The client went away or the Server is closing: nothing was
-		// looked at, and nothing is answered (not even an empty 200).
+	h := hold{s: s, gone: r.Context().Done()}
+	ok := h.wait()
+	ev.Stalled, ev.ClientGone = h.stalled, h.clientGone
+	if !ok {
+		// The Server is closing, or the client went away and such
+		// requests are dropped: nothing was looked at, and nothing is
+		// answered (not even an empty 200).
 		ev.Abandoned = true
+		s.stats.abandoned.Add(1)
 		s.emit(&ev)
 		dropConnection(w)
 		return
@@ -107,19 +112,19 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	if f, ok := s.takeFault(); ok {
 		s.stats.faults.Add(1)
 		ev.Fault, ev.Status = f.kind, f.status
-		s.emit(&ev)
+		s.emitToken(r, &ev)
 		writeFault(w, f)
 		return
 	}
 	form, oe := parseForm(r, body)
 	if oe != nil {
-		s.answer(w, &ev, tokenResponse{}, oe)
+		s.answer(w, r, &ev, tokenResponse{}, oe)
 		return
 	}
 	ev.GrantType = form.Get("grant_type")
 	client, verified, oe := s.authenticate(r, form, &ev)
 	if oe != nil {
-		s.answer(w, &ev, tokenResponse{}, oe)
+		s.answer(w, r, &ev, tokenResponse{}, oe)
 		return
 	}
 	var resp tokenResponse
@@ -136,28 +141,41 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	if s.takeLoseReply() {
 		s.stats.faults.Add(1)
 		ev.Fault = FaultLostReply
-		s.emit(&ev)
+		s.emitToken(r, &ev)
 		dropConnection(w)
 		return
 	}
-	s.answer(w, &ev, resp, oe)
+	s.answer(w, r, &ev, resp, oe)
 }
 
 // answer writes a token response or an error, after telling OnEvent.
-func (s *Server) answer(w http.ResponseWriter, ev *Event, resp tokenResponse, oe *oauthError) {
+func (s *Server) answer(w http.ResponseWriter, r *http.Request, ev *Event, resp tokenResponse, oe *oauthError) {
 	if oe != nil {
 		if oe.code == "invalid_client" {
 			s.stats.invalidClient.Add(1)
 		}
 		ev.Status, ev.Error = oe.status, oe.code
-		s.emit(ev)
+		s.emitToken(r, ev)
 		oe.write(w)
 		return
 	}
 	ev.Status = http.StatusOK
-	s.emit(ev)
+	s.emitToken(r, ev)
 	noStore(w.Header())
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// emitToken tells OnEvent about a token request that is about to be
+// answered (or to lose its answer), noting whether its client has gone
+// away: the answer then goes to a dead connection.
+func (s *Server) emitToken(r *http.Request, ev *Event) {
+	if !ev.ClientGone && r.Context().Err() != nil {
+		ev.ClientGone = true
+	}
+	if ev.ClientGone {
+		s.stats.clientGone.Add(1)
+	}
+	s.emit(ev)
 }
 
 // knownParams are the parameters an error description may name.
