@@ -30,7 +30,11 @@
 // secrets at once, so secret rotation can be tested.
 //
 // Fault knobs (Latency, FailNext, RateLimitNext, LoseReplyNext and a seeded
-// failure rate) make the endpoint misbehave on demand. Counters (Stats, and
+// failure rate) make the endpoint misbehave on demand. Pause and StallNext
+// freeze token requests until Resume (WaitStall tells when they are held and
+// when their clients have given up). A request whose client goes away while
+// it waits is still processed, rotation included, as real servers do, unless
+// DropAbandoned is set. Counters (Stats, and
 // FamilyStats per token family, which tells spent-token presentations that a
 // grace window accepted from those refused) and an optional per-request hook
 // (Options.OnEvent) show what happened; Lookup tells which family and

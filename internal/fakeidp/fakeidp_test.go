@@ -675,15 +675,24 @@ func TestConcurrentFamilies(t *testing.T) {
 			}
 		})
 	}
-	// Knobs and counters are touched while requests run.
+	// Knobs and counters are touched while requests run. Each round ends
+	// with settings that keep the refreshes above succeeding.
 	wg.Go(func() {
-		for range 50 {
+		for i := range 50 {
 			s.SetLatency(0)
 			s.SetGraceWindow(time.Minute)
+			s.SetReusePolicy(fakeidp.GraceNewPair)
 			s.SetReusePolicy(fakeidp.RevokeFamily)
 			s.SetRotation(fakeidp.Rotate)
+			s.SetRevokePreviousAccessToken(i%2 == 0)
+			s.SetDropAbandoned(i%2 == 0)
+			s.Pause()
+			s.StallNext(1)
+			s.Resume()
 			s.AddClientSecret("spare", "x")
 			_ = s.Stats()
+			_ = s.StallState()
+			_ = s.Families()
 		}
 	})
 	wg.Wait()
