@@ -192,12 +192,6 @@ type Server struct {
 	kmu           sync.Mutex // guards the fault knobs and the stall state
 	latency       time.Duration
 	dropAbandoned bool
-	paused        bool
-	stallNext     int
-	release       chan struct{} // closed by Resume, then replaced
-	held          int           // requests stalled now
-	heldGone      int           // of which the client has gone away
-	stallCh       chan struct{} // closed on each change of the stall state, then replaced
 	failNext      int
 	failStatus    int
 	rateNext      int
@@ -205,6 +199,13 @@ type Server struct {
 	loseNext      int
 	failureRate   float64
 	rng           *rand.Rand
+	// The stall state.
+	paused    bool
+	stallNext int
+	release   chan struct{} // closed by Resume, then replaced
+	held      int           // requests stalled now
+	heldGone  int           // of which the client has gone away
+	stallCh   chan struct{} // closed on each change of the stall state, then replaced
 
 	stats counters
 
@@ -292,8 +293,8 @@ func (s *Server) Start() error {
 
 // Close stops serving: it ends pending stalls and latency sleeps (those
 // requests are dropped unprocessed), waits (a few seconds at most) for
-// requests in flight, and closes every connection. A closed
-// Server cannot be started again. Close is idempotent.
+// requests in flight, and closes every connection. A closed Server cannot be
+// started again. Close is idempotent.
 func (s *Server) Close() error {
 	s.lmu.Lock()
 	defer s.lmu.Unlock()

@@ -90,7 +90,8 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Reading the whole body first also lets net/http notice a client that
-	// goes away during the latency (it watches the connection only then).
+	// goes away during a stall or the latency (it watches the connection
+	// only then).
 	body, oe := readBody(w, r)
 	if oe != nil {
 		s.answer(w, r, &ev, tokenResponse{}, oe)
