@@ -24,6 +24,7 @@ import (
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -203,7 +204,7 @@ func ctxFor(t *testing.T) context.Context {
 // from the fake IdP, gets a token the IdP's resource accepts, checks health
 // and reflection, and stops it with SIGTERM.
 func TestBinaryEndToEnd(t *testing.T) {
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
 	refreshToken := idp.Seed(e2eClientID)
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "demo", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
 		idp.TokenURL(), e2eClientID, e2eClientSecret, refreshToken))
@@ -397,7 +398,7 @@ func TestBinaryRedisMode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
 	seed := idp.Seed(e2eClientID)
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "shared", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
 		idp.TokenURL(), e2eClientID, e2eClientSecret, seed))

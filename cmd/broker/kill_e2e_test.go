@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
@@ -21,7 +22,7 @@ import (
 func TestBinaryReplicaKilledMidRefresh(t *testing.T) {
 	brokerBinary(t)
 	rs := redistest.Start(t, redistest.WithAppendOnly())
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "shared", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
 		idp.TokenURL(), e2eClientID, e2eClientSecret, idp.Seed(e2eClientID)))
 	args := []string{"--grpc-addr", "127.0.0.1:0", "--redis-url", rs.URL(), "--redis-prefix", "kill",

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
@@ -41,7 +42,7 @@ func (s *logSink) String() string {
 // its wiring), seeds a credential from a file, serves a token, and returns
 // nil once its context ends.
 func TestRealMain(t *testing.T) {
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{"c": "SECRET-s"}})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{"c": "SECRET-s"}})
 	rt := idp.Seed("c")
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "one", "token_url": %q, "client_id": "c", "client_secret": "SECRET-s", "refresh_token": %q}]}`, idp.TokenURL(), rt))
 

@@ -35,6 +35,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/auth/authtest"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -705,7 +706,7 @@ func TestBinaryClientRateLimit(t *testing.T) {
 	brokerBinary(t)
 	dir := t.TempDir()
 	clientsFile, keys := registry(t, dir, []string{"ops", "reader-a", "reader-b"}, nil)
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
 	// A refill of one call per 100s: the third call in a row is refused
 	// however slow the machine.
 	p := startBroker(t, []string{"--grpc-addr", "127.0.0.1:0", "--clients-file", clientsFile,

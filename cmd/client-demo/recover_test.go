@@ -14,6 +14,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/clientsdk"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 )
 
 // pickyAPI answers 200 to any bearer token but those it was told to reject,
@@ -75,7 +76,7 @@ func newPickyAPI(t *testing.T) (*pickyAPI, *httptest.Server) {
 // The broker workers' 401 is reported to the broker, which refreshes, and the
 // retry succeeds: one recovered_401.
 func TestBrokerWorkerRecovers401(t *testing.T) {
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{"c": "s"}, AccessTokenTTL: time.Hour})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{"c": "s"}, AccessTokenTTL: time.Hour})
 	r, err := startMemReplica()
 	if err != nil {
 		t.Fatal(err)
@@ -108,7 +109,7 @@ func TestBrokerWorkerRecovers401(t *testing.T) {
 
 // The naive worker refreshes on its own on a 401, and the retry succeeds.
 func TestNaiveWorkerRecovers401(t *testing.T) {
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{"c": "s"}, AccessTokenTTL: time.Hour})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{"c": "s"}, AccessTokenTTL: time.Hour})
 	conf := &oauth2.Config{ClientID: "c", ClientSecret: "s",
 		Endpoint: oauth2.Endpoint{TokenURL: idp.TokenURL(), AuthStyle: oauth2.AuthStyleInHeader}}
 	src := newNaiveSource(conf, http.DefaultClient, oauth2.Token{RefreshToken: idp.Seed("c")}, time.Second)

@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/audit"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -89,7 +90,7 @@ func newEnv(t *testing.T) *env {
 	t.Helper()
 	buf := &syncBuffer{}
 	e := &env{
-		idp:   fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{idpClientID: idpSecret}}),
+		idp:   fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{idpClientID: idpSecret}}),
 		store: memstore.New(),
 		buf:   buf,
 		log:   audit.New(slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug}))),

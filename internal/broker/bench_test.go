@@ -6,6 +6,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -46,7 +47,7 @@ func BenchmarkGetTokenCachedParallel(b *testing.B) {
 }
 
 func newBenchEnv(b *testing.B) *broker.Broker {
-	idp := fakeidp.NewTest(b, fakeidp.Options{Clients: map[string]string{testClientID: testSecret}})
+	idp := fakeidptest.Start(b, fakeidp.Options{Clients: map[string]string{testClientID: testSecret}})
 	br, err := broker.New(memstore.New(), &upstream.Client{}, broker.Config{})
 	if err != nil {
 		b.Fatal(err)

@@ -8,12 +8,13 @@ import (
 	"testing"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 )
 
 // BenchmarkRefresh measures one rotating refresh over loopback HTTP with a
 // kept-alive connection, client side included.
 func BenchmarkRefresh(b *testing.B) {
-	s := fakeidp.NewTest(b, fakeidp.Options{Clients: map[string]string{clientID: secret}})
+	s := fakeidptest.Start(b, fakeidp.Options{Clients: map[string]string{clientID: secret}})
 	client := httpClient(b)
 	rt := s.Seed(clientID)
 	b.ReportAllocs()
@@ -42,7 +43,7 @@ func BenchmarkRefresh(b *testing.B) {
 
 // BenchmarkResource measures one /resource check of a live access token.
 func BenchmarkResource(b *testing.B) {
-	s := fakeidp.NewTest(b, fakeidp.Options{Clients: map[string]string{clientID: secret}})
+	s := fakeidptest.Start(b, fakeidp.Options{Clients: map[string]string{clientID: secret}})
 	client := httpClient(b)
 	r := post(b, s, refreshForm(s.Seed(clientID)), basic(clientID, secret))
 	at := r.str("access_token")

@@ -64,3 +64,48 @@ func Example() {
 	// family revoked: true
 	// refreshes: 1 reuses: 1 revocations: 1
 }
+
+// Freeze the IdP for longer than the client waits, as a paused Dex would be:
+// the client gives up, but the IdP, resumed, still processes the request and
+// rotates, so the refresh token the client kept is spent.
+func ExampleServer_Pause() {
+	answered := make(chan fakeidp.Event, 1)
+	idp := fakeidp.New(fakeidp.Options{
+		Clients: map[string]string{"worker": "s3cret"},
+		OnEvent: func(ev fakeidp.Event) {
+			if ev.Path == fakeidp.TokenPath {
+				answered <- ev
+			}
+		},
+	})
+	if err := idp.Start(); err != nil {
+		log.Fatal(err)
+	}
+	defer idp.Close()
+	conf := &oauth2.Config{
+		ClientID:     "worker",
+		ClientSecret: "s3cret",
+		Endpoint:     oauth2.Endpoint{TokenURL: idp.TokenURL(), AuthStyle: oauth2.AuthStyleInHeader},
+	}
+	rt := idp.Seed("worker")
+
+	idp.Pause()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: rt}).Token()
+	cancel()
+	fmt.Println("client gave up:", errors.Is(err, context.DeadlineExceeded))
+
+	// Wait until the IdP has seen the client leave, then wake it.
+	if err := idp.WaitStall(context.Background(), func(st fakeidp.StallState) bool { return st.ClientGone == 1 }); err != nil {
+		log.Fatal(err)
+	}
+	idp.Resume()
+	ev := <-answered
+	fmt.Println("processed after the client left:", ev.ClientGone, ev.Status)
+	info, _ := idp.Lookup(rt)
+	fmt.Println("refresh token spent:", info.Spent)
+	// Output:
+	// client gave up: true
+	// processed after the client left: true 200
+	// refresh token spent: true
+}

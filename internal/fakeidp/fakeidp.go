@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/http"
 	"sync"
-	"testing"
 	"time"
 )
 
@@ -62,22 +61,46 @@ func (r Rotation) String() string {
 
 // ReusePolicy is how the token endpoint answers a spent refresh token that is
 // presented again. Only Rotate spends refresh tokens.
+//
+// The grace policies accept a replay of a spent refresh token only within
+// the grace window (SetGraceWindow) that starts when the token was first
+// spent, and only while the family has not been refreshed since, that is
+// while none of the tokens that replaced it has been used: the replay of a
+// token two rotations old is always a reuse. Outside that, each falls back
+// to a refusal, as its IdP does.
 type ReusePolicy int
 
 // Reuse policies.
 const (
 	// RevokeFamily answers 400 invalid_grant and revokes the whole family:
-	// its current refresh token and every access token it issued die. The
-	// default, and what Auth0, Okta and Ory Hydra do.
+	// its live refresh tokens and every access token it issued die. The
+	// default, and what Auth0, Okta and Ory Hydra do without a grace
+	// period.
 	RevokeFamily ReusePolicy = iota
-	// Grace answers a reuse within the grace window after the rotation that
-	// spent the token with the same new pair again (a fresh access token if
-	// that one has expired meanwhile), provided the family has not rotated
-	// since. Any other reuse is handled as RevokeFamily.
+	// Grace answers a replay within the grace window with the same new
+	// pair again (a fresh access token only if that one has expired
+	// meanwhile). Outside the window it behaves as RevokeFamily.
 	Grace
 	// DexInvalidRequest answers 400 invalid_request with Dex's description
-	// ("already been claimed") and revokes nothing.
+	// ("already been claimed") and revokes nothing: Dex with
+	// reuseInterval 0.
 	DexInvalidRequest
+	// DexReuseInterval is Dex's reuseInterval (3 s by default in Dex; set
+	// the window with SetGraceWindow): a replay within the window answers
+	// the same successor refresh token with a new access token each time.
+	// Outside the window it behaves as DexInvalidRequest: 400
+	// invalid_request, nothing revoked.
+	DexReuseInterval
+	// GraceNewPair is the grace period of Okta (0 to 60 s, 30 s by
+	// default), Auth0's reuse interval and Ory Hydra's
+	// rotation_grace_period: each replay within the window mints a new
+	// pair, and the successors minted earlier from the same token stay
+	// valid too. Once one of those siblings is used, the family continues
+	// from it and the others die unused (TokenInfo.Superseded); presenting
+	// one of them then is a reuse. (Okta keeps both valid until one is
+	// used, as here; Hydra keeps all of them valid, which is more lenient.)
+	// Outside the window it behaves as RevokeFamily.
+	GraceNewPair
 )
 
 func (p ReusePolicy) String() string {
@@ -88,6 +111,10 @@ func (p ReusePolicy) String() string {
 		return "grace"
 	case DexInvalidRequest:
 		return "dex-invalid-request"
+	case DexReuseInterval:
+		return "dex-reuse-interval"
+	case GraceNewPair:
+		return "grace-new-pair"
 	}
 	return "unknown"
 }
@@ -108,17 +135,32 @@ type Options struct {
 	Rotation Rotation
 	// OnReuse is the initial reuse policy (RevokeFamily when zero).
 	OnReuse ReusePolicy
-	// GraceWindow is how long after a rotation the Grace policy answers a
-	// reuse of the spent token; DefaultGraceWindow when zero or negative.
+	// GraceWindow is how long after a rotation the grace policies (Grace,
+	// DexReuseInterval, GraceNewPair) accept a replay of the spent token;
+	// DefaultGraceWindow when zero or negative. See SetGraceWindow.
 	GraceWindow time.Duration
+	// RevokePreviousAccessToken makes each refresh that mints an access
+	// token revoke every access token the family issued before, as Ory
+	// Hydra v2 and Salesforce do; see SetRevokePreviousAccessToken.
+	RevokePreviousAccessToken bool
 	// Latency delays every token request; see SetLatency.
 	Latency time.Duration
+	// DropAbandoned drops, unprocessed, a token request whose client goes
+	// away while it waits; by default it is processed anyway. See
+	// SetDropAbandoned.
+	DropAbandoned bool
 	// FailureRate is the probability in [0, 1] that a token request fails
 	// with 503; see SetFailureRate.
 	FailureRate float64
 	// RandSeed seeds the generator behind FailureRate, so a run's faults
 	// can be repeated.
 	RandSeed uint64
+	// Now, when set, is the Server's clock: it decides when access tokens
+	// expire and when a grace window ends, and stamps Event.Time. Tests
+	// that must not wait real time pass a fake clock. Latency and stalls
+	// are real time regardless. time.Now when nil. It must be safe for
+	// concurrent use.
+	Now func() time.Time
 	// OnEvent, when set, is called once for every request to /token and
 	// /resource, synchronously on the request's goroutine and before the
 	// answer (if any) is written. It must be safe for concurrent use and
@@ -130,29 +172,40 @@ type Options struct {
 // use. Create one with New.
 type Server struct {
 	addr    string
+	now     func() time.Time
 	onEvent func(Event)
 	handler http.Handler
-	done    chan struct{} // closed by Close; ends latency sleeps
+	done    chan struct{} // closed by Close; ends stalls and latency sleeps
 
-	mu       sync.RWMutex // guards the token state and the grant knobs
-	clients  map[string][]string
-	refresh  map[string]*refreshEntry
-	access   map[string]*accessEntry
-	families int // families created, for IDs
-	rotation Rotation
-	onReuse  ReusePolicy
-	grace    time.Duration
-	ttl      time.Duration
+	mu               sync.RWMutex // guards the token state and the grant knobs
+	clients          map[string][]string
+	refresh          map[string]*refreshEntry
+	access           map[string]*accessEntry
+	fams             map[string]*family // by ID
+	families         int                // families created, for IDs
+	rotation         Rotation
+	onReuse          ReusePolicy
+	grace            time.Duration
+	ttl              time.Duration
+	revokePrevAccess bool
 
-	kmu         sync.Mutex // guards the fault knobs
-	latency     time.Duration
-	failNext    int
-	failStatus  int
-	rateNext    int
-	retryAfter  time.Duration
-	loseNext    int
-	failureRate float64
-	rng         *rand.Rand
+	kmu           sync.Mutex // guards the fault knobs and the stall state
+	latency       time.Duration
+	dropAbandoned bool
+	failNext      int
+	failStatus    int
+	rateNext      int
+	retryAfter    time.Duration
+	loseNext      int
+	failureRate   float64
+	rng           *rand.Rand
+	// The stall state.
+	paused    bool
+	stallNext int
+	release   chan struct{} // closed by Resume, then replaced
+	held      int           // requests stalled now
+	heldGone  int           // of which the client has gone away
+	stallCh   chan struct{} // closed on each change of the stall state, then replaced
 
 	stats counters
 
@@ -168,17 +221,26 @@ type Server struct {
 func New(opts Options) *Server {
 	s := &Server{
 		addr:     opts.Addr,
+		now:      opts.Now,
 		onEvent:  opts.OnEvent,
 		done:     make(chan struct{}),
 		clients:  make(map[string][]string, len(opts.Clients)),
 		refresh:  make(map[string]*refreshEntry),
 		access:   make(map[string]*accessEntry),
+		fams:     make(map[string]*family),
+		release:  make(chan struct{}),
+		stallCh:  make(chan struct{}),
 		rotation: opts.Rotation,
 		onReuse:  opts.OnReuse,
 		rng:      rand.New(rand.NewPCG(opts.RandSeed, opts.RandSeed^0x9e3779b97f4a7c15)),
+
+		revokePrevAccess: opts.RevokePreviousAccessToken,
 	}
 	if s.addr == "" {
 		s.addr = defaultAddr
+	}
+	if s.now == nil {
+		s.now = time.Now
 	}
 	for id, secret := range opts.Clients {
 		s.clients[id] = []string{secret}
@@ -186,28 +248,13 @@ func New(opts Options) *Server {
 	s.SetAccessTokenTTL(opts.AccessTokenTTL)
 	s.SetGraceWindow(opts.GraceWindow)
 	s.SetLatency(opts.Latency)
+	s.SetDropAbandoned(opts.DropAbandoned)
 	s.SetFailureRate(opts.FailureRate)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc(TokenPath, s.handleToken)
 	mux.HandleFunc(ResourcePath, s.handleResource)
 	s.handler = mux
-	return s
-}
-
-// NewTest returns a started Server that is closed when tb's test ends. It
-// fails the test if the server cannot start.
-func NewTest(tb testing.TB, opts Options) *Server {
-	tb.Helper()
-	s := New(opts)
-	if err := s.Start(); err != nil {
-		tb.Fatalf("fakeidp: start: %v", err)
-	}
-	tb.Cleanup(func() {
-		if err := s.Close(); err != nil {
-			tb.Errorf("fakeidp: close: %v", err)
-		}
-	})
 	return s
 }
 
@@ -244,9 +291,10 @@ func (s *Server) Start() error {
 	return nil
 }
 
-// Close stops serving: it ends pending latency sleeps, waits (a few seconds
-// at most) for requests in flight, and closes every connection. A closed
-// Server cannot be started again. Close is idempotent.
+// Close stops serving: it ends pending stalls and latency sleeps (those
+// requests are dropped unprocessed), waits (a few seconds at most) for
+// requests in flight, and closes every connection. A closed Server cannot be
+// started again. Close is idempotent.
 func (s *Server) Close() error {
 	s.lmu.Lock()
 	defer s.lmu.Unlock()
@@ -308,14 +356,31 @@ func (s *Server) SetReusePolicy(p ReusePolicy) {
 	s.mu.Unlock()
 }
 
-// SetGraceWindow sets the Grace policy's window; DefaultGraceWindow when d is
-// zero or negative.
+// SetGraceWindow sets the grace policies' window, measured on the Server's
+// clock (Options.Now) from the rotation that first spent a token; it
+// applies to every later presentation, of tokens spent before the call too.
+// DefaultGraceWindow when d is zero or negative: a window of 0 is
+// RevokeFamily or DexInvalidRequest.
 func (s *Server) SetGraceWindow(d time.Duration) {
 	if d <= 0 {
 		d = DefaultGraceWindow
 	}
 	s.mu.Lock()
 	s.grace = d
+	s.mu.Unlock()
+}
+
+// SetRevokePreviousAccessToken switches whether later refreshes revoke the
+// family's earlier access tokens. When on, every refresh grant that mints an
+// access token (grace replays that mint one included) makes each access
+// token the family issued before it answer 401 at the protected resource at
+// once, expiry notwithstanding; only the newest access token of a family
+// stays live. (Hydra revokes the access token issued with the presented
+// refresh token, which is the same token unless replays branched the
+// family.)
+func (s *Server) SetRevokePreviousAccessToken(on bool) {
+	s.mu.Lock()
+	s.revokePrevAccess = on
 	s.mu.Unlock()
 }
 

@@ -122,12 +122,13 @@ func TestGraceWindowExpired(t *testing.T) {
 }
 
 func TestGraceReplayMintsFreshAccessToken(t *testing.T) {
-	s := newIdP(t, fakeidp.Options{OnReuse: fakeidp.Grace, GraceWindow: time.Hour, AccessTokenTTL: time.Millisecond})
+	clock := newClock()
+	s := newIdP(t, fakeidp.Options{OnReuse: fakeidp.Grace, GraceWindow: time.Hour, AccessTokenTTL: time.Minute, Now: clock.Now})
 	c := config(s, clientID, secret, oauth2.AuthStyleInHeader)
 	rt0 := s.Seed(clientID)
 	t1 := mustRefresh(t, c, rt0)
-	waitExpired(t, s, t1.AccessToken)
-	s.SetAccessTokenTTL(time.Hour)
+	clock.Advance(time.Minute)
+	wantLive(t, s, t1.AccessToken, false)
 
 	again := mustRefresh(t, c, rt0)
 	if again.RefreshToken != t1.RefreshToken || again.AccessToken == t1.AccessToken {
@@ -469,11 +470,11 @@ func TestRateLimitNext(t *testing.T) {
 	}
 }
 
-func TestLatencyHonoursCancel(t *testing.T) {
-	abandoned := make(chan struct{}, 1)
-	s := newIdP(t, fakeidp.Options{Latency: time.Hour, OnEvent: func(ev fakeidp.Event) {
+func TestDropAbandonedDuringLatency(t *testing.T) {
+	abandoned := make(chan fakeidp.Event, 1)
+	s := newIdP(t, fakeidp.Options{Latency: time.Hour, DropAbandoned: true, OnEvent: func(ev fakeidp.Event) {
 		if ev.Abandoned {
-			abandoned <- struct{}{}
+			abandoned <- ev
 		}
 	}})
 	c := config(s, clientID, secret, oauth2.AuthStyleInHeader)
@@ -492,13 +493,16 @@ func TestLatencyHonoursCancel(t *testing.T) {
 		t.Fatalf("got %v, want context.Canceled", err)
 	}
 	select {
-	case <-abandoned:
+	case ev := <-abandoned:
+		if !ev.ClientGone || ev.Status != 0 || ev.Stalled {
+			t.Fatalf("event %+v", ev)
+		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the server did not abandon the request")
 	}
 	s.SetLatency(10 * time.Millisecond)
 	mustRefresh(t, c, rt) // the abandoned request spent nothing
-	if st := s.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 {
+	if st := s.Stats(); st.RefreshRequests != 1 || st.Refreshes != 1 || st.Abandoned != 1 || st.ClientGone != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -620,13 +624,19 @@ func TestResourceChallenges(t *testing.T) {
 }
 
 func TestExpiredAccessToken(t *testing.T) {
-	s := newIdP(t, fakeidp.Options{AccessTokenTTL: 20 * time.Millisecond})
+	clock := newClock()
+	s := newIdP(t, fakeidp.Options{AccessTokenTTL: 20 * time.Millisecond, Now: clock.Now})
 	r := post(t, s, refreshForm(s.Seed(clientID)), basic(clientID, secret))
 	if r.status != http.StatusOK || r.body["expires_in"] != float64(1) {
 		t.Fatalf("sub-second TTL: %d, expires_in %v", r.status, r.body["expires_in"])
 	}
 	at := r.str("access_token")
-	waitExpired(t, s, at)
+	clock.Advance(19 * time.Millisecond)
+	if r := resource(t, s, at); r.status != http.StatusOK {
+		t.Fatalf("before its exact expiry: %d", r.status)
+	}
+	clock.Advance(time.Millisecond)
+	wantLive(t, s, at, false)
 	r = resource(t, s, at)
 	if r.status != http.StatusUnauthorized || !strings.HasPrefix(r.header.Get("WWW-Authenticate"), `Bearer error="invalid_token"`) ||
 		!strings.Contains(r.str("error_description"), "expired") {
@@ -665,15 +675,24 @@ func TestConcurrentFamilies(t *testing.T) {
 			}
 		})
 	}
-	// Knobs and counters are touched while requests run.
+	// Knobs and counters are touched while requests run. Each round ends
+	// with settings that keep the refreshes above succeeding.
 	wg.Go(func() {
-		for range 50 {
+		for i := range 50 {
 			s.SetLatency(0)
 			s.SetGraceWindow(time.Minute)
+			s.SetReusePolicy(fakeidp.GraceNewPair)
 			s.SetReusePolicy(fakeidp.RevokeFamily)
 			s.SetRotation(fakeidp.Rotate)
+			s.SetRevokePreviousAccessToken(i%2 == 0)
+			s.SetDropAbandoned(i%2 == 0)
+			s.Pause()
+			s.StallNext(1)
+			s.Resume()
 			s.AddClientSecret("spare", "x")
 			_ = s.Stats()
+			_ = s.StallState()
+			_ = s.Families()
 		}
 	})
 	wg.Wait()

@@ -24,14 +24,113 @@ const (
 	FaultLostReply Fault = "lost_reply"
 )
 
-// SetLatency makes every later token request wait d before it is looked at.
-// A request whose client goes away during the wait, or that is still waiting
-// when the Server closes, is dropped unprocessed and without an answer; its
-// Event has Abandoned set.
+// SetLatency makes every later token request wait d (real time) before it is
+// looked at, after any stall.
+//
+// A request whose client goes away while it waits (a stall, the latency) is
+// still processed once the wait is over, as a real server does: a refresh
+// rotates, and the answer is written to the dead connection; its Event has
+// ClientGone set. SetDropAbandoned switches to dropping such requests
+// unprocessed instead. A request still waiting when the Server closes is
+// always dropped unprocessed and without an answer; its Event has Abandoned
+// set.
 func (s *Server) SetLatency(d time.Duration) {
 	s.kmu.Lock()
 	s.latency = max(d, 0)
 	s.kmu.Unlock()
+}
+
+// SetDropAbandoned switches what happens to a token request whose client
+// goes away while it waits out a stall or the latency. Off (the default),
+// the request is processed anyway when the wait ends, as Dex and every real
+// server do; on, it is dropped at once, unprocessed and unanswered (Event
+// has Abandoned and ClientGone set), as a server that aborts work for a
+// departed client would. It applies to requests already waiting too.
+func (s *Server) SetDropAbandoned(on bool) {
+	s.kmu.Lock()
+	s.dropAbandoned = on
+	s.kmu.Unlock()
+}
+
+// Pause stalls every later token request, and every one arriving while
+// paused, once its body is read and before anything else happens to it,
+// until Resume: the IdP is frozen (say, SIGSTOPped) while connections are
+// accepted. A client that gives up meanwhile does not end its request (see
+// SetLatency). Requests to the protected resource are not stalled.
+func (s *Server) Pause() {
+	s.kmu.Lock()
+	s.paused = true
+	s.kmu.Unlock()
+}
+
+// StallNext stalls the next n token requests as Pause does, while later ones
+// pass. It replaces an earlier StallNext that has not run out; n <= 0
+// cancels it (requests already stalled stay so until Resume).
+func (s *Server) StallNext(n int) {
+	s.kmu.Lock()
+	s.stallNext = max(n, 0)
+	s.kmu.Unlock()
+}
+
+// Resume ends Pause and cancels a pending StallNext, and lets every stalled
+// request go on: it is then processed (after the latency) whether or not its
+// client is still there.
+func (s *Server) Resume() {
+	s.kmu.Lock()
+	s.paused, s.stallNext = false, 0
+	close(s.release)
+	s.release = make(chan struct{})
+	s.kmu.Unlock()
+}
+
+// StallState describes the stall knobs and the token requests stalled now.
+type StallState struct {
+	Paused  bool // Pause is in effect
+	Pending int  // stalls left from StallNext
+	// Held is the number of token requests stalled now.
+	Held int
+	// ClientGone is the number of the Held requests whose client has gone
+	// away meanwhile (they stay held; see SetDropAbandoned).
+	ClientGone int
+}
+
+// StallState returns the stall knobs and how many requests are held.
+func (s *Server) StallState() StallState {
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
+	return s.stallStateLocked()
+}
+
+func (s *Server) stallStateLocked() StallState {
+	return StallState{Paused: s.paused, Pending: s.stallNext, Held: s.held, ClientGone: s.heldGone}
+}
+
+// WaitStall waits until cond, called on each change of the stall state,
+// returns true, so that a test can synchronise on a request being held, or
+// on its client having given up, without sleeping. It returns ctx's error
+// if ctx ends first, and ErrClosed if the Server closes first.
+func (s *Server) WaitStall(ctx context.Context, cond func(StallState) bool) error {
+	for {
+		s.kmu.Lock()
+		st, changed := s.stallStateLocked(), s.stallCh
+		s.kmu.Unlock()
+		if cond(st) {
+			return nil
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-s.done:
+			return ErrClosed
+		}
+	}
+}
+
+// stallChanged wakes WaitStall. Call with s.kmu held.
+func (s *Server) stallChanged() {
+	close(s.stallCh)
+	s.stallCh = make(chan struct{})
 }
 
 // FailNext makes the next n token requests fail with status, which must be
@@ -116,20 +215,100 @@ func (s *Server) currentLatency() time.Duration {
 	return s.latency
 }
 
-// sleep waits d; false when ctx ended or the Server closed first.
-func (s *Server) sleep(ctx context.Context, d time.Duration) bool {
+func (s *Server) dropsAbandoned() bool {
+	s.kmu.Lock()
+	defer s.kmu.Unlock()
+	return s.dropAbandoned
+}
+
+// hold is one token request waiting out a stall and the latency.
+type hold struct {
+	s          *Server
+	gone       <-chan struct{} // the request's ctx.Done until the client left
+	stalled    bool
+	clientGone bool
+}
+
+// wait waits out a stall, if one applies, then the latency. It returns false
+// when the request is to be dropped unprocessed: the Server closed, or the
+// client went away and DropAbandoned is on (now, or when it left).
+func (h *hold) wait() bool {
+	if !h.stall() || !h.sleep(h.s.currentLatency()) {
+		return false
+	}
+	return !h.clientGone || !h.s.dropsAbandoned()
+}
+
+// left notes that the client went away; false when the request is then to
+// be dropped.
+func (h *hold) left() bool {
+	h.gone, h.clientGone = nil, true
+	return !h.s.dropsAbandoned()
+}
+
+func (h *hold) stall() bool {
+	s := h.s
+	s.kmu.Lock()
+	if !s.paused && s.stallNext == 0 {
+		s.kmu.Unlock()
+		return true
+	}
+	if !s.paused {
+		s.stallNext--
+	}
+	s.held++
+	s.stallChanged()
+	release := s.release
+	s.kmu.Unlock()
+	h.stalled = true
+	s.stats.stalled.Add(1)
+
+	counted := false // in s.heldGone
+	defer func() {
+		s.kmu.Lock()
+		s.held--
+		if counted {
+			s.heldGone--
+		}
+		s.stallChanged()
+		s.kmu.Unlock()
+	}()
+	for {
+		select {
+		case <-release:
+			return true
+		case <-s.done:
+			return false
+		case <-h.gone:
+			s.kmu.Lock()
+			s.heldGone++
+			s.stallChanged()
+			s.kmu.Unlock()
+			counted = true
+			if !h.left() {
+				return false
+			}
+		}
+	}
+}
+
+func (h *hold) sleep(d time.Duration) bool {
 	if d <= 0 {
 		return true
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	case <-s.done:
-		return false
+	for {
+		select {
+		case <-t.C:
+			return true
+		case <-h.s.done:
+			return false
+		case <-h.gone:
+			if !h.left() {
+				return false
+			}
+		}
 	}
 }
 

@@ -8,12 +8,14 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/oauth2"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 )
 
 const (
@@ -27,7 +29,7 @@ func newIdP(t *testing.T, opts fakeidp.Options) *fakeidp.Server {
 	if opts.Clients == nil {
 		opts.Clients = map[string]string{clientID: secret}
 	}
-	return fakeidp.NewTest(t, opts)
+	return fakeidptest.Start(t, opts)
 }
 
 // httpClient returns a client of its own whose idle connections are closed
@@ -165,18 +167,52 @@ func wantNoStore(t testing.TB, r response) {
 	}
 }
 
-// waitExpired waits, boundedly, until the access token has expired.
-func waitExpired(t testing.TB, s *fakeidp.Server, at string) {
+// recorder collects the Server's events, for Options.OnEvent.
+type recorder struct {
+	mu  sync.Mutex
+	evs []fakeidp.Event
+}
+
+func (r *recorder) add(ev fakeidp.Event) {
+	r.mu.Lock()
+	r.evs = append(r.evs, ev)
+	r.mu.Unlock()
+}
+
+func (r *recorder) events() []fakeidp.Event {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]fakeidp.Event(nil), r.evs...)
+}
+
+// fakeClock is a clock for Options.Now that moves only when told to.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func newClock() *fakeClock { return &fakeClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+// wantLive checks whether the Server considers token live.
+func wantLive(t testing.TB, s *fakeidp.Server, token string, live bool) {
 	t.Helper()
-	for range 1000 {
-		info, ok := s.Lookup(at)
-		if !ok {
-			t.Fatal("unknown access token")
-		}
-		if !info.Live {
-			return
-		}
-		time.Sleep(5 * time.Millisecond)
+	info, ok := s.Lookup(token)
+	if !ok {
+		t.Fatal("unknown token")
 	}
-	t.Fatal("access token did not expire")
+	if info.Live != live {
+		t.Fatalf("token live %v, want %v: %+v", info.Live, live, info)
+	}
 }

@@ -3,7 +3,6 @@ package fakeidp
 import (
 	"net/http"
 	"strings"
-	"time"
 )
 
 // resourceBody is what /resource answers to a valid access token.
@@ -16,9 +15,10 @@ type resourceBody struct {
 
 // handleResource serves the protected resource: 200 for a live access token
 // in an Authorization: Bearer header (RFC 6750 section 2.1, the only form
-// accepted), 401 otherwise.
+// accepted), 401 otherwise: for an unknown, expired or revoked token, and
+// for one that a later refresh superseded (RevokePreviousAccessToken).
 func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) {
-	now := time.Now()
+	now := s.now()
 	ev := Event{Time: now, Path: ResourcePath, Generation: -1}
 	h := w.Header()
 	noStore(h)
@@ -42,6 +42,8 @@ func (s *Server) handleResource(w http.ResponseWriter, r *http.Request) {
 		desc = "The access token is unknown"
 	case a.fam.revoked:
 		desc = "The access token was revoked"
+	case a.superseded():
+		desc = "The access token was revoked by a later refresh"
 	case !now.Before(a.expiry):
 		desc = "The access token expired"
 	default:

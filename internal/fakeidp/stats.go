@@ -14,12 +14,15 @@ type Stats struct {
 	// RefreshRequests counts grant_type=refresh_token requests that reached
 	// grant processing (well formed, client authenticated, no early fault).
 	RefreshRequests int64
-	// Refreshes counts refresh grants answered with tokens, Grace replays
+	// Refreshes counts refresh grants answered with tokens, grace replays
 	// included (a lost reply still counts: the grant happened).
 	Refreshes int64
 	// Reuses counts spent refresh tokens presented again, whatever the
-	// policy answered.
+	// policy answered: every spent-token presentation. Reuses minus
+	// GraceReplays were refused. FamilyStats has the same per family.
 	Reuses int64
+	// GraceReplays counts the Reuses accepted within a grace window.
+	GraceReplays int64
 	// Revocations counts families revoked (by a reuse or by Revoke).
 	Revocations int64
 	// ClientCredentials counts client_credentials grants answered with a
@@ -29,6 +32,15 @@ type Stats struct {
 	InvalidClient int64
 	// Faults counts injected faults: 5xx, 429 and lost replies.
 	Faults int64
+	// Stalled counts token requests that a stall (Pause, StallNext) held.
+	Stalled int64
+	// ClientGone counts token requests processed and answered although
+	// their client had gone away: the answer went to a dead connection.
+	ClientGone int64
+	// Abandoned counts token requests dropped unprocessed: the Server
+	// closed while they waited, or their client went away with
+	// DropAbandoned on.
+	Abandoned int64
 	// ResourceOK counts /resource requests answered 200.
 	ResourceOK int64
 	// Resource401 counts /resource requests answered 401.
@@ -36,15 +48,16 @@ type Stats struct {
 }
 
 type counters struct {
-	tokenRequests, refreshRequests, refreshes, reuses, revocations atomic.Int64
-	clientCredentials, invalidClient, faults                       atomic.Int64
-	resourceOK, resource401                                        atomic.Int64
+	tokenRequests, refreshRequests, refreshes, reuses, graceReplays atomic.Int64
+	revocations, clientCredentials, invalidClient, faults           atomic.Int64
+	stalled, clientGone, abandoned, resourceOK, resource401         atomic.Int64
 }
 
 func (c *counters) all() []*atomic.Int64 {
 	return []*atomic.Int64{
-		&c.tokenRequests, &c.refreshRequests, &c.refreshes, &c.reuses, &c.revocations,
-		&c.clientCredentials, &c.invalidClient, &c.faults, &c.resourceOK, &c.resource401,
+		&c.tokenRequests, &c.refreshRequests, &c.refreshes, &c.reuses, &c.graceReplays,
+		&c.revocations, &c.clientCredentials, &c.invalidClient, &c.faults,
+		&c.stalled, &c.clientGone, &c.abandoned, &c.resourceOK, &c.resource401,
 	}
 }
 
@@ -57,19 +70,28 @@ func (s *Server) Stats() Stats {
 		RefreshRequests:   c.refreshRequests.Load(),
 		Refreshes:         c.refreshes.Load(),
 		Reuses:            c.reuses.Load(),
+		GraceReplays:      c.graceReplays.Load(),
 		Revocations:       c.revocations.Load(),
 		ClientCredentials: c.clientCredentials.Load(),
 		InvalidClient:     c.invalidClient.Load(),
 		Faults:            c.faults.Load(),
+		Stalled:           c.stalled.Load(),
+		ClientGone:        c.clientGone.Load(),
+		Abandoned:         c.abandoned.Load(),
 		ResourceOK:        c.resourceOK.Load(),
 		Resource401:       c.resource401.Load(),
 	}
 }
 
-// ResetStats sets every counter to zero.
+// ResetStats sets every counter to zero, the families' too.
 func (s *Server) ResetStats() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, c := range s.stats.all() {
 		c.Store(0)
+	}
+	for _, f := range s.fams {
+		f.refreshes, f.graceReplays, f.rejectedReuses = 0, 0, 0
 	}
 }
 
@@ -92,9 +114,21 @@ type Event struct {
 	Generation int
 	// Reuse is set when the presented refresh token was already spent.
 	Reuse bool
-	// Abandoned is set when the client went away, or the Server closed,
-	// while the request waited out the latency: nothing was looked at and
-	// nothing answered.
+	// GraceReplay is set, with Reuse, when the spent refresh token was
+	// accepted within a grace window.
+	GraceReplay bool
+	// Stalled is set when a stall (Pause, StallNext) held the request.
+	Stalled bool
+	// ClientGone is set when the client had gone away before the answer
+	// was written (while the request was stalled or waited out the
+	// latency, say). Unless Abandoned is set too, the request was
+	// processed anyway, rotation included, and Status (or Fault) is what
+	// was written to the dead connection.
+	ClientGone bool
+	// Abandoned is set when the request was dropped while it waited (a
+	// stall, the latency): the Server closed, or the client went away
+	// (ClientGone) with DropAbandoned on. Nothing was looked at and nothing
+	// answered.
 	Abandoned bool
 	// Status is the HTTP status answered, 0 when nothing was answered.
 	Status int

@@ -80,26 +80,32 @@ func expiresIn(d time.Duration) int64 {
 // handleToken serves the token endpoint.
 func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	s.stats.tokenRequests.Add(1)
-	ev := Event{Time: time.Now(), Path: TokenPath, Generation: -1}
+	ev := Event{Time: s.now(), Path: TokenPath, Generation: -1}
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
-		s.answer(w, &ev, tokenResponse{}, &oauthError{
+		s.answer(w, r, &ev, tokenResponse{}, &oauthError{
 			status: http.StatusMethodNotAllowed, code: "invalid_request",
 			desc: "The token endpoint accepts only POST",
 		})
 		return
 	}
 	// Reading the whole body first also lets net/http notice a client that
-	// goes away during the latency (it watches the connection only then).
+	// goes away during a stall or the latency (it watches the connection
+	// only then).
 	body, oe := readBody(w, r)
 	if oe != nil {
-		s.answer(w, &ev, tokenResponse{}, oe)
+		s.answer(w, r, &ev, tokenResponse{}, oe)
 		return
 	}
-	if !s.sleep(r.Context(), s.currentLatency()) {
-		// The client went away or the Server is closing: nothing was
-		// looked at, and nothing is answered (not even an empty 200).
+	h := hold{s: s, gone: r.Context().Done()}
+	ok := h.wait()
+	ev.Stalled, ev.ClientGone = h.stalled, h.clientGone
+	if !ok {
+		// The Server is closing, or the client went away and such
+		// requests are dropped: nothing was looked at, and nothing is
+		// answered (not even an empty 200).
 		ev.Abandoned = true
+		s.stats.abandoned.Add(1)
 		s.emit(&ev)
 		dropConnection(w)
 		return
@@ -107,19 +113,19 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	if f, ok := s.takeFault(); ok {
 		s.stats.faults.Add(1)
 		ev.Fault, ev.Status = f.kind, f.status
-		s.emit(&ev)
+		s.emitToken(r, &ev)
 		writeFault(w, f)
 		return
 	}
 	form, oe := parseForm(r, body)
 	if oe != nil {
-		s.answer(w, &ev, tokenResponse{}, oe)
+		s.answer(w, r, &ev, tokenResponse{}, oe)
 		return
 	}
 	ev.GrantType = form.Get("grant_type")
 	client, verified, oe := s.authenticate(r, form, &ev)
 	if oe != nil {
-		s.answer(w, &ev, tokenResponse{}, oe)
+		s.answer(w, r, &ev, tokenResponse{}, oe)
 		return
 	}
 	var resp tokenResponse
@@ -136,28 +142,41 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	if s.takeLoseReply() {
 		s.stats.faults.Add(1)
 		ev.Fault = FaultLostReply
-		s.emit(&ev)
+		s.emitToken(r, &ev)
 		dropConnection(w)
 		return
 	}
-	s.answer(w, &ev, resp, oe)
+	s.answer(w, r, &ev, resp, oe)
 }
 
 // answer writes a token response or an error, after telling OnEvent.
-func (s *Server) answer(w http.ResponseWriter, ev *Event, resp tokenResponse, oe *oauthError) {
+func (s *Server) answer(w http.ResponseWriter, r *http.Request, ev *Event, resp tokenResponse, oe *oauthError) {
 	if oe != nil {
 		if oe.code == "invalid_client" {
 			s.stats.invalidClient.Add(1)
 		}
 		ev.Status, ev.Error = oe.status, oe.code
-		s.emit(ev)
+		s.emitToken(r, ev)
 		oe.write(w)
 		return
 	}
 	ev.Status = http.StatusOK
-	s.emit(ev)
+	s.emitToken(r, ev)
 	noStore(w.Header())
 	writeJSON(w, http.StatusOK, resp)
+}
+
+// emitToken tells OnEvent about a token request that is about to be
+// answered (or to lose its answer), noting whether its client has gone
+// away: the answer then goes to a dead connection.
+func (s *Server) emitToken(r *http.Request, ev *Event) {
+	if !ev.ClientGone && r.Context().Err() != nil {
+		ev.ClientGone = true
+	}
+	if ev.ClientGone {
+		s.stats.clientGone.Add(1)
+	}
+	s.emit(ev)
 }
 
 // knownParams are the parameters an error description may name.
@@ -270,7 +289,7 @@ func (s *Server) refreshGrant(clientID string, form url.Values, ev *Event) (toke
 	if !ok {
 		return tokenResponse{}, badRequest("invalid_scope", "The scope is malformed")
 	}
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	e, ok := s.refresh[rt]
@@ -290,63 +309,124 @@ func (s *Server) refreshGrant(clientID string, form url.Values, ev *Event) (toke
 		s.stats.reuses.Add(1)
 	}
 	if f.revoked {
+		if e.spent {
+			f.rejectedReuses++
+		}
 		return tokenResponse{}, badRequest("invalid_grant", "The refresh token has been revoked")
 	}
 	if e.spent {
-		return s.reuse(e, now)
+		return s.reuse(e, reqScope, now, ev)
 	}
 
-	scope := f.scope
+	scope := strings.Join(f.scope, " ")
 	if reqScope != nil {
-		scope = reqScope
+		scope = strings.Join(reqScope, " ")
 	}
+	// Using one live refresh token of the family settles it: siblings that
+	// GraceNewPair replays minted next to this one die unused.
+	for _, h := range f.heads {
+		if h != e && !h.spent {
+			h.spent, h.superseded, h.spentAt = true, true, now
+		}
+	}
+	f.heads = f.heads[:0]
 	f.gen++
-	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now)
+	at, ttl := s.issueAccess(f, scope, now, s.revokePrevAccess)
 	resp := tokenResponse{
 		AccessToken: at,
 		TokenType:   "Bearer",
 		ExpiresIn:   expiresIn(ttl),
-		Scope:       strings.Join(scope, " "),
+		Scope:       scope,
 	}
 	switch s.rotation {
 	case NoRotation:
 		resp.RefreshToken = rt
+		f.heads = append(f.heads, e)
 	case OmitRefreshToken:
 		// No refresh_token: the client keeps the one it has.
+		f.heads = append(f.heads, e)
 	default:
-		next := newToken("rt", f.id)
-		s.refresh[next] = &refreshEntry{fam: f, gen: f.gen}
-		f.current = next
-		resp.RefreshToken = next
+		resp.RefreshToken = s.newRefresh(f)
 		e.spent, e.spentAt, e.reply = true, now, resp
 	}
-	s.stats.refreshes.Add(1)
+	s.countRefresh(f)
 	return resp, nil
 }
 
-// reuse answers a spent refresh token of a live family. Call with s.mu held.
-func (s *Server) reuse(e *refreshEntry, now time.Time) (tokenResponse, *oauthError) {
+func (s *Server) countRefresh(f *family) {
+	f.refreshes++
+	s.stats.refreshes.Add(1)
+}
+
+// reuse answers a spent refresh token of a live family, as the reuse policy
+// says. Call with s.mu held.
+func (s *Server) reuse(e *refreshEntry, reqScope []string, now time.Time, ev *Event) (tokenResponse, *oauthError) {
 	f := e.fam
+	// A replay is possible only within the window after the rotation that
+	// spent e, and only while the family has not been refreshed since.
+	inWindow := !e.superseded && f.gen == e.gen+1 && now.Sub(e.spentAt) <= s.grace
+	var resp tokenResponse
 	switch s.onReuse {
 	case DexInvalidRequest:
-		return tokenResponse{}, badRequest("invalid_request", dexReuseDescription)
-	case Grace:
-		if now.Sub(e.spentAt) > s.grace || e.reply.RefreshToken != f.current {
-			break
+		return s.reject(e, false)
+	case Grace, DexReuseInterval:
+		if !inWindow || !s.liveRefresh(e.reply.RefreshToken) {
+			return s.reject(e, s.onReuse == Grace)
 		}
-		resp := e.reply
-		if a := s.access[resp.AccessToken]; now.Before(a.expiry) {
+		resp = e.reply
+		a := s.access[resp.AccessToken]
+		if s.onReuse == Grace && now.Before(a.expiry) && !a.superseded() {
 			resp.ExpiresIn = expiresIn(a.expiry.Sub(now))
 		} else {
-			at, ttl := s.issueAccess(f, a.scope, now)
+			// Dex mints a new access token for each replay; Grace does
+			// when the first one has expired.
+			at, ttl := s.issueAccess(f, a.scope, now, s.revokePrevAccess)
 			resp.AccessToken, resp.ExpiresIn = at, expiresIn(ttl)
 			e.reply = resp
 		}
-		s.stats.refreshes.Add(1)
-		return resp, nil
+	case GraceNewPair:
+		if !inWindow {
+			return s.reject(e, true)
+		}
+		scope := strings.Join(f.scope, " ")
+		if reqScope != nil {
+			scope = strings.Join(reqScope, " ")
+		}
+		at, ttl := s.issueAccess(f, scope, now, s.revokePrevAccess)
+		resp = tokenResponse{
+			AccessToken:  at,
+			TokenType:    "Bearer",
+			ExpiresIn:    expiresIn(ttl),
+			RefreshToken: s.newRefresh(f), // a sibling of the earlier successors
+			Scope:        scope,
+		}
+		e.reply = resp
+	default:
+		return s.reject(e, true)
 	}
-	s.revoke(f)
+	ev.GraceReplay = true
+	f.graceReplays++
+	s.stats.graceReplays.Add(1)
+	s.countRefresh(f)
+	return resp, nil
+}
+
+// reject refuses a spent refresh token: Dex's invalid_request, which revokes
+// nothing, or invalid_grant with the family revoked. Call with s.mu held.
+func (s *Server) reject(e *refreshEntry, revoke bool) (tokenResponse, *oauthError) {
+	e.fam.rejectedReuses++
+	if !revoke {
+		return tokenResponse{}, badRequest("invalid_request", dexReuseDescription)
+	}
+	s.revoke(e.fam)
 	return tokenResponse{}, badRequest("invalid_grant", "The refresh token was already used; its token family has been revoked")
+}
+
+// liveRefresh reports whether token is an unspent refresh token. Call with
+// s.mu held.
+func (s *Server) liveRefresh(token string) bool {
+	e, ok := s.refresh[token]
+	return ok && !e.spent
 }
 
 // clientCredentialsGrant serves grant_type=client_credentials (RFC 6749
@@ -360,12 +440,12 @@ func (s *Server) clientCredentialsGrant(clientID string, verified bool, form url
 	if !ok {
 		return tokenResponse{}, badRequest("invalid_scope", "The scope is malformed")
 	}
-	now := time.Now()
+	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	f := s.newFamily(clientID, scope)
 	ev.Family = f.id
-	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now)
+	at, ttl := s.issueAccess(f, strings.Join(scope, " "), now, false)
 	s.stats.clientCredentials.Add(1)
 	return tokenResponse{
 		AccessToken: at,

@@ -22,6 +22,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -62,7 +63,7 @@ func newEnv(t testing.TB, eo envOptions) *env {
 		eo.idp.Clients = map[string]string{testClientID: testClientSecret}
 	}
 	e := &env{
-		idp:    fakeidp.NewTest(t, eo.idp),
+		idp:    fakeidptest.Start(t, eo.idp),
 		store:  memstore.New(),
 		logs:   &syncBuffer{},
 		lis:    bufconn.Listen(1 << 20),

@@ -24,6 +24,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/auth/authtest"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -96,7 +97,7 @@ func newSecureEnv(t *testing.T, requireCert bool) *secureEnv {
 	t.Helper()
 	e := &secureEnv{
 		pki:  newPKI(t),
-		idp:  fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{testClientID: testClientSecret}}),
+		idp:  fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{testClientID: testClientSecret}}),
 		logs: &syncBuffer{},
 		keys: map[string]string{},
 	}

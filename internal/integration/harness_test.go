@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
@@ -84,7 +85,7 @@ func newCluster(t testing.TB, be backend, idpOpts fakeidp.Options, redisOpts ...
 	newStore, srv := be.start(t, redisOpts...)
 	return &cluster{
 		t:        t,
-		idp:      fakeidp.NewTest(t, idpOpts),
+		idp:      fakeidptest.Start(t, idpOpts),
 		redis:    srv,
 		newStore: newStore,
 		admin:    broker.NewContext(context.Background(), broker.Caller{ID: "ops", Admin: true}),

@@ -8,6 +8,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
@@ -19,7 +20,7 @@ import (
 // with a clear error and never served.
 func TestSealingKeyRotationAndTampering(t *testing.T) {
 	srv := redistest.Start(t)
-	idp := fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{clientID: secret}})
+	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{clientID: secret}})
 	keyA, _ := seal.GenerateKey()
 	keyB, _ := seal.GenerateKey()
 	admin := broker.NewContext(context.Background(), broker.Caller{ID: "ops", Admin: true})

@@ -7,6 +7,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
@@ -30,7 +31,7 @@ type env struct {
 func newEnv(t *testing.T, obs broker.Observer) *env {
 	t.Helper()
 	e := &env{
-		idp:     fakeidp.NewTest(t, fakeidp.Options{Clients: map[string]string{idpClientID: idpSecret}}),
+		idp:     fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{idpClientID: idpSecret}}),
 		store:   memstore.New(),
 		secrets: []string{idpSecret},
 	}
