@@ -428,7 +428,8 @@ func TestLostReplyAfterRotation(t *testing.T) {
 		want     error
 		requests int64 // refresh requests the IdP saw
 	}{
-		{"grace 3s, Dex answers the replay", fakeidp.Grace, 3 * time.Second, nil, 2},
+		{"grace 3s, Dex answers the replay with the same successor", fakeidp.DexReuseInterval, 3 * time.Second, nil, 2},
+		{"grace 3s, Okta answers the replay with a new pair", fakeidp.GraceNewPair, 3 * time.Second, nil, 2},
 		{"grace 0, strict IdP", fakeidp.RevokeFamily, 0, broker.ErrOutcomeUnknown, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -170,5 +170,8 @@ func validateCredential(c *Credential, refreshToken string, isNew bool) error {
 			return err
 		}
 	}
+	if err := validateDuration("credential.reuse_grace", c.ReuseGrace); err != nil {
+		return err
+	}
 	return validateDuration("credential.refresh_ahead", c.RefreshAhead)
 }
