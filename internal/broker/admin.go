@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"net/url"
+	"strings"
 	"time"
 )
 
@@ -50,8 +52,8 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return nil, storeErr(c.ID, err)
 	}
-	if seedOnly && cur != nil && c.GrantType == cur.GrantType {
-		refreshToken = ""
+	if seedOnly && cur != nil && c.GrantType == cur.GrantType && sameOrigin(cur.TokenURL, c.TokenURL) {
+		refreshToken = "" // the file's refresh token was spent long ago
 	}
 	if cur != nil && cur.Pending != nil && refreshToken == "" {
 		// A refresh's outcome is on its way to the record: a write now
@@ -63,7 +65,10 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 		return nil, &Error{Kind: ErrLockTimeout, CredentialID: c.ID, RetryAfter: b.cfg.PollInterval,
 			Detail: "a refresh of the credential is being stored; try again"}
 	}
-	if err := validateCredential(&c, refreshToken, cur == nil); err != nil {
+	if err := validateCredential(&c, refreshToken, cur == nil || cur.GrantType != c.GrantType); err != nil {
+		return nil, err
+	}
+	if err := checkSecretsFollow(cur, &c, refreshToken); err != nil {
 		return nil, err
 	}
 	now := time.Now()
@@ -88,7 +93,7 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 		next.LastError, next.LastErrorAt = "", time.Time{}
 		next.Failures, next.NextAttemptAt = 0, time.Time{}
 	}
-	epoch := b.epoch(c.ID)
+	m := b.mark(c.ID)
 	gen, err := b.store.Commit(ctx, lease, next)
 	if err != nil {
 		if errors.Is(err, ErrConflict) || errors.Is(err, ErrLockLost) {
@@ -97,8 +102,34 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 		return nil, storeErr(c.ID, err)
 	}
 	next.Generation = gen
-	b.fill(next, epoch)
+	b.fill(next, m)
 	return next, nil
+}
+
+// checkSecretsFollow refuses a change of an existing credential's token
+// endpoint to another scheme or host that keeps the stored secrets: they
+// would be sent to whatever the new URL names. Such a change must bring
+// the client secret (if the credential has one) and, with the
+// refresh_token grant, the refresh token.
+func checkSecretsFollow(cur *Record, c *Credential, refreshToken string) error {
+	if cur == nil || sameOrigin(cur.TokenURL, c.TokenURL) {
+		return nil
+	}
+	if len(cur.ClientSecrets) > 0 && len(c.ClientSecrets) == 0 {
+		return invalidArg("credential.client_secret", "required when token_url moves to another scheme or host: the stored secret is not sent to a new host")
+	}
+	if c.GrantType == GrantRefreshToken && refreshToken == "" {
+		return invalidArg("credential.refresh_token", "required when token_url moves to another scheme or host: the stored refresh token is not sent to a new host")
+	}
+	return nil
+}
+
+// sameOrigin reports whether two token URLs share scheme and host (with
+// port).
+func sameOrigin(a, b string) bool {
+	ua, errA := url.Parse(a)
+	ub, errB := url.Parse(b)
+	return errA == nil && errB == nil && strings.EqualFold(ua.Scheme, ub.Scheme) && strings.EqualFold(ua.Host, ub.Host)
 }
 
 // GetCredential returns a credential's record. Callers must not hand its
@@ -166,7 +197,7 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err := b.store.Delete(ctx, id); err != nil {
 		return storeErr(id, err)
 	}
-	b.slotFor(id).forget()
+	b.drop(id)
 	return nil
 }
 
@@ -257,13 +288,13 @@ func (b *Broker) reseal(ctx context.Context, rs Resealer, id, primary string) (b
 	if rec.Pending != nil {
 		return false, nil // its outcome is sealed under the primary key when stored
 	}
-	epoch := b.epoch(id)
+	m := b.mark(id)
 	gen, err := b.store.Commit(ctx, lease, rec)
 	if err != nil {
 		return false, storeErr(id, err)
 	}
 	rec.Generation = gen
-	b.fill(rec, epoch)
+	b.fill(rec, m)
 	return true, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,13 @@ type Broker struct {
 
 	mu    sync.RWMutex // guards slots
 	slots map[string]*slot
+	// invalidations counts the deletes seen: a read that began when its
+	// credential had no slot fills none if one happened meanwhile.
+	invalidations atomic.Uint64
+	// resets counts the Store's Reset events: entries filled from reads
+	// that began before the last one may have missed events, and are
+	// served (while valid) but verified again.
+	resets atomic.Uint64
 
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
@@ -42,14 +50,15 @@ type Broker struct {
 	unsubscribe func()
 }
 
-// slot is the local cache of one credential. Readers load e without locking;
-// writers hold mu.
+// slot is the local cache of one credential, made once its record was read.
+// Readers load e without locking; writers hold mu.
 type slot struct {
 	e       atomic.Pointer[entry]
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
+	used    atomic.Int64            // Unix second of the last lookup, for eviction
 	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
 	gen     uint64                  // highest generation seen for the credential
-	epoch   uint64                  // bumped by deletes and resets: fills read before are void
+	epoch   uint64                  // bumped by deletes: fills read before are void
 }
 
 // entry is an immutable cached view of a record, but for triggered.
@@ -62,6 +71,10 @@ type entry struct {
 	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
 	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
+	// resets is Broker.resets when the read that made the entry began:
+	// behind it, the entry is unverified.
+	resets    uint64
+	verifying atomic.Bool // a read verifying the entry is under way
 }
 
 // reauthErr is the error for a credential whose cached state is
@@ -153,24 +166,23 @@ func (b *Broker) enter() bool {
 }
 
 // onEvent keeps the local cache coherent with the Store and wakes waiters.
+// After a Reset (events may have been missed) cached entries stay, and keep
+// serving tokens that are still valid, but each is read again on its next
+// use: a Store outage does not fail calls that a cached token can answer.
 func (b *Broker) onEvent(ev Event) {
 	if ev.Reset {
-		b.mu.RLock()
-		for _, s := range b.slots {
-			s.forget()
-		}
-		b.mu.RUnlock()
+		b.resets.Add(1)
 		b.wakeAll()
 		return
 	}
-	b.mu.RLock()
-	s := b.slots[ev.ID]
-	b.mu.RUnlock()
-	if s != nil {
-		switch {
-		case ev.Deleted:
-			s.forget()
-		case ev.Generation > 0:
+	switch {
+	case ev.Deleted:
+		b.drop(ev.ID)
+	case ev.Generation > 0:
+		b.mu.RLock()
+		s := b.slots[ev.ID]
+		b.mu.RUnlock()
+		if s != nil {
 			s.mu.Lock()
 			if ev.Generation > s.gen {
 				s.gen = ev.Generation
@@ -182,26 +194,44 @@ func (b *Broker) onEvent(ev Event) {
 	b.wake(ev.ID)
 }
 
-func (s *slot) forget() {
-	s.mu.Lock()
-	s.epoch++
-	s.gen = 0
-	s.e.Store(nil)
-	s.mu.Unlock()
+// drop forgets a deleted credential: its slot goes, and fills from reads
+// that began before are void.
+func (b *Broker) drop(id string) {
+	b.invalidations.Add(1)
+	b.mu.Lock()
+	s := b.slots[id]
+	delete(b.slots, id)
+	b.mu.Unlock()
+	if s != nil {
+		s.mu.Lock()
+		s.epoch++
+		s.gen = 0
+		s.e.Store(nil)
+		s.mu.Unlock()
+	}
 }
 
-// lookup returns the cached entry of a credential, or nil.
-func (b *Broker) lookup(id string) *entry {
+// lookup returns the slot and cached entry of a credential, or nils.
+func (b *Broker) lookup(id string) (*slot, *entry) {
 	b.mu.RLock()
 	s := b.slots[id]
 	b.mu.RUnlock()
 	if s == nil {
-		return nil
+		return nil, nil
 	}
-	return s.e.Load()
+	return s, s.e.Load()
 }
 
-// slotFor returns the slot of a credential, creating it.
+// touch records a use of s at now, for eviction, writing only once a second.
+func (s *slot) touch(now time.Time) {
+	if sec := now.Unix(); s.used.Load() != sec {
+		s.used.Store(sec)
+	}
+}
+
+// slotFor returns the slot of a credential, creating it: only for a
+// credential whose record was read. Beyond Config.MaxCached slots, the
+// least recently used of a sample is evicted first.
 func (b *Broker) slotFor(id string) *slot {
 	b.mu.RLock()
 	s := b.slots[id]
@@ -212,34 +242,115 @@ func (b *Broker) slotFor(id string) *slot {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if s = b.slots[id]; s == nil {
+		if len(b.slots) >= b.cfg.MaxCached {
+			b.evictLocked()
+		}
 		s = &slot{}
+		s.touch(time.Now())
 		b.slots[id] = s
 	}
 	return s
 }
 
-// epoch returns the credential's cache epoch, to be passed to fill for a
-// record read after this call.
-func (b *Broker) epoch(id string) uint64 {
-	s := b.slotFor(id)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.epoch
+// evictSample is how many slots eviction looks at to find an old one.
+const evictSample = 32
+
+// evictLocked drops the least recently used of a sample of slots, leaving
+// those with an attempt under way; b.mu is held. A dropped credential is
+// read again on its next use.
+func (b *Broker) evictLocked() {
+	var victim string
+	oldest := int64(1<<63 - 1)
+	n := 0
+	for id, s := range b.slots { // map order is random: a sample
+		if s.attempt.Load() == nil {
+			if u := s.used.Load(); u < oldest {
+				victim, oldest = id, u
+			}
+		}
+		if n++; n == evictSample {
+			break
+		}
+	}
+	if victim != "" {
+		delete(b.slots, victim)
+	}
 }
 
-// fill caches rec unless the cache has since seen a newer generation, a
-// delete or a reset.
-func (b *Broker) fill(rec *Record, epoch uint64) *entry {
-	s := b.slotFor(rec.ID)
+// readMark is what fill needs to know of the cache as a Store read began.
+type readMark struct {
+	s      *slot // the credential's slot then, or nil
+	epoch  uint64
+	invals uint64
+	resets uint64
+}
+
+// mark is taken before a Store read whose record is then passed to fill.
+func (b *Broker) mark(id string) readMark {
+	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load()}
+	b.mu.RLock()
+	s := b.slots[id]
+	b.mu.RUnlock()
+	if s != nil {
+		s.mu.Lock()
+		m.s, m.epoch = s, s.epoch
+		s.mu.Unlock()
+	}
+	return m
+}
+
+// fill caches rec, read after m was taken, unless the cache has since seen
+// a newer generation or a delete of the credential (or its slot was
+// evicted). It returns the entry either way.
+func (b *Broker) fill(rec *Record, m readMark) *entry {
 	e := b.newEntry(rec)
+	e.resets = m.resets
+	var s *slot
+	if m.s != nil {
+		b.mu.RLock()
+		s = b.slots[rec.ID]
+		b.mu.RUnlock()
+		if s != m.s {
+			return e
+		}
+	} else {
+		if b.invalidations.Load() != m.invals {
+			return e
+		}
+		s = b.slotFor(rec.ID)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.epoch != epoch || rec.Generation < s.gen {
+	if (m.s != nil && s.epoch != m.epoch) || rec.Generation < s.gen {
 		return e
 	}
 	s.gen = rec.Generation
 	s.e.Store(e)
 	return e
+}
+
+// verify reads a credential again in the background when its cached entry
+// may have missed events (a Reset since it was filled), at most one read at
+// a time per entry.
+func (b *Broker) verify(id string, e *entry) {
+	if e.resets == b.resets.Load() || !e.verifying.CompareAndSwap(false, true) || !b.enter() {
+		return
+	}
+	go func() {
+		defer b.wg.Done()
+		ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
+		defer cancel()
+		m := b.mark(id)
+		rec, err := b.store.Get(ctx, id)
+		switch {
+		case err == nil:
+			b.fill(rec, m)
+		case errors.Is(err, ErrNotFound):
+			b.drop(id)
+		default:
+			e.verifying.Store(false) // the Store still does not answer: a later use tries again
+		}
+	}()
 }
 
 func (b *Broker) newEntry(rec *Record) *entry {

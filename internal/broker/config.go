@@ -57,6 +57,10 @@ type Config struct {
 	// Journal, if set, keeps each refresh's outcome on local disk until it
 	// is stored, and New stores what a previous run left there.
 	Journal Journal
+	// MaxCached bounds how many credentials the Broker keeps in memory;
+	// beyond it, one not used for the longest time of a sample is dropped
+	// and read again on its next use.
+	MaxCached int // default 1<<20
 	// Observer is told about refreshes and cache hits; nil means none.
 	Observer Observer
 }
@@ -81,6 +85,9 @@ func (c *Config) setDefaults() {
 	def(&c.DefaultLifetime, time.Hour)
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
+	}
+	if c.MaxCached <= 0 {
+		c.MaxCached = 1 << 20
 	}
 	if c.ReplicaID == "" {
 		c.ReplicaID = "replica-" + randomID()

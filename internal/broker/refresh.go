@@ -89,12 +89,12 @@ func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
 			if b.attemptOf(f.id) != nil {
 				return true, errJoin
 			}
-			epoch := b.epoch(f.id)
+			m := b.mark(f.id)
 			r, err := b.store.Get(ctx, f.id)
 			if err != nil {
 				return true, storeErr(f.id, err)
 			}
-			b.fill(r, epoch)
+			b.fill(r, m)
 			rec = r
 			done, err := b.settled(r, f)
 			if done || err != nil {
@@ -555,19 +555,19 @@ var (
 func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, error) {
 	delay := 20 * time.Millisecond
 	for {
-		epoch := b.epoch(next.ID)
+		m := b.mark(next.ID)
 		gen, err := b.store.Settle(b.bg, a.p, next)
 		if err == nil {
 			stored := next.Clone()
 			stored.Generation = gen
-			b.fill(stored, epoch)
+			b.fill(stored, m)
 			return stored, nil
 		}
 		if errors.Is(err, ErrConflict) {
 			cur, gerr := b.store.Get(b.bg, next.ID)
 			switch {
 			case gerr == nil && landed(cur, next):
-				b.fill(cur, epoch)
+				b.fill(cur, m)
 				return cur, nil
 			case gerr == nil, errors.Is(gerr, ErrNotFound):
 				return nil, errSuperseded

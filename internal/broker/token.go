@@ -18,14 +18,18 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 		return Token{}, err
 	}
 	caller, _ := CallerFrom(ctx)
-	if e := b.lookup(id); e != nil {
+	if s, e := b.lookup(id); e != nil {
 		if !b.mayRead(caller, e.allowed) {
 			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
+		}
+		if e.resets != b.resets.Load() {
+			b.verify(id, e) // events may have been missed since it was read
 		}
 		if e.state == StateReauthRequired {
 			return Token{}, e.reauthErr(id)
 		}
 		now := time.Now()
+		s.touch(now)
 		if m, err := b.minValid(id, minValid, &e.token); err != nil {
 			return Token{}, err
 		} else if e.token.Valid(now, m) {
@@ -70,7 +74,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 		return Token{}, err
 	}
 	caller, _ := CallerFrom(ctx)
-	if e := b.lookup(id); e != nil && e.state == StateActive && !sameToken(e.token.AccessToken, rejected) {
+	if _, e := b.lookup(id); e != nil && e.state == StateActive && !sameToken(e.token.AccessToken, rejected) {
 		// The rejected token is already replaced: no refresh, no Store call.
 		if !b.mayRead(caller, e.allowed) {
 			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
@@ -105,15 +109,18 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 // that the caller may read it. A caller that may not read a credential
 // cannot tell whether it exists.
 func (b *Broker) load(ctx context.Context, caller Caller, id string) (*Record, error) {
-	epoch := b.epoch(id)
+	m := b.mark(id)
 	rec, err := b.store.Get(ctx, id)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) && !b.mayAdmin(caller) {
+		// A missing record, and one whose allowed clients cannot be read,
+		// look forbidden to all but admins: a caller cannot learn that a
+		// credential exists.
+		if (errors.Is(err, ErrNotFound) || errors.Is(err, ErrUnreadable)) && !b.mayAdmin(caller) {
 			return nil, &Error{Kind: ErrPermissionDenied, CredentialID: id}
 		}
 		return nil, storeErr(id, err)
 	}
-	b.fill(rec, epoch)
+	b.fill(rec, m)
 	if !b.mayRead(caller, rec.AllowedClients) {
 		return nil, &Error{Kind: ErrPermissionDenied, CredentialID: id}
 	}

@@ -139,7 +139,7 @@ func validateCredential(c *Credential, refreshToken string, isNew bool) error {
 	switch c.GrantType {
 	case GrantRefreshToken:
 		if isNew && refreshToken == "" {
-			return invalidArg("credential.refresh_token", "required for a new credential with the refresh_token grant")
+			return invalidArg("credential.refresh_token", "required for a new credential with the refresh_token grant, and when a credential switches to it")
 		}
 	case GrantClientCredentials:
 		if refreshToken != "" {
