@@ -60,9 +60,10 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 
 // InvalidateToken reports that rejected was refused by a resource server.
 // If it is still the credential's current token, the credential is
-// refreshed (rate-limited by Config.ForceInterval); in any case the current
-// token is returned if it is not the rejected one and stays valid for
-// minValid.
+// refreshed, unless a forced refresh ran less than Config.ForceInterval ago:
+// then the current token, the rejected one, is returned as it is, and the
+// caller knows that nothing newer exists. Otherwise the current token is
+// returned if it stays valid for minValid.
 func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minValid time.Duration) (Token, error) {
 	if err := ValidateID("credential_id", id); err != nil {
 		return Token{}, err
@@ -91,6 +92,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 	refreshed := false
 	if sameToken(rec.Token.AccessToken, rejected) {
 		refreshed = true
+		cur := rec
 		rec, err = b.refresh(ctx, "inv\x00"+id+"\x00"+rejected, flight{
 			id:     id,
 			caller: caller.ID,
@@ -98,6 +100,12 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 			forced: true,
 			need:   func(r *Record, _ time.Time) bool { return sameToken(r.Token.AccessToken, rejected) },
 		})
+		if errors.Is(err, ErrRateLimited) {
+			// Forced refreshes of the credential came too fast: the
+			// current token, still the rejected one, is the answer, and
+			// the caller knows nothing newer exists.
+			return b.fresh(ctx, caller, cur, minValid, false)
+		}
 		if err != nil {
 			return Token{}, err
 		}
