@@ -44,6 +44,23 @@ func (*Log) TokenServed(broker.Source) {}
 // LockWaited does nothing.
 func (*Log) LockWaited(time.Duration, bool) {}
 
+// Regressed writes one "generation regression" event at Error: the Store
+// went back to an older generation of a credential (a failover to a replica
+// that missed writes), with whether this replica repaired it.
+func (l *Log) Regressed(ev broker.RegressionEvent) {
+	attrs := []slog.Attr{
+		slog.Bool("audit", true),
+		slog.String("credential_id", ev.CredentialID),
+		slog.Uint64("seen", ev.Seen),
+		slog.Uint64("stored", ev.Stored),
+		slog.Bool("repaired", ev.Repaired),
+	}
+	if ev.Err != nil {
+		attrs = append(attrs, slog.String("error", ev.Err.Error()))
+	}
+	l.log.LogAttrs(context.Background(), slog.LevelError, "generation regression", attrs...)
+}
+
 // Refreshed writes one "refresh" event: caller (who caused it; empty for
 // background refreshes), credential_id, reason, outcome, generation (stored
 // afterwards), duration (of the IdP call) and, for a failure, error (the

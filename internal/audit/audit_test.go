@@ -234,6 +234,7 @@ type recorder struct {
 
 func (r *recorder) TokenServed(broker.Source)        { r.served.Add(1) }
 func (r *recorder) LockWaited(time.Duration, bool)   { r.waited.Add(1) }
+func (r *recorder) Regressed(broker.RegressionEvent) {}
 func (r *recorder) Refreshed(ev broker.RefreshEvent) { r.refreshed.Add(1) }
 
 func TestTee(t *testing.T) {

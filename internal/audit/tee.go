@@ -41,3 +41,9 @@ func (t tee) Refreshed(ev broker.RefreshEvent) {
 		o.Refreshed(ev)
 	}
 }
+
+func (t tee) Regressed(ev broker.RegressionEvent) {
+	for _, o := range t {
+		o.Regressed(ev)
+	}
+}

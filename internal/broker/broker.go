@@ -56,6 +56,7 @@ type slot struct {
 	e       atomic.Pointer[entry]
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
 	used    atomic.Int64            // Unix second of the last lookup, for eviction
+	settled atomic.Pointer[settled] // the last outcome this Broker stored, for repairs
 	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
 	gen     uint64                  // highest generation seen for the credential
 	epoch   uint64                  // bumped by deletes: fills read before are void
@@ -277,10 +278,19 @@ func (b *Broker) evictLocked() {
 	}
 }
 
+// settled is an outcome this Broker stored: the marker and the record it
+// settled (Generation is the one it was read at, the stored one is one
+// more).
+type settled struct {
+	p   *Pending
+	rec *Record
+}
+
 // readMark is what fill needs to know of the cache as a Store read began.
 type readMark struct {
 	s      *slot // the credential's slot then, or nil
 	epoch  uint64
+	gen    uint64 // the slot's generation then
 	invals uint64
 	resets uint64
 }
@@ -293,7 +303,7 @@ func (b *Broker) mark(id string) readMark {
 	b.mu.RUnlock()
 	if s != nil {
 		s.mu.Lock()
-		m.s, m.epoch = s, s.epoch
+		m.s, m.epoch, m.gen = s, s.epoch, s.gen
 		s.mu.Unlock()
 	}
 	return m
@@ -321,12 +331,73 @@ func (b *Broker) fill(rec *Record, m readMark) *entry {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if m.s != nil && s.epoch == m.epoch && rec.Generation < m.gen {
+		// Read after a newer generation was seen: the Store went back.
+		b.regressed(s, rec, m.gen)
+		return e
+	}
 	if (m.s != nil && s.epoch != m.epoch) || rec.Generation < s.gen {
 		return e
 	}
 	s.gen = rec.Generation
 	s.e.Store(e)
 	return e
+}
+
+// regressed reports a Store that answered with generation rec.Generation of
+// a credential after seen was seen, and writes back the outcome this Broker
+// stored if it is the one lost: fenced on the regressed record's marker, or
+// under the lease. It runs the repair in the background; s.mu is held.
+func (b *Broker) regressed(s *slot, rec *Record, seen uint64) {
+	ev := RegressionEvent{CredentialID: rec.ID, Seen: seen, Stored: rec.Generation}
+	last := s.settled.Load()
+	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation || !b.enter() {
+		b.obs.Regressed(ev)
+		return
+	}
+	go func() {
+		defer b.wg.Done()
+		ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
+		defer cancel()
+		ev.Err = b.repair(ctx, rec, last)
+		ev.Repaired = ev.Err == nil
+		b.obs.Regressed(ev)
+	}()
+}
+
+// repair writes last's record over cur, an older generation the Store went
+// back to.
+func (b *Broker) repair(ctx context.Context, cur *Record, last *settled) error {
+	next := last.rec.Clone()
+	next.Generation = cur.Generation
+	m := b.mark(cur.ID)
+	if cur.Pending != nil && cur.Pending.ID == last.p.ID && cur.Generation == last.rec.Generation {
+		gen, err := b.store.Settle(ctx, last.p, next)
+		if err == nil {
+			next.Generation = gen
+			b.fill(next, m)
+		}
+		return err
+	}
+	lease, err := b.store.TryLock(ctx, cur.ID, b.cfg.LockTTL)
+	if err != nil {
+		return err
+	}
+	defer b.release(ctx, lease)
+	fresh, err := b.store.Get(ctx, cur.ID)
+	if err != nil {
+		return err
+	}
+	if fresh.Generation >= last.rec.Generation+1 {
+		return nil // moved on meanwhile
+	}
+	next.Generation = fresh.Generation
+	gen, err := b.store.Commit(ctx, lease, next)
+	if err == nil {
+		next.Generation = gen
+		b.fill(next, m)
+	}
+	return err
 }
 
 // verify reads a credential again in the background when its cached entry

@@ -33,9 +33,10 @@ type observer struct {
 	served [3]atomic.Int64 // by broker.Source
 }
 
-func (o *observer) TokenServed(from broker.Source) { o.served[from].Add(1) }
-func (o *observer) LockWaited(time.Duration, bool) {}
-func (o *observer) Refreshed(broker.RefreshEvent)  {}
+func (o *observer) TokenServed(from broker.Source)   { o.served[from].Add(1) }
+func (o *observer) LockWaited(time.Duration, bool)   {}
+func (o *observer) Regressed(broker.RegressionEvent) {}
+func (o *observer) Refreshed(broker.RefreshEvent)    {}
 
 // env is one IdP, one Store and the Brokers (replicas) sharing them. Make it
 // inside a synctest bubble.

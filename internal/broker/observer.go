@@ -9,6 +9,7 @@ const (
 	ReasonInvalidated = "invalidated" // a caller reported the current token rejected
 	ReasonForced      = "forced"      // an operator asked for a refresh
 	ReasonJournal     = "journal"     // an outcome journaled before a restart is stored
+	ReasonRepair      = "repair"      // an outcome the Store lost in a failover is written back
 )
 
 // Refresh outcomes, as reported in RefreshEvent.Outcome.
@@ -67,6 +68,22 @@ type Observer interface {
 	// Refreshed is called after every IdP call (once its outcome is stored,
 	// for the last one of a refresh), or a call abandoned.
 	Refreshed(ev RefreshEvent)
+	// Regressed is called when the Store went back to an older generation
+	// of a credential than one already seen (a Redis failover to a replica
+	// that missed writes), after the Broker tried to repair it.
+	Regressed(ev RegressionEvent)
+}
+
+// RegressionEvent describes a credential whose stored generation went
+// backwards. It never holds a secret.
+type RegressionEvent struct {
+	CredentialID string
+	Seen         uint64 // the generation seen before
+	Stored       uint64 // the older one the Store answered with
+	// Repaired says that this Broker still held the newer outcome (it had
+	// stored it) and wrote it back.
+	Repaired bool
+	Err      error // why a repair failed, if one was tried
 }
 
 type nopObserver struct{}
@@ -74,3 +91,4 @@ type nopObserver struct{}
 func (nopObserver) TokenServed(Source)             {}
 func (nopObserver) LockWaited(time.Duration, bool) {}
 func (nopObserver) Refreshed(RefreshEvent)         {}
+func (nopObserver) Regressed(RegressionEvent)      {}

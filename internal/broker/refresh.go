@@ -558,6 +558,7 @@ func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, erro
 		m := b.mark(next.ID)
 		gen, err := b.store.Settle(b.bg, a.p, next)
 		if err == nil {
+			b.slotFor(next.ID).settled.Store(&settled{p: a.p, rec: next})
 			stored := next.Clone()
 			stored.Generation = gen
 			b.fill(stored, m)

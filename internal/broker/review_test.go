@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -11,7 +12,10 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/memstore"
 )
+
+func memstoreNew() broker.Store { return memstore.New() }
 
 // Defects found in review (issue 10), each with the test that failed before
 // its fix.
@@ -263,6 +267,131 @@ func TestStoreOutageKeepsServingValidCachedTokens(t *testing.T) {
 		tok, err := b.GetToken(ctx, "cred", 0)
 		if err != nil || tok.AccessToken == first.AccessToken || tok.AccessToken != e.stored("cred").Token.AccessToken {
 			t.Fatalf("after the outage: %v; want the token stored meanwhile", err)
+		}
+	})
+}
+
+// failoverStore is a primary and a replica that gets every write but the
+// outcomes of refreshes (Settle), as a Redis replica that lagged behind the
+// last commit; fail promotes the replica and announces a Reset, as the
+// event connection's reconnect does.
+type failoverStore struct {
+	primary, replica broker.Store
+	failed           atomic.Bool
+	subs             []func(broker.Event)
+}
+
+func (s *failoverStore) cur() broker.Store {
+	if s.failed.Load() {
+		return s.replica
+	}
+	return s.primary
+}
+
+func (s *failoverStore) Get(ctx context.Context, id string) (*broker.Record, error) {
+	return s.cur().Get(ctx, id)
+}
+
+func (s *failoverStore) TryLock(ctx context.Context, id string, ttl time.Duration) (broker.Lease, error) {
+	return s.cur().TryLock(ctx, id, ttl)
+}
+
+func (s *failoverStore) Commit(ctx context.Context, l broker.Lease, rec *broker.Record) (uint64, error) {
+	gen, err := s.cur().Commit(ctx, l, rec)
+	if err == nil && !s.failed.Load() {
+		rl, _ := s.replica.TryLock(ctx, rec.ID, time.Minute)
+		_, _ = s.replica.Commit(ctx, rl, rec)
+		_ = rl.Release(ctx)
+	}
+	return gen, err
+}
+
+func (s *failoverStore) MarkPending(ctx context.Context, l broker.Lease, rec *broker.Record, p *broker.Pending) error {
+	err := s.cur().MarkPending(ctx, l, rec, p)
+	if err == nil && !s.failed.Load() {
+		rl, _ := s.replica.TryLock(ctx, rec.ID, time.Minute)
+		_ = s.replica.MarkPending(ctx, rl, rec, p)
+		_ = rl.Release(ctx)
+	}
+	return err
+}
+
+func (s *failoverStore) Settle(ctx context.Context, p *broker.Pending, rec *broker.Record) (uint64, error) {
+	return s.cur().Settle(ctx, p, rec) // not replicated: lost in the failover
+}
+
+func (s *failoverStore) List(ctx context.Context, after string, limit int) ([]*broker.Record, error) {
+	return s.cur().List(ctx, after, limit)
+}
+
+func (s *failoverStore) Delete(ctx context.Context, id string) error { return s.cur().Delete(ctx, id) }
+
+func (s *failoverStore) Subscribe(fn func(broker.Event)) func() {
+	s.subs = append(s.subs, fn)
+	stop1, stop2 := s.primary.Subscribe(fn), s.replica.Subscribe(fn)
+	return func() { stop1(); stop2() }
+}
+
+func (s *failoverStore) fail() {
+	s.failed.Store(true)
+	for _, fn := range s.subs {
+		fn(broker.Event{Reset: true})
+	}
+}
+
+// regressions records the generation regressions a Broker reports.
+type regressions struct {
+	observer
+	mu  sync.Mutex
+	evs []broker.RegressionEvent
+}
+
+func (o *regressions) Regressed(ev broker.RegressionEvent) {
+	o.mu.Lock()
+	o.evs = append(o.evs, ev)
+	o.mu.Unlock()
+}
+
+func (o *regressions) all() []broker.RegressionEvent {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return append([]broker.RegressionEvent(nil), o.evs...)
+}
+
+// A failover to a replica that missed the last refresh's outcome sends the
+// record back to a spent refresh token. The replica that stored the outcome
+// notices the generation going back, reports it, and writes the outcome
+// back, so the next refresh presents the valid token.
+func TestGenerationRegressionIsDetectedAndRepaired(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{})
+		fs := &failoverStore{primary: e.store, replica: memstoreNew()}
+		obs := &regressions{}
+		b := e.brokerOn(fs, obs)
+		e.credential(b, "cred")
+		ctx := context.Background()
+		tok, err := b.GetToken(ctx, "cred", 0) // refreshes; the outcome reaches the primary only
+		if err != nil {
+			t.Fatal(err)
+		}
+		fs.fail()
+		if got, err := b.GetToken(ctx, "cred", 0); err != nil || got.AccessToken != tok.AccessToken {
+			t.Fatalf("right after the failover: %v; want the cached token", err)
+		}
+		synctest.Wait() // the cached entry is verified, the regression found and repaired
+		evs := obs.all()
+		if len(evs) != 1 || !evs[0].Repaired || evs[0].Seen != evs[0].Stored+1 || evs[0].Err != nil {
+			t.Fatalf("regression events %+v; want one, repaired", evs)
+		}
+		rec, err := fs.replica.Get(ctx, "cred")
+		if err != nil || rec.Token.AccessToken != tok.AccessToken || rec.Pending != nil {
+			t.Fatalf("the promoted replica holds %v (pending %v); want the repaired outcome", err, rec.Pending)
+		}
+		if _, err := b.RefreshCredential(ctx, "cred"); err != nil {
+			t.Fatalf("a refresh after the repair: %v", err)
+		}
+		if st := e.idp.Stats(); st.Reuses != 0 {
+			t.Fatalf("%d spent refresh tokens presented; want 0", st.Reuses)
 		}
 	})
 }

@@ -163,8 +163,9 @@ type observer struct {
 	refreshes []broker.RefreshEvent
 }
 
-func (o *observer) TokenServed(from broker.Source) { o.served[from].Add(1) }
-func (o *observer) LockWaited(time.Duration, bool) {}
+func (o *observer) TokenServed(from broker.Source)   { o.served[from].Add(1) }
+func (o *observer) LockWaited(time.Duration, bool)   {}
+func (o *observer) Regressed(broker.RegressionEvent) {}
 func (o *observer) Refreshed(ev broker.RefreshEvent) {
 	o.mu.Lock()
 	o.refreshes = append(o.refreshes, ev)

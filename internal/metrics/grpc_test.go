@@ -202,8 +202,9 @@ func TestNoSecretsInMetrics(t *testing.T) {
 	allowed := map[string][]string{
 		"source":        {"cache", "store", "refresh"},
 		"obtained":      {"true", "false"},
-		"reason":        {broker.ReasonExpired, broker.ReasonAhead, broker.ReasonInvalidated, broker.ReasonForced, "other"},
-		"outcome":       {broker.OutcomeOK, broker.OutcomeTransient, broker.OutcomePermanent, broker.OutcomeLost, broker.OutcomeAbandoned, "other"},
+		"reason":        {broker.ReasonExpired, broker.ReasonAhead, broker.ReasonInvalidated, broker.ReasonForced, broker.ReasonJournal, "other"},
+		"outcome":       {broker.OutcomeOK, broker.OutcomeTransient, broker.OutcomePermanent, broker.OutcomeUnknown, broker.OutcomeLost, broker.OutcomeAbandoned, "other"},
+		"repaired":      {"true", "false"},
 		"credential_id": {"cred-1", "cred-dead", "invalid"},
 		"method":        {checkMethod, watchMethod},
 		"state":         {"ACTIVE", "REAUTH_REQUIRED", "UNREADABLE", "UNSPECIFIED"},

@@ -38,8 +38,8 @@ const other = "other"
 // reasons and outcomes are the label values of refreshes, in the order of
 // the pre-resolved counters.
 var (
-	reasons  = []string{broker.ReasonExpired, broker.ReasonAhead, broker.ReasonInvalidated, broker.ReasonForced, other}
-	outcomes = []string{broker.OutcomeOK, broker.OutcomeTransient, broker.OutcomePermanent, broker.OutcomeLost, broker.OutcomeAbandoned, other}
+	reasons  = []string{broker.ReasonExpired, broker.ReasonAhead, broker.ReasonInvalidated, broker.ReasonForced, broker.ReasonJournal, other}
+	outcomes = []string{broker.OutcomeOK, broker.OutcomeTransient, broker.OutcomePermanent, broker.OutcomeUnknown, broker.OutcomeLost, broker.OutcomeAbandoned, other}
 	sources  = []broker.Source{broker.FromCache, broker.FromStore, broker.FromRefresh}
 )
 
@@ -72,6 +72,8 @@ type Metrics struct {
 
 	served    [3]prometheus.Counter  // by broker.Source
 	lockWaits [2]prometheus.Observer // by obtained: false, true
+
+	regressions [2]prometheus.Counter // by repaired: false, true
 
 	refreshes *prometheus.CounterVec
 	idp       *prometheus.HistogramVec
@@ -123,7 +125,7 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 	}
 	m.refreshes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "refreshes_total",
-		Help: "Refresh attempts, by reason (expired, ahead, invalidated, forced) and outcome (ok, transient, permanent, lost, abandoned).",
+		Help: "Refresh attempts, by reason (expired, ahead, invalidated, forced, journal) and outcome (ok, transient, permanent, unknown: the answer was lost, lost: answered but not stored, abandoned).",
 	}, refreshLabels)
 	m.idp = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "idp_request_duration_seconds",
@@ -156,10 +158,17 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 		Buckets: rpcBuckets,
 	}, []string{"method"})
 
+	regressions := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "store_generation_regressions_total",
+		Help: "Times the Store answered with an older generation of a credential than one already seen (a failover to a replica that missed writes), by whether this replica wrote the lost outcome back.",
+	}, []string{"repaired"})
+	m.regressions[0] = regressions.WithLabelValues("false")
+	m.regressions[1] = regressions.WithLabelValues("true")
+
 	m.state = newStateCollector(opts.StateInterval, opts.StateTimeout)
 
 	if reg != nil {
-		reg.MustRegister(served, lockWaits, m.refreshes, m.idp, m.requests, m.latency, m.state)
+		reg.MustRegister(served, lockWaits, m.refreshes, m.idp, m.requests, m.latency, regressions, m.state)
 	}
 	return m
 }
@@ -203,6 +212,15 @@ func (m *Metrics) Refreshed(ev broker.RefreshEvent) {
 	if observe {
 		m.idp.WithLabelValues(outcomes[o], id).Observe(ev.Duration.Seconds())
 	}
+}
+
+// Regressed counts a generation regression of the Store.
+func (m *Metrics) Regressed(ev broker.RegressionEvent) {
+	i := 0
+	if ev.Repaired {
+		i = 1
+	}
+	m.regressions[i].Inc()
 }
 
 // ForgetCredential drops the per-credential series of a deleted credential,
