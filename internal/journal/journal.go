@@ -251,10 +251,11 @@ func (j *Journal) Remove(ctx context.Context, p *broker.Pending) error {
 
 // Load returns every entry saved and not removed that can be opened, ordered
 // by credential ID, then by the time the refresh was sent, then by pending
-// ID. It removes the temporary files of Saves that a crash interrupted.
-// Entries that cannot be opened are left in place and reported by
+// ID. It removes the temporary files of Saves that a crash interrupted (best
+// effort). Entries that cannot be opened are left in place and reported by
 // Unreadable, not by Load's error, which only says that the directory could
-// not be read.
+// not be read or ctx is done: broker.New gives up on any error from Load,
+// and one bad file must not keep a replica from starting.
 func (j *Journal) Load(ctx context.Context) ([]broker.JournalEntry, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -277,10 +278,11 @@ func (j *Journal) Load(ctx context.Context) ([]broker.JournalEntry, error) {
 		name := de.Name()
 		switch {
 		case strings.HasPrefix(name, tmpPrefix) && strings.HasSuffix(name, tmpSuffix):
-			if err := os.Remove(filepath.Join(j.dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("journal: load: remove leftover %q: %w", name, err)
+			// Best effort: a leftover is harmless, and the next Load
+			// tries again.
+			if os.Remove(filepath.Join(j.dir, name)) == nil {
+				cleaned = true
 			}
-			cleaned = true
 		case strings.HasSuffix(name, suffix):
 			e, err := j.read(de)
 			if err != nil {
@@ -291,9 +293,7 @@ func (j *Journal) Load(ctx context.Context) ([]broker.JournalEntry, error) {
 		}
 	}
 	if cleaned {
-		if err := j.syncDir(); err != nil {
-			return nil, fmt.Errorf("journal: load: %w", err)
-		}
+		_ = j.syncDir() // only the cleanup's durability is at stake
 	}
 	slices.SortFunc(entries, func(a, b broker.JournalEntry) int {
 		if c := strings.Compare(a.Record.ID, b.Record.ID); c != 0 {
