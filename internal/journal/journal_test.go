@@ -307,11 +307,23 @@ func TestTruncated(t *testing.T) {
 			if err := os.WriteFile(filepath.Join(dir, "empty.entry"), nil, 0o600); err != nil {
 				t.Fatal(err)
 			}
+			if err := os.Mkdir(filepath.Join(dir, "dir.entry"), 0o700); err != nil {
+				t.Fatal(err)
+			}
 			es := mustLoad(t, j)
 			if len(es) != 1 || es[0].Pending.ID != "whole" {
 				t.Fatalf("Load: %s, want only the whole entry", show(es))
 			}
-			unreadable(t, j, nil, "cut.entry", "empty.entry")
+			unreadable(t, j, nil, "cut.entry", "empty.entry", "dir.entry")
+
+			// Once the operator moves them away, the report clears.
+			for _, n := range []string{"cut.entry", "empty.entry", "dir.entry"} {
+				if err := os.Remove(filepath.Join(dir, n)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			mustLoad(t, j)
+			unreadable(t, j, nil)
 		})
 	}
 }
