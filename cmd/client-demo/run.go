@@ -209,7 +209,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 			if err != nil {
 				return nil, err
 			}
-			d.cl.add(func() { d.warn("stopping redis-server", rs.stop()) })
+			d.cl.add(func() { d.warn("stopping redis-server", rs.Close()) })
 			url = rs.URL()
 		}
 		reps, err := startRedisReplicas(ctx, url, d.cfg.replicas)

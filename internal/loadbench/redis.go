@@ -2,8 +2,6 @@ package loadbench
 
 import (
 	"context"
-	"errors"
-	"os"
 
 	"github.com/tokenbroker/tokenbroker/internal/redisproc"
 )
@@ -18,13 +16,8 @@ type redisServer struct {
 // startRedis runs redis-server from PATH on a free 127.0.0.1 port and waits
 // until it answers PING.
 func startRedis(ctx context.Context) (*redisServer, error) {
-	dir, err := os.MkdirTemp("", "tokenbroker-bench-redis-")
+	s, err := redisproc.Start(ctx, redisproc.Options{Args: []string{"--maxmemory-policy", "noeviction"}})
 	if err != nil {
-		return nil, err
-	}
-	s, err := redisproc.Start(ctx, redisproc.Options{Dir: dir, Args: []string{"--maxmemory-policy", "noeviction"}})
-	if err != nil {
-		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	return &redisServer{s}, nil
@@ -32,6 +25,4 @@ func startRedis(ctx context.Context) (*redisServer, error) {
 
 // stop ends the server by its PID (SIGTERM, then SIGKILL) and removes its
 // directory.
-func (s *redisServer) stop() error {
-	return errors.Join(s.Stop(), os.RemoveAll(s.Dir()))
-}
+func (s *redisServer) stop() error { return s.Close() }
