@@ -196,7 +196,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 	plaintext := true
 	switch d.cfg.mode() {
 	case modeBroker:
-		r, err := startMemReplica()
+		r, err := startMemReplica(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("starting the broker: %w", err)
 		}
