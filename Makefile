@@ -75,7 +75,7 @@ FUZZ_TARGETS := \
 	internal/upstream:FuzzExchangeResponse \
 	internal/seal:FuzzOpen internal/seal:FuzzParseKeyring \
 	internal/auth:FuzzParseClients \
-	cmd/broker:FuzzParseConfig cmd/broker:FuzzCredentialsFile
+	cmd/broker:FuzzParseConfig internal/server:FuzzCredentialsFile
 FUZZTIME ?= 5s
 
 ## fuzz: run each fuzz target for FUZZTIME (CI runs them briefly).

@@ -3,13 +3,13 @@ package main
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
@@ -20,11 +20,25 @@ import (
 // token is presented twice, and that nothing stored is lost: a replacement
 // process serves the same credential.
 func TestBinaryReplicaKilledMidRefresh(t *testing.T) {
+	t.Parallel()
 	brokerBinary(t)
 	rs := redistest.Start(t, redistest.WithAppendOnly())
-	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	// The IdP behind a front that tells when a token request arrived.
+	idp := fakeidp.New(fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
+	arrived := make(chan struct{}, 1)
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == fakeidp.TokenPath {
+			select {
+			case arrived <- struct{}{}:
+			default:
+			}
+		}
+		idp.Handler().ServeHTTP(w, r)
+	}))
+	t.Cleanup(front.Close)
+	t.Cleanup(func() { _ = idp.Close() }) // first: ends the held request
 	creds := writeFile(t, fmt.Sprintf(`{"credentials": [{"id": "shared", "token_url": %q, "client_id": %q, "client_secret": %q, "refresh_token": %q}]}`,
-		idp.TokenURL(), e2eClientID, e2eClientSecret, idp.Seed(e2eClientID)))
+		front.URL+fakeidp.TokenPath, e2eClientID, e2eClientSecret, idp.Seed(e2eClientID)))
 	args := []string{"--grpc-addr", "127.0.0.1:0", "--redis-url", rs.URL(), "--redis-prefix", "kill",
 		"--allow-plaintext", "--allow-unauthenticated", "--credentials-file", creds,
 		"--refresh-timeout", "2s", "--lock-ttl", "3s", "--lock-wait", "10s"}
@@ -40,12 +54,10 @@ func TestBinaryReplicaKilledMidRefresh(t *testing.T) {
 	// Replica 0 starts the refresh; the IdP holds it.
 	idp.SetLatency(time.Minute)
 	go func() { _, _ = clients[0].GetToken(ctxFor(t), &pb.GetTokenRequest{CredentialId: "shared"}) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for idp.Stats().TokenRequests == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("replica 0 never called the IdP")
-		}
-		time.Sleep(10 * time.Millisecond)
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("replica 0 never called the IdP")
 	}
 	if err := syscall.Kill(replicas[0].cmd.Process.Pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -84,7 +96,7 @@ func TestBinaryReplicaKilledMidRefresh(t *testing.T) {
 	for t := range distinct {
 		tok = t
 	}
-	req, _ := http.NewRequest(http.MethodGet, idp.ResourceURL(), nil)
+	req, _ := http.NewRequest(http.MethodGet, front.URL+fakeidp.ResourcePath, nil)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

@@ -1,7 +1,7 @@
 // Package redisproc runs a private redis-server as a child process: bound to
-// 127.0.0.1 on a free port, in a directory of the caller's, controlled and
-// stopped by its PID. Tests use it through internal/redistest; the demo and
-// the load benchmark use it directly.
+// 127.0.0.1 on a free port, in a temporary directory of its own, controlled
+// and stopped by its PID. Tests use it through internal/redistest; the demo
+// and the load benchmark use it directly.
 package redisproc
 
 import (
@@ -32,9 +32,6 @@ var ErrNotInstalled = errors.New("redisproc: redis-server is not in PATH (on Deb
 
 // Options configure Start.
 type Options struct {
-	// Dir is the server's working directory, for its log and data files.
-	// Required; the caller owns it.
-	Dir string
 	// AppendOnly turns on the append-only file with appendfsync always, so
 	// every acknowledged write survives a kill and comes back on Restart.
 	AppendOnly bool
@@ -43,16 +40,17 @@ type Options struct {
 	Args []string
 }
 
-// Server is a redis-server child process. Its methods are safe for
-// concurrent use.
+// Server is a redis-server child process in a temporary directory that Start
+// creates and Close removes. Its methods are safe for concurrent use.
 type Server struct {
 	bin  string
 	dir  string
 	port int
 	args []string
 
-	mu   sync.Mutex
-	proc *process // nil while stopped
+	mu     sync.Mutex
+	proc   *process // nil while stopped
+	closed bool     // the directory is gone
 }
 
 // process is one run of redis-server.
@@ -61,18 +59,34 @@ type process struct {
 	exited chan struct{} // closed once Wait returned
 }
 
-// Start runs redis-server on a free 127.0.0.1 port and waits until it
-// answers PING. On Linux the server dies with the process that started it,
-// even if that process is killed before it can stop it.
+// Start creates a temporary directory, runs redis-server in it on a free
+// 127.0.0.1 port and waits until it answers PING. On Linux the server dies
+// with the process that started it, even if that process is killed before it
+// can stop it. Close the Server to stop it and remove its directory.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	if opts.Dir == "" {
-		return nil, errors.New("redisproc: Options.Dir is required")
-	}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, ErrNotInstalled
 	}
-	s := &Server{bin: bin, dir: opts.Dir}
+	dir, err := os.MkdirTemp("", "redisproc-")
+	if err != nil {
+		return nil, fmt.Errorf("redisproc: %w", err)
+	}
+	s, err := launch(ctx, bin, dir, opts)
+	if err != nil {
+		if log, _ := os.ReadFile(filepath.Join(dir, logFile)); len(log) > 0 {
+			err = fmt.Errorf("%w\nredis-server's log:\n%s", err, log)
+		}
+		_ = os.RemoveAll(dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// launch runs redis-server in dir, retrying on another port when the one it
+// picked was taken in the meantime.
+func launch(ctx context.Context, bin, dir string, opts Options) (*Server, error) {
+	s := &Server{bin: bin, dir: dir}
 	s.args = []string{
 		"--bind", "127.0.0.1",
 		"--protected-mode", "yes",
@@ -90,6 +104,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 
 	for try := 1; ; try++ {
 		_ = os.Remove(s.logPath())
+		var err error
 		if s.port, err = freePort(); err != nil {
 			return nil, err
 		}
@@ -124,7 +139,8 @@ func (s *Server) PID() int {
 
 // Stop shuts the server down with SIGTERM (after SIGCONT, since a paused
 // server cannot shut down) and waits until it exited; after StopTimeout it
-// kills it and says so. Stopping a stopped server does nothing.
+// kills it and says so. Stopping a stopped server does nothing. The
+// directory stays, for Restart.
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -143,6 +159,20 @@ func (s *Server) Stop() error {
 		<-p.exited
 		return fmt.Errorf("redisproc: redis-server (pid %d) did not stop within %v of SIGTERM; killed it", p.cmd.Process.Pid, StopTimeout)
 	}
+}
+
+// Close stops the server as Stop does, if it still runs, and removes its
+// directory with its log and data files. A closed Server cannot be
+// restarted; closing it again does nothing.
+func (s *Server) Close() error {
+	err := s.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return err
+	}
+	s.closed = true
+	return errors.Join(err, os.RemoveAll(s.dir))
 }
 
 // Kill kills the server with SIGKILL and waits until it exited.
@@ -172,6 +202,12 @@ func (s *Server) Restart(ctx context.Context) error {
 	if err := s.Stop(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("redisproc: restart of a closed server")
+	}
 	return s.start(ctx)
 }
 
@@ -184,7 +220,10 @@ func (s *Server) Log() string {
 	return string(b)
 }
 
-func (s *Server) logPath() string { return filepath.Join(s.dir, "redis.log") }
+// logFile is the name of the server's log in its directory.
+const logFile = "redis.log"
+
+func (s *Server) logPath() string { return filepath.Join(s.dir, logFile) }
 
 // start runs redis-server on s.port and waits until it answers PING.
 func (s *Server) start(ctx context.Context) error {
