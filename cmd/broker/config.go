@@ -63,7 +63,14 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"validity a returned token keeps when the caller asks for none")
 	fs.DurationVar(&c.RefreshAhead, "refresh-ahead", d.RefreshAhead,
 		"refresh in the background once a token has less than this left (at most half its lifetime)")
-	fs.DurationVar(&c.RefreshTimeout, "refresh-timeout", d.RefreshTimeout, "bound on one call to the IdP")
+	fs.DurationVar(&c.RefreshTimeout, "refresh-timeout", d.RefreshTimeout,
+		"how long callers wait for the IdP's answer before UNAVAILABLE; the answer is still read and stored for --refresh-reply-wait")
+	fs.DurationVar(&c.RefreshReplyWait, "refresh-reply-wait", d.RefreshReplyWait,
+		"hard bound on one call to the IdP: a later answer is lost and the refresh's outcome unknown; 0 means 60s (at least --refresh-timeout)")
+	fs.StringVar(&c.JournalDir, "journal-dir", d.JournalDir,
+		"directory where refreshed tokens are kept, sealed, until Redis stores them, so a killed or restarted replica still stores them; put it on a volume that outlives the process")
+	fs.StringVar(&c.ReplicaID, "replica-id", d.ReplicaID,
+		"this replica's name in the pending-refresh markers other replicas see; empty means host name and PID")
 	fs.DurationVar(&c.LockTTL, "lock-ttl", d.LockTTL,
 		"lifetime of a credential's refresh lock; must exceed --refresh-timeout; 0 means --refresh-timeout + 5s")
 	fs.DurationVar(&c.LockWait, "lock-wait", d.LockWait,

@@ -49,15 +49,19 @@ type Config struct {
 	MetricsPerCredential bool          // --metrics-per-credential: credential_id labels on the refresh metrics
 	MetricsStateInterval time.Duration // --metrics-state-interval
 
-	DefaultMinValid time.Duration // --default-min-valid
-	RefreshAhead    time.Duration // --refresh-ahead
-	RefreshTimeout  time.Duration // --refresh-timeout
-	LockTTL         time.Duration // --lock-ttl; 0: RefreshTimeout + 5s
-	LockWait        time.Duration // --lock-wait; 0: LockTTL + 5s
-	ForceInterval   time.Duration // --force-interval
+	DefaultMinValid  time.Duration // --default-min-valid
+	RefreshAhead     time.Duration // --refresh-ahead
+	RefreshTimeout   time.Duration // --refresh-timeout
+	RefreshReplyWait time.Duration // --refresh-reply-wait: hard bound on one IdP call; 0: 60s
+	LockTTL          time.Duration // --lock-ttl; 0: RefreshTimeout + 5s
+	LockWait         time.Duration // --lock-wait; 0: LockTTL + 5s
+	ForceInterval    time.Duration // --force-interval
 
 	ShutdownTimeout time.Duration // --shutdown-timeout: how long calls in flight may finish
 	MaxRecvMsgSize  int           // --max-recv-msg-size, bytes
+
+	JournalDir string // --journal-dir: refreshed tokens kept on disk until stored; empty: none
+	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
 
 	// Authenticator, when set, is the client registry, held in memory,
 	// instead of ClientsFile's: callers authenticate and are authorized as
@@ -108,10 +112,12 @@ func (c *Config) Broker() broker.Config {
 		DefaultMinValid:     c.DefaultMinValid,
 		DefaultRefreshAhead: c.RefreshAhead,
 		RefreshTimeout:      c.RefreshTimeout,
+		RefreshReplyWait:    c.RefreshReplyWait,
 		LockTTL:             c.LockTTL,
 		LockWait:            c.LockWait,
 		ForceInterval:       c.ForceInterval,
 		Open:                !c.Authenticated(),
+		ReplicaID:           c.ReplicaID,
 	}
 }
 
@@ -202,7 +208,8 @@ func (c *Config) checkTimings() error {
 		v    time.Duration
 	}{
 		{"--default-min-valid", c.DefaultMinValid}, {"--refresh-ahead", c.RefreshAhead},
-		{"--refresh-timeout", c.RefreshTimeout}, {"--lock-ttl", c.LockTTL}, {"--lock-wait", c.LockWait},
+		{"--refresh-timeout", c.RefreshTimeout}, {"--refresh-reply-wait", c.RefreshReplyWait},
+		{"--lock-ttl", c.LockTTL}, {"--lock-wait", c.LockWait},
 		{"--force-interval", c.ForceInterval}, {"--shutdown-timeout", c.ShutdownTimeout},
 	} {
 		if d.v < 0 {
@@ -214,6 +221,9 @@ func (c *Config) checkTimings() error {
 	}
 	if c.RefreshTimeout == 0 {
 		return badConfig("--refresh-timeout must be positive")
+	}
+	if c.RefreshReplyWait != 0 && c.RefreshReplyWait < c.RefreshTimeout {
+		return badConfig("--refresh-reply-wait (%s) must not be below --refresh-timeout (%s): an answer is read at least as long as callers wait for it", c.RefreshReplyWait, c.RefreshTimeout)
 	}
 	if c.LockTTL != 0 && c.LockTTL <= c.RefreshTimeout {
 		return badConfig("--lock-ttl (%s) must exceed --refresh-timeout (%s), so a refresh gives up before its lock expires", c.LockTTL, c.RefreshTimeout)
@@ -261,6 +271,9 @@ func (c *Config) checkSecurity() error {
 // echoing the URL or a key: both hold secrets.
 func (c *Config) checkRedis() error {
 	if c.DevMode() {
+		if c.JournalDir != "" {
+			return badConfig("--journal-dir needs --redis-url: dev mode keeps nothing across restarts anyway")
+		}
 		return nil
 	}
 	client, err := redisstore.NewClient(c.RedisURL)
@@ -273,6 +286,9 @@ func (c *Config) checkRedis() error {
 	}
 	if c.SealKeys == "" {
 		if !c.AllowPlaintext {
+			if c.JournalDir != "" {
+				return badConfig("--journal-dir needs --seal-keys to seal what it keeps (or --allow-plaintext)")
+			}
 			return badConfig("redis mode needs --seal-keys (or --allow-plaintext to store refresh tokens and client secrets unencrypted)")
 		}
 		return nil
