@@ -64,6 +64,10 @@ var (
 	//go:embed delete.lua
 	deleteLua    string
 	deleteScript = redis.NewScript(deleteLua)
+
+	//go:embed release.lua
+	releaseLua    string
+	releaseScript = redis.NewScript(releaseLua)
 )
 
 // Options configure a Store.
@@ -442,14 +446,13 @@ func (l *lease) Extend(ctx context.Context, ttl time.Duration) error {
 }
 
 // Release gives the lock up and announces it, so that waiters on every
-// broker try again at once. Releasing a lost lock is not an error.
+// broker try again at once, in one script on the lock's own slot. Releasing
+// a lost lock is not an error.
 func (l *lease) Release(ctx context.Context) error {
 	l.released.Store(true)
-	if err := l.lock.Release(ctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+	s := l.store
+	if err := releaseScript.Run(ctx, s.client, []string{s.lockKey(l.id)}, l.value, s.channel, "r 0 "+l.id).Err(); err != nil {
 		return fmt.Errorf("redisstore: release lock %q: %w", l.id, err)
-	}
-	if err := l.store.client.Publish(ctx, l.store.channel, "r 0 "+l.id).Err(); err != nil {
-		return fmt.Errorf("redisstore: announce release of %q: %w", l.id, err)
 	}
 	return nil
 }
