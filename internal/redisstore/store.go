@@ -11,11 +11,25 @@
 //	tokenbroker:events      Pub/Sub channel of change events
 //
 // The hash tag {ID} puts a credential's record and lock in one Cluster slot,
-// so Commit checks the lock and writes the record in one Lua script. The
-// index lives in another slot and is kept outside the scripts: Commit adds
-// the id before writing and Delete removes it after deleting, and List skips
-// ids whose record is gone. (A Delete racing a re-creation of the same id can
-// leave a record out of the index until its next Commit.)
+// so Commit checks the lock and writes the record in one Lua script, and
+// Get, TryLock, Commit, Release and Delete depend on no other slot: in a
+// Cluster, a master that is down makes only its own credentials
+// unavailable.
+//
+// The index lives in a slot of its own and is kept outside the scripts,
+// after them and without failing them: Commit adds the id (ZADD, on every
+// Commit) once the record is stored, Delete removes it once the record is
+// gone, and List skips ids whose record is gone. A Commit whose index write
+// fails still succeeds: its id waits in the Store's memory and a background
+// retry adds it once the index answers (IndexStats counts both), later
+// Commits queue theirs without waiting for the index again, and List adds
+// the Store's queued ids before reading. So while the index's master is
+// down, records are still committed and only List fails; afterwards the
+// index catches up. Queued ids die with the process; the credential's next
+// Commit adds its id again, and RepairIndex rebuilds the index from the
+// records on every master (after a broker died with ids queued, or the
+// index's master lost its data). A Delete racing a re-creation of the same
+// id can leave a record out of the index until its next Commit.
 //
 // Records are the JSON of broker.Record, sealed with a seal.Keyring (the
 // credential id as additional data) when one is configured. Plaintext records
@@ -100,6 +114,8 @@ type Store struct {
 	backoffMin time.Duration // first pause after the event connection failed
 	backoffMax time.Duration
 
+	ix *indexer // ids still to be added to the index
+
 	mu       sync.Mutex
 	subs     map[*subscriber]struct{}
 	listener *listener // nil while nobody is subscribed
@@ -135,6 +151,7 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		backoffMin: 100 * time.Millisecond,
 		backoffMax: 2 * time.Second,
 		subs:       make(map[*subscriber]struct{}),
+		ix:         newIndexer(),
 	}, nil
 }
 
@@ -166,6 +183,12 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Record, error) {
 // List returns up to limit records whose ids sort after the given one, in id
 // order. A limit below 1 returns nothing.
 func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Record, error) {
+	if limit < 1 {
+		return nil, nil
+	}
+	// This Store's own Commits whose index entry is still queued: if the
+	// index is still unreachable, the listing below fails too.
+	_ = s.flushIndex(ctx)
 	var out []*broker.Record
 	// Each round consumes at least one index entry, so the loop ends.
 	for len(out) < limit {
@@ -218,17 +241,18 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Re
 // Delete removes a credential and announces it. Deleting a missing one is not
 // an error. A lease on the credential stays held; its Commit then fails with
 // broker.ErrConflict unless it creates the credential anew, which starts over
-// at generation 1.
+// at generation 1. Delete depends only on the credential's own slot: a
+// failure to remove the id from the index is counted in IndexStats and
+// leaves an entry that List skips.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
+	s.unqueueIndex(id)
 	if err := deleteScript.Run(ctx, s.client, []string{s.recordKey(id)}, s.channel, id).Err(); err != nil {
 		return fmt.Errorf("redisstore: delete %q: %w", id, err)
 	}
-	if err := s.client.ZRem(ctx, s.index, id).Err(); err != nil {
-		return fmt.Errorf("redisstore: delete %q from the index: %w", id, err)
-	}
+	s.removeFromIndex(ctx, id)
 	return nil
 }
 
@@ -276,11 +300,6 @@ func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record)
 	if err != nil {
 		return 0, err
 	}
-	// The index entry goes first: an entry without a record is skipped by
-	// List, a record without an entry would be invisible to it.
-	if err := s.client.ZAdd(ctx, s.index, redis.Z{Member: rec.ID}).Err(); err != nil {
-		return 0, fmt.Errorf("redisstore: commit %q: %w", rec.ID, err)
-	}
 	next := rec.Generation + 1
 	res, err := commitScript.Run(ctx, s.client,
 		[]string{s.recordKey(rec.ID), s.lockKey(rec.ID)},
@@ -291,6 +310,8 @@ func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record)
 	}
 	switch res {
 	case 1:
+		// Only now, and without failing the Commit: see index.go.
+		s.addToIndex(ctx, rec.ID)
 		return next, nil
 	case -1:
 		return 0, broker.ErrLockLost
