@@ -46,6 +46,17 @@
 // Redis must keep what it acknowledged: run it with maxmemory-policy
 // noeviction (an evicted lock or record breaks the guarantees) and, so that a
 // restart loses nothing, appendonly yes.
+//
+// Replication is asynchronous: a master that fails right after a Commit can
+// be replaced by a replica that never saw it, and the store then goes back
+// to a spent refresh token. With Options.MinReplicaAcks, Commit sends the
+// fenced script and WAIT in one pipeline over one connection to the
+// credential's master (with a Cluster, the node that owns the slot, since
+// WAIT has no key to route by and only counts the writes of its own
+// connection) and fails with ErrNotReplicated when too few replicas
+// acknowledge it in time. WAIT narrows the window; it does not make the
+// store strongly consistent (a partitioned master may still acknowledge
+// writes that a failover then discards).
 package redisstore
 
 import (
@@ -98,6 +109,23 @@ type Options struct {
 	// AllowPlaintext lets a Store without a Keyring write records,
 	// refresh tokens and client secrets included, in plaintext.
 	AllowPlaintext bool
+
+	// MinReplicaAcks is how many replicas of the credential's master must
+	// acknowledge a Commit (Redis WAIT, on the connection that ran the
+	// script) before it succeeds; short of that, Commit returns an error
+	// wrapping ErrNotReplicated. 0 waits for none: replication stays
+	// asynchronous, and a failover right after a Commit can bring back the
+	// record it replaced. AutoReplicaAcks (or any negative value) waits for
+	// one replica when the master reports a replica in sync (INFO, cached
+	// for a few seconds per master), and for none otherwise. On Redis 7.2
+	// and later with appendonly on, a Commit that waits at all also waits
+	// until the master has fsynced it (WAITAOF 1 0).
+	MinReplicaAcks int
+
+	// ReplicaAckTimeout bounds that wait; DefaultReplicaAckTimeout if zero.
+	// It is cut to what is left of the Commit's context and kept below the
+	// client's read timeout.
+	ReplicaAckTimeout time.Duration
 }
 
 // Store is a broker.Store in Redis. It is safe for concurrent use.
@@ -115,6 +143,10 @@ type Store struct {
 	backoffMax time.Duration
 
 	ix *indexer // ids still to be added to the index
+
+	minAcks int           // Options.MinReplicaAcks, AutoReplicaAcks if negative
+	ackWait time.Duration // Options.ReplicaAckTimeout
+	repl    *replCache
 
 	mu       sync.Mutex
 	subs     map[*subscriber]struct{}
@@ -140,6 +172,20 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if strings.ContainsAny(prefix, "{} \t\r\n") {
 		return nil, fmt.Errorf("redisstore: prefix %q contains a brace or a space", prefix)
 	}
+	minAcks := opts.MinReplicaAcks
+	if minAcks < 0 {
+		minAcks = AutoReplicaAcks
+	}
+	if _, ring := client.(*redis.Ring); ring && minAcks != 0 {
+		return nil, errors.New("redisstore: MinReplicaAcks needs a single-node, Sentinel or Cluster client, not a Ring")
+	}
+	ackWait := opts.ReplicaAckTimeout
+	if ackWait < 0 {
+		return nil, fmt.Errorf("redisstore: negative ReplicaAckTimeout %v", ackWait)
+	}
+	if ackWait == 0 {
+		ackWait = DefaultReplicaAckTimeout
+	}
 	return &Store{
 		client:     client,
 		locker:     redislock.New(client),
@@ -152,6 +198,9 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		backoffMax: 2 * time.Second,
 		subs:       make(map[*subscriber]struct{}),
 		ix:         newIndexer(),
+		minAcks:    minAcks,
+		ackWait:    ackWait,
+		repl:       &replCache{ttl: replInfoTTL, byAddr: make(map[string]replInfo)},
 	}, nil
 }
 
@@ -282,9 +331,13 @@ func (s *Store) TryLock(ctx context.Context, id string, ttl time.Duration) (brok
 // Commit stores rec under lease in one Lua script that checks the lock and
 // the generation, bumps the generation and publishes the change. It returns
 // the new generation, broker.ErrLockLost or broker.ErrConflict; in both cases
-// nothing was written. Repeating a Commit with the same lease and generation
-// after an error whose outcome is unknown (a timeout) is safe: it returns the
-// new generation if the first one was applied.
+// nothing was written. With Options.MinReplicaAcks, it then waits for the
+// replicas, and returns an error wrapping ErrNotReplicated when they fall
+// short: the record is written on the master but may not survive a
+// failover. Repeating a Commit with the same lease and generation after an
+// error whose outcome is unknown (a timeout) or after ErrNotReplicated is
+// safe: it returns the new generation if the first one was applied (and,
+// with MinReplicaAcks, is now acknowledged).
 func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record) (uint64, error) {
 	l, ok := bl.(*lease)
 	if !ok || l.store != s {
@@ -301,10 +354,15 @@ func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record)
 		return 0, err
 	}
 	next := rec.Generation + 1
-	res, err := commitScript.Run(ctx, s.client,
-		[]string{s.recordKey(rec.ID), s.lockKey(rec.ID)},
-		l.value, rec.Generation, next, data, s.channel, rec.ID,
-	).Int64()
+	keys := []string{s.recordKey(rec.ID), s.lockKey(rec.ID)}
+	args := []any{l.value, rec.Generation, next, data, s.channel, rec.ID}
+	var res int64
+	var ackErr error
+	if s.minAcks == 0 {
+		res, err = commitScript.Run(ctx, s.client, keys, args...).Int64()
+	} else {
+		res, ackErr, err = s.commitAcked(ctx, rec.ID, keys, args)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: commit %q: %w", rec.ID, err)
 	}
@@ -312,6 +370,9 @@ func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record)
 	case 1:
 		// Only now, and without failing the Commit: see index.go.
 		s.addToIndex(ctx, rec.ID)
+		if ackErr != nil {
+			return 0, ackErr
+		}
 		return next, nil
 	case -1:
 		return 0, broker.ErrLockLost
