@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -166,18 +167,25 @@ func (c *Cluster) Slot(ctx context.Context, key string) (int, error) {
 }
 
 // MasterOfSlot returns the master that serves slot, as the first running
-// node that answers sees it (CLUSTER SLOTS).
+// node that answers sees it (CLUSTER SHARDS).
 func (c *Cluster) MasterOfSlot(ctx context.Context, slot int) (*Server, error) {
 	var addr string
 	err := c.ask(ctx, func(ctx context.Context, cl *redis.Client) error {
-		ranges, err := cl.ClusterSlots(ctx).Result()
+		shards, err := cl.ClusterShards(ctx).Result()
 		if err != nil {
 			return err
 		}
-		for _, r := range ranges {
-			if r.Start <= slot && slot <= r.End && len(r.Nodes) > 0 {
-				addr = r.Nodes[0].Addr
-				return nil
+		for _, sh := range shards {
+			for _, r := range sh.Slots {
+				if r.Start > int64(slot) || int64(slot) > r.End {
+					continue
+				}
+				for _, n := range sh.Nodes {
+					if n.Role == "master" {
+						addr = net.JoinHostPort(n.IP, strconv.FormatInt(n.Port, 10))
+						return nil
+					}
+				}
 			}
 		}
 		return fmt.Errorf("slot %d is not served", slot)

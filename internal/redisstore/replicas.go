@@ -185,7 +185,9 @@ func (s *Store) commitAcked(ctx context.Context, id string, keys []string, args 
 	}
 	useAOF := ri.aof && ri.waitAOF
 	if want == 0 && !useAOF {
-		res, err := commitScript.Run(ctx, node, keys, args...).Int64()
+		// Nothing to wait for: through the client, which follows a Cluster's
+		// redirections.
+		res, err := commitScript.Run(ctx, s.client, keys, args...).Int64()
 		return res, nil, err
 	}
 

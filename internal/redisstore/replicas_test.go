@@ -51,11 +51,11 @@ func notReplicated(t *testing.T, what string, err error) {
 	}
 }
 
-// timed runs f and returns its error and how long it took.
-func timed(f func() error) (error, time.Duration) {
+// timed runs f and returns how long it took and its error.
+func timed(f func() error) (time.Duration, error) {
 	start := time.Now()
 	err := f()
-	return err, time.Since(start)
+	return time.Since(start), err
 }
 
 func TestCommitWaitsForReplica(t *testing.T) {
@@ -88,7 +88,7 @@ func TestCommitWaitsForReplica(t *testing.T) {
 			rec.RefreshToken = "rotated"
 
 			st.StopReplica()
-			err, took := timed(func() error { _, err := s.Commit(ctx, l, rec); return err })
+			took, err := timed(func() error { _, err := s.Commit(ctx, l, rec); return err })
 			notReplicated(t, "Commit with the replica stopped", err)
 			if took < ackTimeout || took > ackTimeout+2*time.Second {
 				t.Errorf("Commit with the replica stopped took %v, timeout %v", took, ackTimeout)
