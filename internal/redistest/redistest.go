@@ -7,6 +7,13 @@
 // show how code behaves while Redis is gone, frozen or back with its data.
 // CountCommands counts the commands a go-redis client sends.
 //
+// StartSentinel runs a master, a replica and three sentinels, and
+// StartCluster a 3-master Redis Cluster (redis-cli --cluster create), with
+// helpers to kill, freeze and restart the nodes that matter (the master, the
+// replica, the master of a key's slot) and to wait for a failover or a
+// healthy cluster; see Sentinel and Cluster. Every process is killed by PID
+// when the test ends.
+//
 // Server methods that can fail call t.Fatal, so call them from the test's own
 // goroutine.
 package redistest
