@@ -67,6 +67,8 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"how long callers wait for the IdP's answer before UNAVAILABLE; the answer is still read and stored for --refresh-reply-wait")
 	fs.DurationVar(&c.RefreshReplyWait, "refresh-reply-wait", d.RefreshReplyWait,
 		"hard bound on one call to the IdP: a later answer is lost and the refresh's outcome unknown; 0 means 60s (at least --refresh-timeout)")
+	fs.StringVar(&c.RedisMinReplicaAcks, "redis-min-replica-acks", d.RedisMinReplicaAcks,
+		"replicas that must acknowledge each write (Redis WAIT) before a refreshed token is handed out: auto (1 when the master has a replica, else 0) or a number")
 	fs.StringVar(&c.JournalDir, "journal-dir", d.JournalDir,
 		"directory where refreshed tokens are kept, sealed, until Redis stores them, so a killed or restarted replica still stores them; put it on a volume that outlives the process")
 	fs.StringVar(&c.ReplicaID, "replica-id", d.ReplicaID,

@@ -30,6 +30,10 @@ type Config struct {
 	GRPCAddr        string // --grpc-addr: host:port; port 0 picks a free one
 	RedisURL        string // --redis-url; empty: dev mode
 	RedisPrefix     string // --redis-prefix: key prefix in Redis
+	// RedisMinReplicaAcks is --redis-min-replica-acks: "auto" (one replica
+	// when the master has one), or how many replicas must acknowledge each
+	// write before it counts as stored.
+	RedisMinReplicaAcks string
 	SealKeys        string // --seal-keys: keyring spec sealing records in Redis; secret
 	AllowPlaintext  bool   // --allow-plaintext: Redis mode without SealKeys
 	MetricsAddr     string // --metrics-addr; empty: no metrics listener
@@ -81,6 +85,7 @@ func DefaultConfig() Config {
 	return Config{
 		GRPCAddr:             "127.0.0.1:7070",
 		RedisPrefix:          redisstore.DefaultPrefix,
+		RedisMinReplicaAcks:  "auto",
 		LogFormat:            "text",
 		LogLevel:             "info",
 		ClientRate:           10,
@@ -284,6 +289,9 @@ func (c *Config) checkRedis() error {
 	if c.RedisPrefix == "" || strings.ContainsAny(c.RedisPrefix, "{} \t\r\n") {
 		return badConfig("--redis-prefix must be non-empty, without braces or spaces")
 	}
+	if _, err := c.minReplicaAcks(); err != nil {
+		return err
+	}
 	if c.SealKeys == "" {
 		if !c.AllowPlaintext {
 			if c.JournalDir != "" {
@@ -297,6 +305,24 @@ func (c *Config) checkRedis() error {
 		return badConfig("--seal-keys: %v", err) // seal's errors hold no key material
 	}
 	return nil
+}
+
+// maxReplicaAcks bounds --redis-min-replica-acks.
+const maxReplicaAcks = 16
+
+// minReplicaAcks returns redisstore's MinReplicaAcks for
+// RedisMinReplicaAcks.
+func (c *Config) minReplicaAcks() (int, error) {
+	switch v := strings.TrimSpace(c.RedisMinReplicaAcks); v {
+	case "", "auto":
+		return redisstore.AutoReplicaAcks, nil
+	default:
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 || n > maxReplicaAcks {
+			return 0, badConfig("--redis-min-replica-acks must be auto or 0 to %d (got %q)", maxReplicaAcks, v)
+		}
+		return n, nil
+	}
 }
 
 // checkAddr checks a listen address: host:port with a numeric port (0 picks

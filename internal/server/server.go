@@ -27,6 +27,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,7 +42,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
+	"github.com/tokenbroker/tokenbroker/internal/journal"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
@@ -144,15 +148,60 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	}
 	bcfg := s.cfg.Broker()
 	bcfg.Observer = audit.Tee(observers...)
+	if bcfg.ReplicaID == "" {
+		bcfg.ReplicaID = defaultReplicaID()
+	}
+	j, err := s.openJournal()
+	if err != nil {
+		return err
+	}
+	if j != nil {
+		bcfg.Journal = j
+	}
 	b, err := broker.New(store, &upstream.Client{}, bcfg)
 	if err != nil {
 		return badConfig("%v", err)
 	}
 	s.broker = b
+	if j != nil {
+		if err := j.Unreadable(); err != nil {
+			s.log.Error("journal entries that cannot be opened are left in --journal-dir; fix --seal-keys and restart to store them", "dir", s.cfg.JournalDir, "error", err)
+		}
+		s.log.Info("journal open", "dir", s.cfg.JournalDir, "replica", bcfg.ReplicaID)
+	}
 	if s.metrics != nil {
 		s.metrics.SetStateSource(countStates(b))
 	}
 	return nil
+}
+
+// openJournal opens --journal-dir, sealed with the first of --seal-keys;
+// nil without one.
+func (s *Server) openJournal() (*journal.Journal, error) {
+	if s.cfg.JournalDir == "" {
+		return nil, nil
+	}
+	var keyring *seal.Keyring
+	if s.cfg.SealKeys != "" {
+		var err error
+		if keyring, err = seal.ParseKeyring(s.cfg.SealKeys); err != nil {
+			return nil, badConfig("--seal-keys: %v", err)
+		}
+	}
+	j, err := journal.Open(s.cfg.JournalDir, keyring)
+	if err != nil {
+		return nil, badConfig("--journal-dir: %v", err)
+	}
+	return j, nil
+}
+
+// defaultReplicaID names the replica by host and process.
+func defaultReplicaID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "broker"
+	}
+	return host + "-" + strconv.Itoa(os.Getpid())
 }
 
 // seed ensures the credentials file's credentials exist.

@@ -70,11 +70,15 @@ func (s *Server) openRedis(ctx context.Context) (broker.Store, error) {
 // redisOptions returns the Store's options, with the keyring of SealKeys.
 func (s *Server) redisOptions() (redisstore.Options, error) {
 	opts := redisstore.Options{Prefix: s.cfg.RedisPrefix, AllowPlaintext: s.cfg.AllowPlaintext}
+	acks, err := s.cfg.minReplicaAcks()
+	if err != nil {
+		return opts, err
+	}
+	opts.MinReplicaAcks = acks
 	if s.cfg.SealKeys == "" {
 		s.log.Warn("redis mode without --seal-keys: refresh tokens and client secrets are stored unencrypted")
 		return opts, nil
 	}
-	var err error
 	if opts.Keyring, err = seal.ParseKeyring(s.cfg.SealKeys); err != nil {
 		return opts, badConfig("--seal-keys: %v", err)
 	}
