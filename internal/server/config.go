@@ -27,19 +27,19 @@ import (
 // checks a Config without reading a file or dialling anything; New calls it
 // first.
 type Config struct {
-	GRPCAddr        string // --grpc-addr: host:port; port 0 picks a free one
-	RedisURL        string // --redis-url; empty: dev mode
-	RedisPrefix     string // --redis-prefix: key prefix in Redis
+	GRPCAddr    string // --grpc-addr: host:port; port 0 picks a free one
+	RedisURL    string // --redis-url; empty: dev mode
+	RedisPrefix string // --redis-prefix: key prefix in Redis
 	// RedisMinReplicaAcks is --redis-min-replica-acks: "auto" (one replica
 	// when the master has one), or how many replicas must acknowledge each
 	// write before it counts as stored.
 	RedisMinReplicaAcks string
-	SealKeys        string // --seal-keys: keyring spec sealing records in Redis; secret
-	AllowPlaintext  bool   // --allow-plaintext: Redis mode without SealKeys
-	MetricsAddr     string // --metrics-addr; empty: no metrics listener
-	CredentialsFile string // --credentials-file; empty: none
-	LogFormat       string // --log-format: text or json (NewLogger)
-	LogLevel        string // --log-level: debug, info, warn or error (NewLogger)
+	SealKeys            string // --seal-keys: keyring spec sealing records in Redis; secret
+	AllowPlaintext      bool   // --allow-plaintext: Redis mode without SealKeys
+	MetricsAddr         string // --metrics-addr; empty: no metrics listener
+	CredentialsFile     string // --credentials-file; empty: none
+	LogFormat           string // --log-format: text or json (NewLogger)
+	LogLevel            string // --log-level: debug, info, warn or error (NewLogger)
 
 	ClientsFile          string  // --clients-file: client registry; empty: no caller authentication
 	AllowUnauthenticated bool    // --allow-unauthenticated: Redis mode without a client registry
