@@ -67,6 +67,7 @@ func TestRedisDownIsUnavailableAndRecoversWithoutRestart(t *testing.T) {
 		{"paused", (*redistest.Server).Pause, (*redistest.Server).Resume},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			c, replicas := outageCluster(t)
 			gen := c.stored("cred").Generation
 			tc.down(c.redis)
