@@ -27,8 +27,8 @@ func noLossCluster(t *testing.T, idpOpts fakeidp.Options) *cluster {
 	c := newCluster(t, backends[1], idpOpts, redistest.WithAppendOnly())
 	c.cfg.RefreshTimeout = time.Second
 	c.cfg.RefreshReplyWait = 3 * time.Second
-	c.cfg.LockTTL = 2 * time.Second
-	c.cfg.LockWait = 2 * time.Second
+	c.cfg.LockTTL = 3 * time.Second
+	c.cfg.LockWait = 3 * time.Second
 	return c
 }
 
@@ -47,6 +47,7 @@ func afterRotation(f *func()) func(fakeidp.Event) {
 // with SIGSTOP, or stopped and restarted): the replica keeps the successor
 // and stores it once Redis is back; nobody presents the spent token.
 func TestRedisOutageRightAfterTheIdPAnswered(t *testing.T) {
+	t.Parallel()
 	const outage = 30 * time.Second
 	for _, tc := range []struct {
 		name       string
@@ -111,6 +112,7 @@ func TestRedisOutageRightAfterTheIdPAnswered(t *testing.T) {
 // replay is answered (Dex); with none the credential says
 // REFRESH_OUTCOME_UNKNOWN after exactly one request.
 func TestLostReplyWithAndWithoutGrace(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		grace time.Duration
@@ -163,7 +165,7 @@ func TestIdPStallLongerThanTheRefreshTimeout(t *testing.T) {
 	c.idp.StallNext(1)
 	start := time.Now()
 	if _, err := b.GetToken(context.Background(), "cred", 0); !errors.Is(err, broker.ErrIdPUnavailable) {
-		t.Fatalf("GetToken while the IdP stalls: %v; want ErrIdPUnavailable", err)
+		t.Fatalf("GetToken while the IdP stalls: %v; want ErrIdPUnavailable (IdP: %+v)", err, c.idp.StallState())
 	}
 	t.Logf("the caller was answered after %v (refresh timeout %v)", time.Since(start).Round(time.Millisecond), c.cfg.RefreshTimeout)
 	c.idp.Resume() // the IdP wakes and rotates

@@ -58,6 +58,7 @@ func checkRecovered(t *testing.T, c *cluster, replicas []*broker.Broker, gen uin
 }
 
 func TestRedisDownIsUnavailableAndRecoversWithoutRestart(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name       string
 		down, back func(*redistest.Server)
