@@ -20,7 +20,7 @@ build:
 ## test: vet, gofmt, staticcheck, proto-check, the race-enabled test suite
 ## and a smoke run of the benchmark.
 test: vet fmt-check lint proto-check
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -parallel 8 ./...
 	$(MAKE) --no-print-directory bench-smoke
 
 vet:
