@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,14 +122,23 @@ func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 	return b, nil
 }
 
-// Close stops new background work and waits for refreshes in flight to
-// finish and their outcomes to be stored: an IdP call that outlived its
-// callers gets its answer read, and an outcome the Store refuses for now is
-// retried, for up to RefreshReplyWait plus LockTTL (an outcome kept in the
-// Journal is left there at once, to be stored by the next run). Then it gives
-// up on the rest and unsubscribes from the store. Calls after Close fail with
-// ErrShuttingDown.
+// Close is Shutdown with RefreshReplyWait plus LockTTL to finish the work
+// in flight: the longest a refresh can need when the Store answers.
 func (b *Broker) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.closeWait())
+	defer cancel()
+	return b.Shutdown(ctx)
+}
+
+// Shutdown stops new background work and waits, until ctx ends, for
+// refreshes in flight to finish and their outcomes to be stored: an IdP call
+// that outlived its callers gets its answer read, and an outcome the Store
+// refuses for now is retried (an outcome kept in the Journal is left there
+// at once, to be stored by the next run). Then it gives up on the rest and
+// unsubscribes from the store; it returns ErrShuttingDown, saying how many
+// refreshes it abandoned, if it gave up on any. Calls after Shutdown fail
+// with ErrShuttingDown.
+func (b *Broker) Shutdown(ctx context.Context) error {
 	b.life.Lock()
 	if b.closed {
 		b.life.Unlock()
@@ -142,17 +152,32 @@ func (b *Broker) Close() error {
 		b.wg.Wait()
 		close(done)
 	}()
-	timer := time.NewTimer(b.cfg.closeWait())
+	var err error
 	select {
 	case <-done:
-	case <-timer.C:
+	case <-ctx.Done():
+		if n := b.attempts(); n > 0 {
+			err = &Error{Kind: ErrShuttingDown, Detail: fmt.Sprintf("%d refreshes abandoned; their pending markers stay for other replicas", n)}
+		}
 		b.giveUp()
 		<-done
 	}
-	timer.Stop()
 	b.giveUp()
 	b.unsubscribe()
-	return nil
+	return err
+}
+
+// attempts counts this Broker's refreshes under way.
+func (b *Broker) attempts() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	n := 0
+	for _, s := range b.slots {
+		if s.attempt.Load() != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // enter registers one unit of background work; it fails once Close began.

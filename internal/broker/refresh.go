@@ -220,10 +220,14 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 
 // mayTakeOver says whether a holder may present the refresh token of a
 // record on which another holder's refresh p is pending (its lease is gone,
-// or this holder could not have the lease): when the replay reaches the IdP
-// within its reuse grace, or when p's holder has had all the time it could
-// need to store its outcome, so it is dead or cut off for good.
+// or this holder could not have the lease): always for client_credentials;
+// when the replay reaches the IdP within its reuse grace; or when p's holder
+// has had all the time it could need to store its outcome, so it is dead or
+// cut off for good.
 func (b *Broker) mayTakeOver(rec *Record, p *Pending, now time.Time) bool {
+	if rec.GrantType == GrantClientCredentials {
+		return true // nothing single-use is at stake
+	}
 	if g := rec.ReuseGrace; g > 0 && now.Add(graceMargin(g)).Before(p.SentAt.Add(g)) {
 		return true
 	}
@@ -400,7 +404,13 @@ func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Reco
 			b.succeeded(next, tok, now)
 			return next, ev
 		}
+		if b.bg.Err() != nil {
+			return nil, ev // the Broker gave up at Close: nothing is known, nothing stored
+		}
 		class, retryAfter := classOf(err)
+		if class == Unanswered && rec.GrantType == GrantClientCredentials {
+			class = Transient // no refresh token at stake: a new request mints a new token
+		}
 		if class == Unanswered && lost.IsZero() {
 			lost = t0
 		}

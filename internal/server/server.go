@@ -94,7 +94,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.build(ctx); err != nil {
 		s.closeListeners()
-		s.release()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		s.release(rctx)
+		cancel()
 		return nil, err
 	}
 	return s, nil
@@ -345,7 +347,7 @@ func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) 
 		}
 		<-httpDone
 	}
-	s.release()
+	s.release(sctx)
 	s.log.Info("stopped")
 }
 
@@ -362,7 +364,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	if !started {
 		s.closeListeners()
-		s.release()
+		s.release(ctx)
 		close(s.done)
 		return nil
 	}
@@ -383,12 +385,13 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// release closes the Broker, which waits for the refreshes in flight to be
-// stored, then what it was built on.
-func (s *Server) release() {
+// release shuts the Broker down, which waits until ctx ends for the
+// refreshes in flight to be stored (what it abandons stays journaled, or
+// marked pending for the other replicas), then closes what it was built on.
+func (s *Server) release(ctx context.Context) {
 	if s.broker != nil {
-		if err := s.broker.Close(); err != nil {
-			s.log.Warn("broker close", "error", err)
+		if err := s.broker.Shutdown(ctx); err != nil {
+			s.log.Warn("refreshes abandoned at shutdown", "error", err, "journal", s.cfg.JournalDir != "")
 		}
 	}
 	for i := len(s.closers) - 1; i >= 0; i-- {
