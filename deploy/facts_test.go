@@ -6,7 +6,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -184,9 +183,11 @@ func runBroker(bin string) (map[string]*dto.MetricFamily, map[string]bool, error
 	defer stopProcess(cmd)
 
 	addrs := make(chan [2]string, 1)
+	exited := make(chan struct{}) // closed when its stderr ends
 	var logTail bytes.Buffer
 	var logMu sync.Mutex
 	go func() {
+		defer close(exited)
 		var grpcAddr, metricsAddr string
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
@@ -209,12 +210,15 @@ func runBroker(bin string) (map[string]*dto.MetricFamily, map[string]bool, error
 				grpcAddr = "" // report once
 			}
 		}
-		io.Copy(io.Discard, stderr)
 	}()
 	var grpcAddr, metricsAddr string
 	select {
 	case a := <-addrs:
 		grpcAddr, metricsAddr = a[0], a[1]
+	case <-exited:
+		logMu.Lock()
+		defer logMu.Unlock()
+		return nil, nil, fmt.Errorf("the broker ended before it logged its listening addresses:\n%s", logTail.String())
 	case <-time.After(20 * time.Second):
 		logMu.Lock()
 		defer logMu.Unlock()
