@@ -20,7 +20,7 @@ build:
 ## test: vet, gofmt, staticcheck, proto-check, the race-enabled test suite
 ## and a smoke run of the benchmark.
 test: vet fmt-check lint proto-check
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -parallel 8 ./...
 	$(MAKE) --no-print-directory bench-smoke
 
 vet:
@@ -75,7 +75,7 @@ FUZZ_TARGETS := \
 	internal/upstream:FuzzExchangeResponse \
 	internal/seal:FuzzOpen internal/seal:FuzzParseKeyring \
 	internal/auth:FuzzParseClients \
-	cmd/broker:FuzzParseConfig cmd/broker:FuzzCredentialsFile
+	cmd/broker:FuzzParseConfig internal/server:FuzzCredentialsFile
 FUZZTIME ?= 5s
 
 ## fuzz: run each fuzz target for FUZZTIME (CI runs them briefly).

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,8 +13,8 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/auth/authtest"
-	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
+	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
 func env(m map[string]string) func(string) string {
@@ -27,8 +26,8 @@ func TestParseConfigDefaults(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{
-		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", LogFormat: "text", LogLevel: "info",
+	want := server.Config{
+		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", LogFormat: "text", LogLevel: "info",
 		DefaultMinValid: 30 * time.Second, RefreshAhead: 5 * time.Minute, RefreshTimeout: 10 * time.Second,
 		ForceInterval: 5 * time.Second, ShutdownTimeout: 10 * time.Second, MaxRecvMsgSize: 1 << 20,
 		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second,
@@ -88,8 +87,8 @@ func TestParseConfigEnvTwins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Config{
-		GRPCAddr: "127.0.0.1:9999", RedisPrefix: "tokenbroker", MetricsAddr: "127.0.0.1:0", CredentialsFile: "/etc/creds.json",
+	want := server.Config{
+		GRPCAddr: "127.0.0.1:9999", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", MetricsAddr: "127.0.0.1:0", CredentialsFile: "/etc/creds.json",
 		LogFormat: "json", LogLevel: "debug",
 		DefaultMinValid: time.Minute, RefreshAhead: 2 * time.Minute, RefreshTimeout: 15 * time.Second,
 		LockTTL: 20 * time.Second, LockWait: 40 * time.Second, ForceInterval: time.Second,
@@ -109,7 +108,7 @@ func TestParseConfigEnvTwins(t *testing.T) {
 	}
 }
 
-// TestParseConfigErrors: every bad setting is a *configError, one line,
+// TestParseConfigErrors: every bad setting is a *server.ConfigError, one line,
 // naming the flag or variable, never echoing a Redis URL.
 func TestParseConfigErrors(t *testing.T) {
 	for _, tc := range []struct {
@@ -174,9 +173,9 @@ func TestParseConfigErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := parseConfig(tc.args, env(tc.env))
-			var ce *configError
+			var ce *server.ConfigError
 			if !errors.As(err, &ce) {
-				t.Fatalf("parseConfig = %v; want a configError", err)
+				t.Fatalf("parseConfig = %v; want a ConfigError", err)
 			}
 			msg := err.Error()
 			if !strings.Contains(msg, tc.want) || strings.Contains(msg, "\n") || strings.Contains(msg, "hunter2") || strings.Contains(msg, "aHVudGVyMg") {
@@ -195,7 +194,7 @@ func TestHelp(t *testing.T) {
 	if !errors.Is(err, flag.ErrHelp) || exitCode(err, &strings.Builder{}) != 0 {
 		t.Fatalf("--help = %v; want ErrHelp, exit 0", err)
 	}
-	fs := newFlagSet(&Config{})
+	fs := newFlagSet(&server.Config{})
 	fs.VisitAll(func(f *flag.Flag) {
 		if !strings.Contains(out.String(), "--"+f.Name+" ") || !strings.Contains(out.String(), envName(f.Name)+",") {
 			t.Errorf("--help does not document --%s and %s", f.Name, envName(f.Name))
@@ -219,75 +218,6 @@ func writeFile(t *testing.T, content string) string {
 		t.Fatal(err)
 	}
 	return p
-}
-
-func TestLoadCredentials(t *testing.T) {
-	ctx := context.Background()
-	seeds, err := loadCredentials(ctx, writeFile(t, `{"credentials": [
-		{"id": "a", "token_url": "https://idp.example/token", "client_id": "c", "client_secret": "s1",
-		 "fallback_client_secrets": ["s0"], "refresh_token": "rt-a", "scopes": ["x"], "auth_style": "AUTH_STYLE_POST",
-		 "refresh_ahead": "90s", "state": "REAUTH_REQUIRED", "generation": "7"},
-		{"id": "b", "tokenUrl": "http://127.0.0.1:1/token", "clientId": "c", "grantType": "GRANT_TYPE_CLIENT_CREDENTIALS"},
-		{"id": "c", "token_url": "https://idp.example/token", "client_id": "c"}
-	]}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(seeds) != 3 {
-		t.Fatalf("%d seeds; want 3", len(seeds))
-	}
-	a := seeds[0]
-	if a.cred.ID != "a" || a.refreshToken != "rt-a" || a.cred.AuthStyle != broker.AuthStylePost ||
-		a.cred.RefreshAhead != 90*time.Second || len(a.cred.ClientSecrets) != 2 || a.cred.ClientSecrets[0] != "s1" {
-		t.Errorf("seed a = %+v", a)
-	}
-	if seeds[1].cred.GrantType != broker.GrantClientCredentials || seeds[1].cred.TokenURL != "http://127.0.0.1:1/token" {
-		t.Errorf("seed b = %+v", seeds[1])
-	}
-	if seeds[2].refreshToken != "" {
-		t.Errorf("seed c = %+v", seeds[2])
-	}
-
-	for _, tc := range []struct {
-		name, content, want string
-	}{
-		{"malformed JSON", `{"credentials": [`, "unexpected end of input"},
-		{"not an object", `[1, 2]`, `not a JSON object {"credentials": [...]}`},
-		{"unknown top-level key", `{"creds": []}`, `unknown field "creds"`},
-		{"trailing data", `{"credentials": []} {}`, "data after the JSON object"},
-		{"entry not an object", `{"credentials": ["SECRET-x"]}`, "credentials[0]"},
-		{"unknown field", `{"credentials": [{"id": "a", "tokenurl": "x"}]}`, `credentials[0]: (line 1:13): unknown field "tokenurl"`},
-		{"secret of the wrong type", `{"credentials": [{"id": "a", "client_secret": 123456789}]}`, "credentials[0]: (line 1:30): invalid value for string field clientSecret"},
-		{"unknown enum", `{"credentials": [{"id": "a", "auth_style": "SECRET-x"}]}`, "invalid value for enum field authStyle"},
-		{"bad duration", `{"credentials": [{"id": "a", "refresh_ahead": "soon"}]}`, "invalid google.protobuf.Duration"},
-		{"bad id", `{"credentials": [{"id": "a b", "token_url": "https://idp.example/token", "client_id": "c", "refresh_token": "SECRET-x"}]}`,
-			"credentials[0] (id \"a b\"): broker: invalid argument: credential.id"},
-		{"bad token url", `{"credentials": [{"id": "ok", "token_url": "https://idp/token", "client_id": "c", "refresh_token": "r"}, {"id": "x", "token_url": "ftp://idp/token", "client_id": "c", "client_secret": "SECRET-x", "refresh_token": "SECRET-x"}]}`,
-			`credentials[1] (id "x"): broker: invalid argument: credential.token_url`},
-		{"fallback without primary", `{"credentials": [{"id": "x", "token_url": "https://idp/token", "client_id": "c", "fallback_client_secrets": ["SECRET-x"]}]}`,
-			`credentials[0] (id "x"): broker: invalid argument: credential.client_secret`},
-		{"overlong secret", `{"credentials": [{"id": "x", "token_url": "https://idp/token", "client_id": "c", "client_secret": "SECRET-x` + strings.Repeat("y", 2000) + `"}]}`,
-			`credentials[0] (id "x"): broker: invalid argument: credential.client_secret`},
-		{"duplicate id", `{"credentials": [{"id": "x", "token_url": "https://idp/token", "client_id": "c"}, {"id": "x"}]}`,
-			`credentials[1] (id "x"): same id as credentials[0]`},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := loadCredentials(ctx, writeFile(t, tc.content))
-			var ce *configError
-			if !errors.As(err, &ce) {
-				t.Fatalf("loadCredentials = %v; want a configError", err)
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.want) || strings.Contains(msg, "SECRET") || strings.Contains(msg, "123456789") || strings.Contains(msg, "\n") {
-				t.Errorf("message %q; want one line with %q and no secret", msg, tc.want)
-			}
-		})
-	}
-
-	_, err = loadCredentials(ctx, filepath.Join(t.TempDir(), "missing.json"))
-	if ce := (*configError)(nil); !errors.As(err, &ce) || !strings.Contains(err.Error(), "no such file") {
-		t.Errorf("missing file = %v", err)
-	}
 }
 
 // testSealKey is a valid seal key (32 bytes, base64).
@@ -323,17 +253,6 @@ func TestAuthorizationModes(t *testing.T) {
 	}
 }
 
-func TestLoopback(t *testing.T) {
-	for addr, want := range map[string]bool{
-		"127.0.0.1:7070": true, "127.1.2.3:0": true, "[::1]:7070": true, "localhost:7070": true, "LOCALHOST:1": true,
-		":7070": false, "0.0.0.0:7070": false, "[::]:7070": false, "10.0.0.5:7070": false, "broker.internal:7070": false, "nonsense": false,
-	} {
-		if got := loopback(addr); got != want {
-			t.Errorf("loopback(%q) = %v; want %v", addr, got, want)
-		}
-	}
-}
-
 // writeClients writes a client registry with one admin and one reader and
 // returns its path and the two keys.
 func writeClients(t *testing.T, dir string) (path, adminKey, readerKey string) {
@@ -354,12 +273,12 @@ func writeClients(t *testing.T, dir string) (path, adminKey, readerKey string) {
 	return path, adminKey, readerKey
 }
 
-// TestLoadSecurity: the registry and TLS files are read at start; what does
-// not read or parse is bad configuration (exit 2) that quotes no key; keys
-// over plaintext on a non-loopback address get a warning.
-func TestLoadSecurity(t *testing.T) {
+// TestBadSecurityFiles: a client registry or TLS file that does not read
+// or parse is bad configuration (exit 2) that quotes no key, refused by
+// realMain, as the binary runs it, before anything listens.
+func TestBadSecurityFiles(t *testing.T) {
 	dir := t.TempDir()
-	clients, adminKey, _ := writeClients(t, dir)
+	_, adminKey, _ := writeClients(t, dir)
 	ca, err := authtest.NewCA("config test CA")
 	if err != nil {
 		t.Fatal(err)
@@ -369,10 +288,6 @@ func TestLoadSecurity(t *testing.T) {
 		t.Fatal(err)
 	}
 	certFile, keyFile, err := srv.Write(dir, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile, err := ca.WriteCert(dir, "ca.crt")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -387,40 +302,6 @@ func TestLoadSecurity(t *testing.T) {
 	malformed := write("malformed.json", `{"clients": [`)
 	unknownField := write("unknown.json", `{"clients": [{"id": "ops", "key": "tbk_SECRET"}]}`)
 	notPEM := write("not-pem.crt", "not a certificate")
-
-	var logs strings.Builder
-	log := slog.New(slog.NewTextHandler(&logs, nil))
-	cfg := func(args ...string) *Config {
-		t.Helper()
-		c, err := parseConfig(args, env(nil))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-
-	sec, err := loadSecurity(cfg("--clients-file", clients, "--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", caFile), log)
-	if err != nil || sec.authn == nil || sec.tls == nil || sec.tls.ClientCAs == nil {
-		t.Fatalf("loadSecurity = %+v, %v", sec, err)
-	}
-	if strings.Contains(logs.String(), "plaintext") {
-		t.Errorf("TLS on, yet a plaintext warning:\n%s", logs.String())
-	}
-	if sec, err := loadSecurity(cfg(), log); err != nil || sec.authn != nil || sec.tls != nil {
-		t.Errorf("open plaintext = %+v, %v", sec, err)
-	}
-
-	logs.Reset()
-	if _, err := loadSecurity(cfg("--clients-file", clients, "--grpc-addr", "0.0.0.0:7070"), log); err != nil {
-		t.Fatal(err)
-	}
-	if n := strings.Count(logs.String(), "bearer keys cross the network in plaintext"); n != 1 {
-		t.Errorf("%d plaintext warnings for keys on 0.0.0.0 without TLS; want 1:\n%s", n, logs.String())
-	}
-	logs.Reset()
-	if _, err := loadSecurity(cfg("--clients-file", clients), log); err != nil || strings.Contains(logs.String(), "plaintext") {
-		t.Errorf("keys on loopback without TLS: %v, warned:\n%s", err, logs.String())
-	}
 
 	for _, tc := range []struct {
 		name string
@@ -437,13 +318,11 @@ func TestLoadSecurity(t *testing.T) {
 		{"missing client CA", []string{"--tls-cert", certFile, "--tls-key", keyFile, "--tls-client-ca", filepath.Join(dir, "nope.crt")}, "client CA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			// Through realMain, as the binary runs it: refused before
-			// anything listens.
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			var stderr strings.Builder
 			err := realMain(ctx, append([]string{"--grpc-addr", "127.0.0.1:0"}, tc.args...), env(nil), &strings.Builder{}, &stderr)
-			var ce *configError
+			var ce *server.ConfigError
 			if !errors.As(err, &ce) || exitCode(err, &strings.Builder{}) != 2 {
 				t.Fatalf("realMain = %v; want a configuration error (exit 2)", err)
 			}

@@ -1,13 +1,12 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"flag"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
 const fuzzSealKey = "k1:c2VjcmV0LXNlYWwta2V5LW1hdGVyaWFsLTMyYnl0ZXM="
@@ -34,7 +33,7 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		c, err := parseConfig(argv, func(k string) string { return env[k] })
 		if err != nil {
-			var ce *configError
+			var ce *server.ConfigError
 			if !errors.As(err, &ce) && !errors.Is(err, flag.ErrHelp) {
 				t.Fatalf("refusal %v is not a configuration error", err)
 			}
@@ -51,43 +50,6 @@ func FuzzParseConfig(f *testing.F) {
 		}
 		if c.RedisURL == "" && !c.DevMode() {
 			t.Fatal("no Redis URL but not dev mode")
-		}
-	})
-}
-
-// FuzzCredentialsFile feeds arbitrary files to the credentials-file loader:
-// it never panics, refusals are configuration errors that do not echo a
-// client secret or refresh token from the file, and whatever it accepts the
-// broker accepts.
-func FuzzCredentialsFile(f *testing.F) {
-	f.Add([]byte(`{"credentials": [{"id": "a", "token_url": "https://idp/t", "client_id": "c", "client_secret": "SECRET-fz-1", "refresh_token": "RT-fz-12345"}]}`))
-	f.Add([]byte(`{"credentials": [{"id": "a b", "token_url": "ftp://x", "client_id": "c", "client_secret": "SECRET-fz-1"}]}`))
-	f.Add([]byte(`{"credentials": [{"id": "a", "refresh_token": 7}]}`))
-	f.Add([]byte(`{"credentials": [{"id": "a", "token_url": "https://idp/t", "client_id": "c", "refresh_token": "RT-fz-12345"}, {"id": "a"}]}`))
-	f.Add([]byte(`{"credentials": []} trailing`))
-	f.Add([]byte(`[]`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		path := filepath.Join(t.TempDir(), "creds.json")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		seeds, err := loadCredentials(context.Background(), path)
-		if err != nil {
-			var ce *configError
-			if !errors.As(err, &ce) {
-				t.Fatalf("refusal %v is not a configuration error", err)
-			}
-			for _, secret := range []string{"SECRET-fz-1", "RT-fz-12345"} {
-				if strings.Contains(err.Error(), secret) {
-					t.Fatalf("the error echoes a secret: %v", err)
-				}
-			}
-			return
-		}
-		for _, s := range seeds {
-			if s.cred.ID == "" || s.cred.TokenURL == "" {
-				t.Fatalf("accepted an incomplete credential %q", s.cred.ID)
-			}
 		}
 	})
 }

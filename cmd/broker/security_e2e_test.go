@@ -35,7 +35,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/auth/authtest"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
-	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -346,6 +345,7 @@ func forceRefresh(t *testing.T, adm pb.AdminServiceClient, ctx context.Context, 
 //     credential, outcome and generation;
 //   - the metrics counters moved as the calls were made.
 func TestBinarySecurityFullRun(t *testing.T) {
+	t.Parallel()
 	brokerBinary(t)
 	rs := redistest.Start(t)
 	dir := t.TempDir()
@@ -697,105 +697,10 @@ func TestBinarySecurityFullRun(t *testing.T) {
 	}
 }
 
-// TestBinaryClientRateLimit: a client over --client-rate on InvalidateToken
-// (or an admin on RefreshCredential) gets RESOURCE_EXHAUSTED, reason
-// RATE_LIMITED, with a RetryInfo; other clients keep their own budget and
-// GetToken is not limited. Dev mode with a client registry on loopback: no
-// open-mode or plaintext warning.
-func TestBinaryClientRateLimit(t *testing.T) {
-	brokerBinary(t)
-	dir := t.TempDir()
-	clientsFile, keys := registry(t, dir, []string{"ops", "reader-a", "reader-b"}, nil)
-	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{e2eClientID: e2eClientSecret}})
-	// A refill of one call per 100s: the third call in a row is refused
-	// however slow the machine.
-	p := startBroker(t, []string{"--grpc-addr", "127.0.0.1:0", "--clients-file", clientsFile,
-		"--client-rate", "0.01", "--client-burst", "2", "--force-interval", "1ms"}, nil)
-	conn := dial(t, p.waitLog(t, "listening", "addr"))
-	tok, adm := pb.NewTokenServiceClient(conn), pb.NewAdminServiceClient(conn)
-	ctx := ctxFor(t)
-	as := func(id string) context.Context { return bearer(ctx, keys[id]) }
-
-	for _, id := range []string{"limited", "other-1", "other-2"} {
-		if _, err := adm.PutCredential(as("ops"), &pb.PutCredentialRequest{Credential: &pb.Credential{
-			Id: id, TokenUrl: idp.TokenURL(), ClientId: e2eClientID, ClientSecret: e2eClientSecret,
-			RefreshToken: idp.Seed(e2eClientID), AllowedClients: []string{"reader-a", "reader-b"},
-		}}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// A current token, so that reporting a stale one refreshes nothing and
-	// only the per-client limit can refuse.
-	if _, err := tok.GetToken(as("reader-a"), &pb.GetTokenRequest{CredentialId: "limited"}); err != nil {
-		t.Fatal(err)
-	}
-	inv := &pb.InvalidateTokenRequest{CredentialId: "limited", RejectedAccessToken: "a-token-long-rejected"}
-	for i := 0; i < 2; i++ {
-		if _, err := tok.InvalidateToken(as("reader-a"), inv); err != nil {
-			t.Fatalf("InvalidateToken %d within the burst: %v", i+1, err)
-		}
-	}
-	_, err := tok.InvalidateToken(as("reader-a"), inv)
-	st := status.Convert(err)
-	var reason string
-	var retry *errdetails.RetryInfo
-	for _, d := range st.Details() {
-		switch d := d.(type) {
-		case *errdetails.ErrorInfo:
-			reason = d.GetReason()
-		case *errdetails.RetryInfo:
-			retry = d
-		}
-	}
-	if st.Code() != codes.ResourceExhausted || reason != "RATE_LIMITED" || !strings.Contains(st.Message(), "from this client") {
-		t.Fatalf("InvalidateToken over the limit = %v (reason %q); want RESOURCE_EXHAUSTED RATE_LIMITED from the per-client limit", err, reason)
-	}
-	if d := retry.GetRetryDelay().AsDuration(); d <= 0 || d > 100*time.Second {
-		t.Errorf("RetryInfo = %v; want a delay up to the 100s refill", retry)
-	}
-	for i := 0; i < 5; i++ {
-		if _, err := tok.GetToken(as("reader-a"), &pb.GetTokenRequest{CredentialId: "limited"}); err != nil {
-			t.Fatalf("GetToken is limited: %v", err)
-		}
-	}
-	if _, err := tok.InvalidateToken(as("reader-b"), inv); err != nil {
-		t.Errorf("another client was limited too: %v", err)
-	}
-	// One forced refresh per credential, so that the broker's own
-	// per-credential limit never refuses.
-	for _, id := range []string{"other-1", "other-2"} {
-		if _, err := adm.RefreshCredential(as("ops"), &pb.RefreshCredentialRequest{Id: id}); err != nil {
-			t.Fatalf("RefreshCredential(%s) within the burst: %v", id, err)
-		}
-	}
-	_, err = adm.RefreshCredential(as("ops"), &pb.RefreshCredentialRequest{Id: "limited"})
-	if st := status.Convert(err); st.Code() != codes.ResourceExhausted || !strings.Contains(st.Message(), "from this client") {
-		t.Errorf("RefreshCredential over the limit = %v; want RESOURCE_EXHAUSTED from the per-client limit", err)
-	}
-
-	if err := syscall.Kill(p.cmd.Process.Pid, syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if code := p.wait(t); code != 0 {
-		t.Fatalf("exit code %d:\n%s", code, p.output())
-	}
-	out := p.output()
-	if strings.Contains(out, "no authentication") || strings.Contains(out, "plaintext") {
-		t.Errorf("dev mode with a registry on loopback warned about open access or plaintext keys:\n%s", out)
-	}
-	if !strings.Contains(out, `"msg":"dev mode: single replica`) || !strings.Contains(out, `"authentication":true`) {
-		t.Errorf("no dev mode warning or no authentication in the listening line:\n%s", out)
-	}
-	for id, key := range keys {
-		if strings.Contains(out, key) {
-			t.Errorf("the log holds %s's key", id)
-		}
-	}
-}
-
 // TestBinarySecurityConfig: the security rules refuse to start (exit 2, one
 // line on stderr) before anything listens.
 func TestBinarySecurityConfig(t *testing.T) {
+	t.Parallel()
 	bin := brokerBinary(t)
 	dir := t.TempDir()
 	badClients := filepath.Join(dir, "bad-clients.json")

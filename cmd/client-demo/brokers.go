@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,12 +15,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/tokenbroker/tokenbroker/clientsdk"
-	"github.com/tokenbroker/tokenbroker/internal/broker"
-	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
-	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	"github.com/tokenbroker/tokenbroker/internal/server"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
@@ -31,105 +27,69 @@ const (
 	redisPrefix     = "tokenbroker-demo"
 )
 
-// replica is one in-process broker serving gRPC on its own 127.0.0.1 port.
+// replica is one in-process broker, built by server.New as cmd/broker
+// builds it, serving gRPC on its own 127.0.0.1 port.
 type replica struct {
 	addr   string
-	b      *broker.Broker
-	srv    *grpcapi.Server
+	srv    *server.Server
 	served chan error // Serve's result
-	// closers release what the replica was built on (store, Redis client),
-	// in order, after the broker is closed.
-	closers []func() error
 }
 
-// startReplica starts a broker over store and serves it on 127.0.0.1:0. On
-// failure it runs closers itself.
-func startReplica(store broker.Store, closers ...func() error) (*replica, error) {
-	r := &replica{served: make(chan error, 1), closers: closers}
-	b, err := broker.New(store, &upstream.Client{}, broker.Config{Open: true})
+// replicaConfig is cmd/broker's default configuration on a free 127.0.0.1
+// port, open to every caller (the demo's workers do not authenticate).
+func replicaConfig() server.Config {
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr = "127.0.0.1:0"
+	cfg.ShutdownTimeout = shutdownTimeout
+	return cfg
+}
+
+// startReplica builds a broker from cfg and serves it until stop.
+func startReplica(ctx context.Context, cfg server.Config) (*replica, error) {
+	// The access log and the audit trail would drown the progress line;
+	// the summary counts what matters.
+	srv, err := server.New(ctx, cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
-		r.closeAll()
 		return nil, err
 	}
-	r.b = b
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		_ = b.Close()
-		r.closeAll()
-		return nil, err
-	}
-	r.addr = lis.Addr().String()
-	// The access log would drown the progress line; the summary counts
-	// what matters.
-	r.srv = grpcapi.NewServer(b, grpcapi.Options{Logger: slog.New(slog.DiscardHandler)})
-	go func() { r.served <- r.srv.Serve(lis) }()
+	r := &replica{addr: srv.GRPCAddr(), srv: srv, served: make(chan error, 1)}
+	go func() { r.served <- srv.Serve(context.Background()) }() // ends with stop
 	return r, nil
 }
 
-// stop shuts the gRPC server down, closes the broker and releases the store.
+// stop shuts the replica down: calls in flight finish, the broker stores
+// its refreshes in flight, the store and its Redis client close.
 func (r *replica) stop() error {
-	ctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*shutdownTimeout)
 	defer cancel()
-	err := r.srv.Shutdown(ctx)
-	if serr := <-r.served; serr != nil {
-		err = errors.Join(err, serr)
-	}
-	err = errors.Join(err, r.b.Close())
-	return errors.Join(err, r.closeAll())
-}
-
-func (r *replica) closeAll() error {
-	var err error
-	for _, c := range r.closers {
-		err = errors.Join(err, c())
-	}
-	r.closers = nil
-	return err
+	return errors.Join(r.srv.Shutdown(ctx), <-r.served)
 }
 
 // startMemReplica starts the dev-mode broker: one replica, in-memory store.
-func startMemReplica() (*replica, error) {
-	return startReplica(memstore.New())
+func startMemReplica(ctx context.Context) (*replica, error) {
+	return startReplica(ctx, replicaConfig())
 }
 
 // startRedisReplicas starts n replicas on the Redis at url, each with its
 // own go-redis client and Store. Records are sealed with a key made for this
 // run, as a production broker's would be.
 func startRedisReplicas(ctx context.Context, url string, n int) ([]*replica, error) {
-	keyring, err := newRunKeyring()
+	if err := pingRedis(ctx, url); err != nil {
+		return nil, err
+	}
+	key, err := seal.GenerateKey()
 	if err != nil {
 		return nil, err
 	}
+	cfg := replicaConfig()
+	cfg.RedisURL, cfg.RedisPrefix, cfg.SealKeys, cfg.AllowUnauthenticated = url, redisPrefix, "demo:"+key, true
 	var reps []*replica
-	stopAll := func() {
-		for _, r := range reps {
-			_ = r.stop()
-		}
-	}
-	for i := range n {
-		rc, err := redisstore.NewClient(url)
+	for range n {
+		r, err := startReplica(ctx, cfg)
 		if err != nil {
-			stopAll()
-			return nil, fmt.Errorf("--redis-url: %w", err)
-		}
-		if i == 0 {
-			pctx, cancel := context.WithTimeout(ctx, adminTimeout)
-			err := rc.Ping(pctx).Err()
-			cancel()
-			if err != nil {
-				_ = rc.Close()
-				return nil, fmt.Errorf("redis does not answer: %w", err)
+			for _, r := range reps {
+				_ = r.stop()
 			}
-		}
-		st, err := redisstore.New(rc, redisstore.Options{Prefix: redisPrefix, Keyring: keyring})
-		if err != nil {
-			_ = rc.Close()
-			stopAll()
-			return nil, err
-		}
-		r, err := startReplica(st, st.Close, rc.Close)
-		if err != nil {
-			stopAll()
 			return nil, err
 		}
 		reps = append(reps, r)
@@ -137,13 +97,20 @@ func startRedisReplicas(ctx context.Context, url string, n int) ([]*replica, err
 	return reps, nil
 }
 
-// newRunKeyring returns a keyring with one random key, for this run only.
-func newRunKeyring() (*seal.Keyring, error) {
-	key := make([]byte, seal.KeySize)
-	if _, err := rand.Read(key); err != nil {
-		return nil, err
+// pingRedis checks that the Redis at url answers, so that a wrong
+// --redis-url fails at once rather than in every worker.
+func pingRedis(ctx context.Context, url string) error {
+	rc, err := redisstore.NewClient(url)
+	if err != nil {
+		return fmt.Errorf("--redis-url: %w", err)
 	}
-	return seal.NewKeyring("demo", map[string][]byte{"demo": key})
+	defer rc.Close()
+	ctx, cancel := context.WithTimeout(ctx, adminTimeout)
+	defer cancel()
+	if err := rc.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis does not answer: %s", redisstore.RedactURL(err.Error(), url))
+	}
+	return nil
 }
 
 // brokerConn holds how the demo reaches a broker: the options workers dial

@@ -5,9 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -19,13 +17,9 @@ import (
 	"time"
 
 	"golang.org/x/oauth2"
-	"google.golang.org/grpc/metadata"
 
-	"github.com/tokenbroker/tokenbroker/internal/broker"
-	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
-	"github.com/tokenbroker/tokenbroker/internal/memstore"
+	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // summaryKeys are the JSON keys of the summary: DESIGN.md's and the rest of
@@ -172,7 +166,7 @@ func TestReplicasWithRedisURL(t *testing.T) {
 }
 
 func TestRunningBroker(t *testing.T) {
-	r, err := startMemReplica()
+	r, err := startMemReplica(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +186,7 @@ func TestRunningBroker(t *testing.T) {
 		t.Errorf("TLS to a plaintext broker: exit %d, stderr %q; want 1 and a hint at --insecure", code, stderr.String())
 	}
 	// The demo deletes its credential at the end.
-	recs, _, err := r.b.ListCredentials(context.Background(), 10, "")
+	recs, _, err := r.srv.Broker().ListCredentials(context.Background(), 10, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,41 +195,24 @@ func TestRunningBroker(t *testing.T) {
 	}
 }
 
-// keyAuth accepts one API key, as an admin.
-type keyAuth struct{ key string }
-
-func (a keyAuth) Authenticate(ctx context.Context) (broker.Caller, error) {
-	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("authorization")) == 1 && md.Get("authorization")[0] == "Bearer "+a.key {
-		return broker.Caller{ID: "demo-admin", Admin: true}, nil
-	}
-	return broker.Caller{}, errors.New("bad key")
-}
-
 // With --api-key the demo authenticates its admin calls and its workers.
 func TestRunningBrokerWithAPIKey(t *testing.T) {
-	b, err := broker.New(memstore.New(), &upstream.Client{}, broker.Config{})
+	a, err := auth.NewAuthenticator([]auth.Client{{ID: "demo-admin", KeySHA256: []string{auth.HashKey("k3y")}, Admin: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	srv := grpcapi.NewServer(b, grpcapi.Options{Authenticator: keyAuth{key: "k3y"}, Logger: slog.New(slog.DiscardHandler)})
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	cfg := replicaConfig()
+	cfg.Authenticator = a
+	r, err := startReplica(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Error(err)
-		}
-		if err := <-served; err != nil {
+		if err := r.stop(); err != nil {
 			t.Error(err)
 		}
 	}()
-	addr := lis.Addr().String()
+	addr := r.addr
 
 	s := runJSON(t, context.Background(), "--broker", addr, "--insecure", "--api-key", "k3y", "--allowed-client", "demo-admin", "--duration", "1s", "--workers", "2", "--token-ttl", "1s")
 	if s.Requests == 0 || s.Failed != 0 {

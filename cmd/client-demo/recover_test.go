@@ -77,7 +77,7 @@ func newPickyAPI(t *testing.T) (*pickyAPI, *httptest.Server) {
 // retry succeeds: one recovered_401.
 func TestBrokerWorkerRecovers401(t *testing.T) {
 	idp := fakeidptest.Start(t, fakeidp.Options{Clients: map[string]string{"c": "s"}, AccessTokenTTL: time.Hour})
-	r, err := startMemReplica()
+	r, err := startMemReplica(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +86,7 @@ func TestBrokerWorkerRecovers401(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	_, err = r.b.PutCredential(context.Background(), broker.Credential{
+	_, err = r.srv.Broker().PutCredential(context.Background(), broker.Credential{
 		ID: "cred", TokenURL: idp.TokenURL(), ClientID: "c", ClientSecrets: []string{"s"},
 	}, idp.Seed("c"))
 	if err != nil {

@@ -196,7 +196,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 	plaintext := true
 	switch d.cfg.mode() {
 	case modeBroker:
-		r, err := startMemReplica()
+		r, err := startMemReplica(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("starting the broker: %w", err)
 		}
@@ -209,7 +209,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 			if err != nil {
 				return nil, err
 			}
-			d.cl.add(func() { d.warn("stopping redis-server", rs.stop()) })
+			d.cl.add(func() { d.warn("stopping redis-server", rs.Close()) })
 			url = rs.URL()
 		}
 		reps, err := startRedisReplicas(ctx, url, d.cfg.replicas)

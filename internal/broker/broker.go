@@ -379,7 +379,7 @@ func (b *Broker) repair(ctx context.Context, cur *Record, last *settled) error {
 		}
 		return err
 	}
-	lease, err := b.store.TryLock(ctx, cur.ID, b.cfg.LockTTL)
+	lease, err := b.acquire(ctx, cur.ID, nil)
 	if err != nil {
 		return err
 	}

@@ -504,7 +504,10 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 	}
 	journaled := false
 	if j := b.cfg.Journal; j != nil {
-		if err := j.Save(b.bg, a.p, next); err == nil {
+		if err := j.Save(b.bg, a.p, next); err != nil {
+			// Stored all the same, without the protection of the journal.
+			ev.Err = errors.Join(ev.Err, fmt.Errorf("journal: %w", err))
+		} else {
 			journaled = true
 		}
 	}

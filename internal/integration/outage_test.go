@@ -58,6 +58,7 @@ func checkRecovered(t *testing.T, c *cluster, replicas []*broker.Broker, gen uin
 }
 
 func TestRedisDownIsUnavailableAndRecoversWithoutRestart(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name       string
 		down, back func(*redistest.Server)
@@ -67,6 +68,7 @@ func TestRedisDownIsUnavailableAndRecoversWithoutRestart(t *testing.T) {
 		{"paused", (*redistest.Server).Pause, (*redistest.Server).Resume},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
 			c, replicas := outageCluster(t)
 			gen := c.stored("cred").Generation
 			tc.down(c.redis)

@@ -8,23 +8,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
-	"golang.org/x/time/rate"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
-	"github.com/tokenbroker/tokenbroker/internal/audit"
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
-	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
-	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/redisproc"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
 // Identities of the benchmark's broker clients and of the upstream OAuth2
@@ -37,17 +31,13 @@ const (
 	shutdownWait = 5 * time.Second
 )
 
-// The per-client limit of the costly methods: cmd/broker's defaults
-// (--client-rate, --client-burst). GetToken is not limited.
-const (
-	clientRate  rate.Limit = 10
-	clientBurst int        = 20
-)
-
-// env is what every measurement shares: one private redis-server and the
-// client registry. Each measurement makes its own IdP and key prefix.
+// env is what every measurement shares: one private redis-server (bound to
+// 127.0.0.1, no persistence, noeviction as the broker requires), a client
+// of it for the rig's own commands, and the client registry. Each
+// measurement makes its own IdP and key prefix.
 type env struct {
-	redis *redisServer
+	redis *redisproc.Server
+	rdb   redis.UniversalClient // the rig's own: replicas have theirs
 	auth  *auth.Authenticator
 	key   string // the bench client's bearer key
 	runID string // unique per run, starts every key prefix
@@ -69,16 +59,21 @@ func newEnv(ctx context.Context) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	rs, err := startRedis(ctx)
+	rs, err := redisproc.Start(ctx, redisproc.Options{Args: []string{"--maxmemory-policy", "noeviction"}})
 	if err != nil {
+		return nil, err
+	}
+	rdb, err := redisstore.NewClient(rs.URL())
+	if err != nil {
+		_ = rs.Close()
 		return nil, err
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return &env{redis: rs, auth: a, key: key, runID: "bench" + hex.EncodeToString(b[:])}, nil
+	return &env{redis: rs, rdb: rdb, auth: a, key: key, runID: "bench" + hex.EncodeToString(b[:])}, nil
 }
 
-func (e *env) close() error { return e.redis.stop() }
+func (e *env) close() error { return errors.Join(e.rdb.Close(), e.redis.Close()) }
 
 // callerContext returns ctx with the bench client's key in the outgoing
 // metadata, as clientsdk sends it.
@@ -124,20 +119,15 @@ func credential(idp *fakeidp.Server, id string) broker.Credential {
 	}
 }
 
-// replica is one broker replica as cmd/broker wires it in Redis mode, with
-// authentication, the per-client limit, metrics and the audit trail on: its
-// own go-redis client, redisstore.Store, Broker, metrics on a fresh
-// registry (through the gRPC stats handler, as cmd/broker installs them),
-// and gRPC server on its own 127.0.0.1 port, without TLS.
+// replica is one broker replica built by server.New as cmd/broker builds
+// it in Redis mode with --clients-file and --metrics-addr, their other
+// settings at the defaults: authentication, the per-client limit, metrics
+// (with the Go and process collectors) and the audit trail on; its own
+// go-redis client and Store; its gRPC port on 127.0.0.1, without TLS.
 type replica struct {
-	client  redis.UniversalClient
-	store   *redisstore.Store
-	broker  *broker.Broker
-	metrics *metrics.Metrics
-	reg     *prometheus.Registry // the metrics' registry
-	server  *grpcapi.Server
-	addr    string
-	served  chan error // Serve's result
+	*server.Server
+	addr   string
+	served chan error // Serve's result
 }
 
 // replicaOptions tune startReplica.
@@ -148,68 +138,26 @@ type replicaOptions struct {
 }
 
 // startReplica starts a replica on e's Redis. Close it with close.
-func (e *env) startReplica(o replicaOptions) (r *replica, err error) {
-	r = &replica{}
-	defer func() {
-		if err != nil {
-			_ = r.close()
-		}
-	}()
-	if r.client, err = redisstore.NewClient(e.redis.URL()); err != nil {
-		return nil, err
-	}
-	if o.hook != nil {
-		r.client.AddHook(o.hook)
-	}
-	if r.store, err = redisstore.New(r.client, redisstore.Options{Prefix: o.prefix, AllowPlaintext: true}); err != nil {
-		return nil, err
-	}
-	// Wired as cmd/broker wires it with --clients-file and --metrics-addr
-	// at their defaults.
-	logger := quietLogger()
-	trail := audit.New(logger)
-	r.reg = prometheus.NewRegistry()
-	r.metrics = metrics.New(r.reg, metrics.Options{})
-	cfg := broker.Config{Observer: audit.Tee(trail, r.metrics, o.observer)}
-	if r.broker, err = broker.New(r.store, &upstream.Client{}, cfg); err != nil {
-		return nil, err
-	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+func (e *env) startReplica(ctx context.Context, o replicaOptions) (*replica, error) {
+	cfg := server.DefaultConfig()
+	cfg.GRPCAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.RedisURL, cfg.RedisPrefix, cfg.AllowPlaintext = e.redis.URL(), o.prefix, true
+	cfg.Authenticator, cfg.Observer, cfg.RedisHook = e.auth, o.observer, o.hook
+	cfg.ShutdownTimeout = shutdownWait
+	srv, err := server.New(ctx, cfg, quietLogger())
 	if err != nil {
 		return nil, err
 	}
-	r.addr = lis.Addr().String()
-	r.server = grpcapi.NewServer(r.broker, grpcapi.Options{
-		Authenticator:     e.auth,
-		Limiter:           auth.NewLimiter(clientRate, clientBurst),
-		Logger:            logger,
-		UnaryInterceptors: []grpc.UnaryServerInterceptor{trail.UnaryServerInterceptor(grpcapi.Code)},
-		ObserveCall:       r.metrics.ObserveRPC,
-	})
-	r.served = make(chan error, 1)
-	go func() { r.served <- r.server.Serve(lis) }()
+	r := &replica{Server: srv, addr: srv.GRPCAddr(), served: make(chan error, 1)}
+	go func() { r.served <- srv.Serve(context.Background()) }() // ends with close
 	return r, nil
 }
 
-// close stops what startReplica started, in reverse order.
+// close shuts the replica down and releases what it was built on.
 func (r *replica) close() error {
-	var errs []error
-	if r.server != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownWait)
-		errs = append(errs, r.server.Shutdown(ctx))
-		cancel()
-		errs = append(errs, served(<-r.served))
-	}
-	if r.broker != nil {
-		errs = append(errs, r.broker.Close())
-	}
-	if r.store != nil {
-		errs = append(errs, r.store.Close())
-	}
-	if r.client != nil {
-		errs = append(errs, r.client.Close())
-	}
-	return errors.Join(errs...)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*shutdownWait)
+	defer cancel()
+	return errors.Join(r.Shutdown(ctx), <-r.served)
 }
 
 // quietLogger is the log of the benchmark's servers (access log and audit
@@ -222,7 +170,7 @@ func quietLogger() *slog.Logger {
 // servedCount is the number of tokens the replica handed out, as its
 // metrics count them; -1 if they cannot be read.
 func (r *replica) servedCount() int64 {
-	families, err := r.reg.Gather()
+	families, err := r.Registry().Gather()
 	if err != nil {
 		return -1
 	}

@@ -129,7 +129,7 @@ func (e *env) scale(ctx context.Context, cfg *Config) (Scale, error) {
 		ids[i] = fmt.Sprintf("cred-%06d", i)
 	}
 
-	seeder, err := e.startReplica(replicaOptions{prefix: prefix})
+	seeder, err := e.startReplica(ctx, replicaOptions{prefix: prefix})
 	if err != nil {
 		return res, err
 	}
@@ -137,7 +137,7 @@ func (e *env) scale(ctx context.Context, cfg *Config) (Scale, error) {
 	progress(cfg, "scale: seeding %d credentials", n)
 	t0 := time.Now()
 	if err := forEach(ctx, cfg.Workers, n, func(ctx context.Context, i int) error {
-		_, err := seeder.broker.PutCredential(adminContext(ctx), credential(idp, ids[i]), idp.Seed(idpClientID))
+		_, err := seeder.Broker().PutCredential(adminContext(ctx), credential(idp, ids[i]), idp.Seed(idpClientID))
 		return err
 	}); err != nil {
 		return res, fmt.Errorf("loadbench: scale: seeding: %w", err)
@@ -146,7 +146,7 @@ func (e *env) scale(ctx context.Context, cfg *Config) (Scale, error) {
 	progress(cfg, "scale: first refresh of %d credentials", n)
 	t0 = time.Now()
 	if err := forEach(ctx, cfg.Workers, n, func(ctx context.Context, i int) error {
-		_, err := seeder.broker.GetToken(readerContext(ctx), ids[i], 0)
+		_, err := seeder.Broker().GetToken(readerContext(ctx), ids[i], 0)
 		return err
 	}); err != nil {
 		return res, fmt.Errorf("loadbench: scale: warming: %w", err)
@@ -157,7 +157,7 @@ func (e *env) scale(ctx context.Context, cfg *Config) (Scale, error) {
 	// measured after a first slice has filled its pools.
 	progress(cfg, "scale: a cold replica caches %d credentials", n)
 	counter := &commandCounter{}
-	cold, err := e.startReplica(replicaOptions{prefix: prefix, hook: counter})
+	cold, err := e.startReplica(ctx, replicaOptions{prefix: prefix, hook: counter})
 	if err != nil {
 		return res, err
 	}
@@ -174,7 +174,7 @@ func (e *env) scale(ctx context.Context, cfg *Config) (Scale, error) {
 				&pb.GetTokenRequest{CredentialId: ids[from+i]}, new(pb.GetTokenResponse))
 		})
 	}
-	if err := waitSubscribers(ctx, cold.client, prefix+":events", 2); err != nil {
+	if err := waitSubscribers(ctx, e.rdb, prefix+":events", 2); err != nil {
 		return res, err
 	}
 	t0 = time.Now()
@@ -223,7 +223,7 @@ func (e *env) scale(ctx context.Context, cfg *Config) (Scale, error) {
 // first GetToken of id from a new client connection; it then stops it.
 func (e *env) coldFirstToken(ctx context.Context, prefix, id string) (time.Duration, error) {
 	t0 := time.Now()
-	r, err := e.startReplica(replicaOptions{prefix: prefix})
+	r, err := e.startReplica(ctx, replicaOptions{prefix: prefix})
 	if err != nil {
 		return 0, err
 	}

@@ -140,7 +140,7 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 		}
 	}()
 	for range cfg.StormReplicas {
-		r, err := e.startReplica(replicaOptions{prefix: prefix, hook: counter})
+		r, err := e.startReplica(ctx, replicaOptions{prefix: prefix, hook: counter})
 		if err != nil {
 			return res, err
 		}
@@ -157,7 +157,7 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 	for round := range cfg.Rounds {
 		progress(cfg, "storm: %d callers on %d replicas, round %d/%d", cfg.StormCallers, cfg.StormReplicas, round+1, cfg.Rounds)
 		id := fmt.Sprintf("storm-%d", round)
-		if _, err := reps[0].broker.PutCredential(adminContext(ctx), credential(idp, id), idp.Seed(idpClientID)); err != nil {
+		if _, err := reps[0].Broker().PutCredential(adminContext(ctx), credential(idp, id), idp.Seed(idpClientID)); err != nil {
 			return res, err
 		}
 		r, calls, reuses, err := e.stormRound(ctx, cfg, idp, clock, pools, id, counter)

@@ -37,10 +37,10 @@ func (e *env) startHot(ctx context.Context) (h *hotRig, err error) {
 	if h.idp, err = startIdP(0, time.Hour, nil); err != nil {
 		return nil, err
 	}
-	if h.rep, err = e.startReplica(replicaOptions{prefix: e.runID + "-hot"}); err != nil {
+	if h.rep, err = e.startReplica(ctx, replicaOptions{prefix: e.runID + "-hot"}); err != nil {
 		return nil, err
 	}
-	if _, err = h.rep.broker.PutCredential(adminContext(ctx), credential(h.idp, hotCredential), h.idp.Seed(idpClientID)); err != nil {
+	if _, err = h.rep.Broker().PutCredential(adminContext(ctx), credential(h.idp, hotCredential), h.idp.Seed(idpClientID)); err != nil {
 		return nil, err
 	}
 	conns, err := dialPool(h.rep.addr, 1)

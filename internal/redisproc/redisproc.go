@@ -1,7 +1,7 @@
 // Package redisproc runs a private redis-server as a child process: bound to
-// 127.0.0.1 on a free port, in a directory of the caller's, controlled and
-// stopped by its PID. Tests use it through internal/redistest; the demo and
-// the load benchmark use it directly.
+// 127.0.0.1 on a free port, in a temporary directory of its own, controlled
+// and stopped by its PID. Tests use it through internal/redistest; the demo
+// and the load benchmark use it directly.
 package redisproc
 
 import (
@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,27 +33,45 @@ var ErrNotInstalled = errors.New("redisproc: redis-server is not in PATH (on Deb
 
 // Options configure Start.
 type Options struct {
-	// Dir is the server's working directory, for its log and data files.
-	// Required; the caller owns it.
-	Dir string
 	// AppendOnly turns on the append-only file with appendfsync always, so
 	// every acknowledged write survives a kill and comes back on Restart.
 	AppendOnly bool
 	// Args are extra redis-server arguments, such as "--maxmemory-policy",
 	// "noeviction".
 	Args []string
+	// Dir, if set, is the server's working directory, which the caller
+	// owns; by default Start makes a temporary one and Close removes it.
+	Dir string
+	// ConfigFile, if set, is a configuration file that redis-server reads
+	// first (the other arguments override it) and may rewrite, as Sentinel
+	// does with its state. The caller writes it, in Dir or elsewhere.
+	ConfigFile string
+	// Sentinel runs the server as a Redis Sentinel (redis-server --sentinel);
+	// it needs a ConfigFile with the sentinel monitor lines.
+	Sentinel bool
+	// ClusterBus gives the server a second free port for the Redis Cluster
+	// bus (--cluster-port; see BusPort), instead of the default port + 10000,
+	// which may be taken or above 65535.
+	ClusterBus bool
 }
 
-// Server is a redis-server child process. Its methods are safe for
-// concurrent use.
+// Server is a redis-server child process in a temporary directory that Start
+// creates and Close removes. Its methods are safe for concurrent use.
 type Server struct {
-	bin  string
-	dir  string
-	port int
-	args []string
+	bin     string
+	dir     string
+	conf    string // config file, or ""
+	mode    []string
+	port    int
+	busPort int // 0 without a cluster bus
+	args    []string
 
-	mu   sync.Mutex
-	proc *process // nil while stopped
+	mu     sync.Mutex
+	proc   *process // nil while stopped
+	closed bool     // the directory is gone
+	extra  []string // arguments of RestartWith, after args
+	paused bool     // sent SIGSTOP, not SIGCONT since
+	ownDir bool     // the directory is Start's, removed by Close
 }
 
 // process is one run of redis-server.
@@ -61,18 +80,46 @@ type process struct {
 	exited chan struct{} // closed once Wait returned
 }
 
-// Start runs redis-server on a free 127.0.0.1 port and waits until it
-// answers PING. On Linux the server dies with the process that started it,
-// even if that process is killed before it can stop it.
+// Start creates a temporary directory, runs redis-server in it on a free
+// 127.0.0.1 port and waits until it answers PING. On Linux the server dies
+// with the process that started it, even if that process is killed before it
+// can stop it. Close the Server to stop it and remove its directory.
 func Start(ctx context.Context, opts Options) (*Server, error) {
-	if opts.Dir == "" {
-		return nil, errors.New("redisproc: Options.Dir is required")
-	}
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, ErrNotInstalled
 	}
-	s := &Server{bin: bin, dir: opts.Dir}
+	dir, own := opts.Dir, false
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "redisproc-"); err != nil {
+			return nil, fmt.Errorf("redisproc: %w", err)
+		}
+		own = true
+	}
+	s, err := launch(ctx, bin, dir, opts)
+	if err != nil {
+		if log, _ := os.ReadFile(filepath.Join(dir, logFile)); len(log) > 0 {
+			err = fmt.Errorf("%w\nredis-server's log:\n%s", err, log)
+		}
+		if own {
+			_ = os.RemoveAll(dir)
+		}
+		return nil, err
+	}
+	s.ownDir = own
+	return s, nil
+}
+
+// launch runs redis-server in dir, retrying on another port when the one it
+// picked was taken in the meantime.
+func launch(ctx context.Context, bin, dir string, opts Options) (*Server, error) {
+	s := &Server{bin: bin, dir: dir, conf: opts.ConfigFile}
+	if opts.Sentinel {
+		if opts.ConfigFile == "" {
+			return nil, errors.New("redisproc: a sentinel needs Options.ConfigFile")
+		}
+		s.mode = []string{"--sentinel"}
+	}
 	s.args = []string{
 		"--bind", "127.0.0.1",
 		"--protected-mode", "yes",
@@ -90,8 +137,17 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 
 	for try := 1; ; try++ {
 		_ = os.Remove(s.logPath())
+		var err error
 		if s.port, err = freePort(); err != nil {
 			return nil, err
+		}
+		if opts.ClusterBus {
+			if s.busPort, err = freePort(); err != nil {
+				return nil, err
+			}
+			if s.busPort == s.port {
+				continue // taken again by the kernel: try other ports
+			}
 		}
 		err = s.start(ctx)
 		if err == nil {
@@ -105,6 +161,13 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 
 // Addr is the server's host:port.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+// Port is the server's port on 127.0.0.1.
+func (s *Server) Port() int { return s.port }
+
+// BusPort is the server's Redis Cluster bus port, or 0 without
+// Options.ClusterBus.
+func (s *Server) BusPort() int { return s.busPort }
 
 // URL is the server's redis:// URL, database 0.
 func (s *Server) URL() string { return "redis://" + s.Addr() + "/0" }
@@ -124,7 +187,8 @@ func (s *Server) PID() int {
 
 // Stop shuts the server down with SIGTERM (after SIGCONT, since a paused
 // server cannot shut down) and waits until it exited; after StopTimeout it
-// kills it and says so. Stopping a stopped server does nothing.
+// kills it and says so. Stopping a stopped server does nothing. The
+// directory stays, for Restart.
 func (s *Server) Stop() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -133,6 +197,7 @@ func (s *Server) Stop() error {
 		return nil
 	}
 	s.proc = nil
+	s.paused = false
 	_ = p.cmd.Process.Signal(syscall.SIGCONT)
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
@@ -145,12 +210,30 @@ func (s *Server) Stop() error {
 	}
 }
 
+// Close stops the server as Stop does, if it still runs, and removes its
+// directory with its log and data files. A closed Server cannot be
+// restarted; closing it again does nothing.
+func (s *Server) Close() error {
+	err := s.Stop()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return err
+	}
+	s.closed = true
+	if !s.ownDir {
+		return err
+	}
+	return errors.Join(err, os.RemoveAll(s.dir))
+}
+
 // Kill kills the server with SIGKILL and waits until it exited.
 func (s *Server) Kill() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if p := s.proc; p != nil {
 		s.proc = nil
+		s.paused = false
 		_ = p.cmd.Process.Kill()
 		<-p.exited
 	}
@@ -163,7 +246,24 @@ func (s *Server) Signal(sig syscall.Signal) error {
 	if s.proc == nil {
 		return fmt.Errorf("redisproc: %v: redis-server is not running", sig)
 	}
-	return s.proc.cmd.Process.Signal(sig)
+	if err := s.proc.cmd.Process.Signal(sig); err != nil {
+		return err
+	}
+	switch sig {
+	case syscall.SIGSTOP:
+		s.paused = true
+	case syscall.SIGCONT:
+		s.paused = false
+	}
+	return nil
+}
+
+// Running reports whether the server's process runs and was not frozen
+// with SIGSTOP through Signal: whether it can answer.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.proc != nil && !s.paused
 }
 
 // Restart stops the server if it runs and starts it again on the same port
@@ -172,6 +272,26 @@ func (s *Server) Restart(ctx context.Context) error {
 	if err := s.Stop(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("redisproc: restart of a closed server")
+	}
+	return s.start(ctx)
+}
+
+// RestartWith is Restart with args added after the server's own arguments,
+// for this run and later restarts, replacing those of an earlier
+// RestartWith: for example "--replicaof", "127.0.0.1", "6380" to bring a
+// former master back as a replica.
+func (s *Server) RestartWith(ctx context.Context, args ...string) error {
+	if err := s.Stop(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.extra = slices.Clone(args)
+	s.mu.Unlock()
 	return s.start(ctx)
 }
 
@@ -184,11 +304,27 @@ func (s *Server) Log() string {
 	return string(b)
 }
 
-func (s *Server) logPath() string { return filepath.Join(s.dir, "redis.log") }
+// logFile is the name of the server's log in its directory.
+const logFile = "redis.log"
+
+func (s *Server) logPath() string { return filepath.Join(s.dir, logFile) }
 
 // start runs redis-server on s.port and waits until it answers PING.
 func (s *Server) start(ctx context.Context) error {
-	cmd := exec.Command(s.bin, append([]string{"--port", strconv.Itoa(s.port)}, s.args...)...)
+	var argv []string
+	if s.conf != "" {
+		argv = append(argv, s.conf)
+	}
+	argv = append(argv, s.mode...)
+	argv = append(argv, "--port", strconv.Itoa(s.port))
+	if s.busPort != 0 {
+		argv = append(argv, "--cluster-port", strconv.Itoa(s.busPort))
+	}
+	argv = append(argv, s.args...)
+	s.mu.Lock()
+	argv = append(argv, s.extra...)
+	s.mu.Unlock()
+	cmd := exec.Command(s.bin, argv...)
 	cmd.Dir = s.dir
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {
@@ -201,6 +337,7 @@ func (s *Server) start(ctx context.Context) error {
 	}()
 	s.mu.Lock()
 	s.proc = p
+	s.paused = false
 	s.mu.Unlock()
 
 	deadline := time.Now().Add(StartTimeout)

@@ -1,7 +1,10 @@
 package redisstore
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"log/slog"
 	"net/url"
 	"slices"
 	"strconv"
@@ -33,7 +36,7 @@ import (
 // (context_timeout_enabled defaults to true), so a caller's deadline bounds
 // every call even while Redis is frozen.
 //
-// Errors never contain the password.
+// NewClient does not dial. Errors never contain the password.
 func NewClient(rawURL string) (redis.UniversalClient, error) {
 	c, err := newClient(rawURL)
 	if err != nil {
@@ -42,18 +45,47 @@ func NewClient(rawURL string) (redis.UniversalClient, error) {
 	return c, nil
 }
 
+// redisURL is a Redis URL taken apart: net/url cannot parse it, since the
+// authority may list several hosts.
+type redisURL struct {
+	scheme     string   // as given, for messages
+	base       string   // redis or rediss
+	mode       string   // "", "sentinel" or "cluster"
+	userinfo   string   // "user:password@" as given, or ""
+	hosts      []string // at least one, none empty
+	path       string   // "" or starting with "/"
+	query      url.Values
+	ctxTimeout bool // context_timeout_enabled, removed from query
+}
+
 func newClient(rawURL string) (redis.UniversalClient, error) {
+	u, err := parseRedisURL(rawURL)
+	if err != nil {
+		return nil, err
+	}
+	switch u.mode {
+	case "":
+		return newSingleClient(u)
+	case "sentinel":
+		return newSentinelClient(u)
+	case "cluster":
+		return newClusterClient(u)
+	}
+	return nil, errors.New("unsupported scheme " + strconv.Quote(u.scheme))
+}
+
+// parseRedisURL splits rawURL into its parts and checks what is common to
+// every mode.
+func parseRedisURL(rawURL string) (*redisURL, error) {
 	scheme, rest, ok := strings.Cut(rawURL, "://")
 	if !ok {
 		return nil, errors.New("missing scheme, e.g. redis://")
 	}
-	base, mode, _ := strings.Cut(strings.ToLower(scheme), "+")
-	if base != "redis" && base != "rediss" {
+	u := &redisURL{scheme: scheme}
+	u.base, u.mode, _ = strings.Cut(strings.ToLower(scheme), "+")
+	if u.base != "redis" && u.base != "rediss" {
 		return nil, errors.New("unsupported scheme " + strconv.Quote(scheme))
 	}
-
-	// Split rest into authority, path and query by hand: the authority may
-	// list several hosts, which net/url does not accept.
 	authority, tail := rest, ""
 	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
 		authority, tail = rest[:i], rest[i:]
@@ -62,89 +94,104 @@ func newClient(rawURL string) (redis.UniversalClient, error) {
 		return nil, errors.New("a fragment (#) is not allowed")
 	}
 	path, rawQuery, _ := strings.Cut(tail, "?")
-	userinfo, hostList := "", authority
+	u.path = path
+	hostList := authority
 	if i := strings.LastIndex(authority, "@"); i >= 0 {
-		userinfo, hostList = authority[:i+1], authority[i+1:]
+		u.userinfo, hostList = authority[:i+1], authority[i+1:]
 	}
-	hosts := strings.Split(hostList, ",")
-	for _, h := range hosts {
-		if h == "" {
-			return nil, errors.New("empty host")
-		}
+	u.hosts = strings.Split(hostList, ",")
+	if slices.Contains(u.hosts, "") {
+		return nil, errors.New("empty host")
 	}
-	query, err := url.ParseQuery(rawQuery)
-	if err != nil {
+	var err error
+	if u.query, err = url.ParseQuery(rawQuery); err != nil {
 		return nil, errors.New("malformed query")
 	}
-	ctxTimeout := true
-	if query.Has("context_timeout_enabled") {
-		if ctxTimeout, err = strconv.ParseBool(query.Get("context_timeout_enabled")); err != nil {
-			return nil, errors.New("context_timeout_enabled is not a boolean")
-		}
-		query.Del("context_timeout_enabled")
+	if u.ctxTimeout, err = takeContextTimeout(u.query); err != nil {
+		return nil, err
 	}
-
-	switch mode {
-	case "":
-		if len(hosts) != 1 {
-			return nil, errors.New("several hosts need redis+sentinel:// or redis+cluster://")
-		}
-		o, err := redis.ParseURL(base + "://" + userinfo + hosts[0] + path + encodeQuery(query))
-		if err != nil {
-			return nil, err
-		}
-		o.ContextTimeoutEnabled = ctxTimeout
-		return redis.NewClient(o), nil
-
-	case "sentinel":
-		segs := strings.Split(strings.Trim(path, "/"), "/")
-		if segs[0] == "" || len(segs) > 2 {
-			return nil, errors.New("redis+sentinel:// needs the path /master[/db]")
-		}
-		query.Set("master_name", segs[0])
-		db := ""
-		if len(segs) == 2 {
-			db = "/" + segs[1]
-		}
-		sentinelUser, sentinelPass := query.Get("sentinel_username"), query.Get("sentinel_password")
-		query.Del("sentinel_username")
-		query.Del("sentinel_password")
-		for _, h := range hosts[1:] {
-			query.Add("addr", h)
-		}
-		// ParseFailoverURL takes the userinfo as the sentinels' credentials;
-		// ours are the servers'.
-		o, err := redis.ParseFailoverURL(base + "://" + userinfo + hosts[0] + db + encodeQuery(query))
-		if err != nil {
-			return nil, err
-		}
-		o.Username, o.Password = o.SentinelUsername, o.SentinelPassword
-		o.SentinelUsername, o.SentinelPassword = sentinelUser, sentinelPass
-		o.ContextTimeoutEnabled = ctxTimeout
-		return redis.NewFailoverClient(o), nil
-
-	case "cluster":
-		if strings.Trim(path, "/") != "" {
-			return nil, errors.New("redis+cluster:// takes no database number")
-		}
-		for _, h := range hosts[1:] {
-			query.Add("addr", h)
-		}
-		o, err := redis.ParseClusterURL(base + "://" + userinfo + hosts[0] + encodeQuery(query))
-		if err != nil {
-			return nil, err
-		}
-		o.ContextTimeoutEnabled = ctxTimeout
-		return redis.NewClusterClient(o), nil
-	}
-	return nil, errors.New("unsupported scheme " + strconv.Quote(scheme))
+	return u, nil
 }
 
-func encodeQuery(q url.Values) string {
-	if len(q) == 0 {
-		return ""
+// takeContextTimeout removes context_timeout_enabled from q and returns its
+// value, true when absent.
+func takeContextTimeout(q url.Values) (bool, error) {
+	if !q.Has("context_timeout_enabled") {
+		return true, nil
 	}
-	return "?" + q.Encode()
+	v, err := strconv.ParseBool(q.Get("context_timeout_enabled"))
+	if err != nil {
+		return false, errors.New("context_timeout_enabled is not a boolean")
+	}
+	q.Del("context_timeout_enabled")
+	return v, nil
+}
+
+// extraHosts adds every host but the first to q as go-redis's addr option.
+func (u *redisURL) extraHosts() {
+	for _, h := range u.hosts[1:] {
+		u.query.Add("addr", h)
+	}
+}
+
+// goRedisURL is the single-host URL go-redis's parsers take.
+func (u *redisURL) goRedisURL(path string) string {
+	s := u.base + "://" + u.userinfo + u.hosts[0] + path
+	if len(u.query) > 0 {
+		s += "?" + u.query.Encode()
+	}
+	return s
+}
+
+func newSingleClient(u *redisURL) (redis.UniversalClient, error) {
+	if len(u.hosts) != 1 {
+		return nil, errors.New("several hosts need redis+sentinel:// or redis+cluster://")
+	}
+	o, err := redis.ParseURL(u.goRedisURL(u.path))
+	if err != nil {
+		return nil, err
+	}
+	o.ContextTimeoutEnabled = u.ctxTimeout
+	return redis.NewClient(o), nil
+}
+
+func newSentinelClient(u *redisURL) (redis.UniversalClient, error) {
+	segs := strings.Split(strings.Trim(u.path, "/"), "/")
+	if segs[0] == "" || len(segs) > 2 {
+		return nil, errors.New("redis+sentinel:// needs the path /master[/db]")
+	}
+	u.query.Set("master_name", segs[0])
+	db := ""
+	if len(segs) == 2 {
+		db = "/" + segs[1]
+	}
+	sentinelUser, sentinelPass := u.query.Get("sentinel_username"), u.query.Get("sentinel_password")
+	u.query.Del("sentinel_username")
+	u.query.Del("sentinel_password")
+	u.extraHosts()
+	o, err := redis.ParseFailoverURL(u.goRedisURL(db))
+	if err != nil {
+		return nil, err
+	}
+	// ParseFailoverURL takes the userinfo as the sentinels' credentials;
+	// ours are the servers'.
+	o.Username, o.Password = o.SentinelUsername, o.SentinelPassword
+	o.SentinelUsername, o.SentinelPassword = sentinelUser, sentinelPass
+	o.ContextTimeoutEnabled = u.ctxTimeout
+	return redis.NewFailoverClient(o), nil
+}
+
+func newClusterClient(u *redisURL) (redis.UniversalClient, error) {
+	if strings.Trim(u.path, "/") != "" {
+		return nil, errors.New("redis+cluster:// takes no database number")
+	}
+	u.extraHosts()
+	o, err := redis.ParseClusterURL(u.goRedisURL(""))
+	if err != nil {
+		return nil, err
+	}
+	o.ContextTimeoutEnabled = u.ctxTimeout
+	return redis.NewClusterClient(o), nil
 }
 
 // redactErr turns an error about rawURL into one that holds no credential:
@@ -155,17 +202,23 @@ func redactErr(err error, rawURL string) error {
 	if errors.As(err, &uerr) {
 		return errors.New("redisstore: invalid Redis URL: malformed URL")
 	}
-	msg := err.Error()
-	for _, s := range secrets(rawURL) {
-		if len(s) > 0 {
-			msg = strings.ReplaceAll(msg, s, "xxxxx")
-		}
-	}
-	return errors.New("redisstore: invalid Redis URL: " + msg)
+	return errors.New("redisstore: invalid Redis URL: " + RedactURL(err.Error(), rawURL))
 }
 
-// secrets lists the substrings of rawURL that may be or hold a password,
-// longest first.
+// RedactURL returns msg with every secret the Redis URL rawURL may hold
+// blanked out: its user info, the password in it, and the value of any
+// option whose name mentions a password (sentinel_password=...), each also
+// in its percent-decoded form. Whatever logs a Redis URL, or an error from
+// go-redis about one, passes it through RedactURL first.
+func RedactURL(msg, rawURL string) string {
+	for _, s := range secrets(rawURL) {
+		msg = strings.ReplaceAll(msg, s, "xxxxx")
+	}
+	return msg
+}
+
+// secrets lists the non-empty substrings of rawURL that may be or hold a
+// password, longest first.
 func secrets(rawURL string) []string {
 	var out []string
 	add := func(s string) {
@@ -201,4 +254,21 @@ func secrets(rawURL string) []string {
 	// does not leave the rest of it behind.
 	slices.SortFunc(out, func(a, b string) int { return len(b) - len(a) })
 	return out
+}
+
+// SetLogger sends go-redis's own log lines (failed dials, pool trouble and
+// the like) to log at WARN with component=go-redis, with the secrets of
+// rawURL redacted. go-redis has one logger per process, so this is for a
+// process's main to call, once.
+func SetLogger(log *slog.Logger, rawURL string) {
+	redis.SetLogger(goRedisLogger{log: log, url: rawURL})
+}
+
+type goRedisLogger struct {
+	log *slog.Logger
+	url string
+}
+
+func (l goRedisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.WarnContext(ctx, RedactURL(fmt.Sprintf(format, v...), l.url), "component", "go-redis")
 }

@@ -102,3 +102,28 @@ func mustClient(t *testing.T, url string) redis.UniversalClient {
 	t.Cleanup(func() { _ = c.Close() })
 	return c
 }
+
+func TestRedactURL(t *testing.T) {
+	for _, tc := range []struct {
+		url, msg string
+		hidden   []string
+	}{
+		{"redis://u:hunter2@db:6379/0", "dial tcp: redis://u:hunter2@db:6379/0: refused, password hunter2", []string{"hunter2"}},
+		{"redis://:p%40ss@db:6379", "auth p@ss failed for p%40ss", []string{"p@ss", "p%40ss"}},
+		{"redis+sentinel://u:pw1@s1,s2/m?sentinel_password=spw-SECRET&dial_timeout=1s", "sentinel spw-SECRET, server pw1", []string{"spw-SECRET", "pw1"}},
+		{"redis://u:a/b@db:6379", "bad password a/b", []string{"a/b"}},
+	} {
+		got := redisstore.RedactURL(tc.msg, tc.url)
+		for _, s := range tc.hidden {
+			if strings.Contains(got, s) {
+				t.Errorf("RedactURL(%q, %q) = %q: shows %q", tc.msg, tc.url, got, s)
+			}
+		}
+		if !strings.Contains(got, "xxxxx") {
+			t.Errorf("RedactURL(%q, %q) = %q: nothing marked as redacted", tc.msg, tc.url, got)
+		}
+	}
+	if got := redisstore.RedactURL("dial tcp 127.0.0.1:6379: refused", "redis://127.0.0.1:6379/0"); got != "dial tcp 127.0.0.1:6379: refused" {
+		t.Errorf("a URL without secrets changed the message: %q", got)
+	}
+}

@@ -13,8 +13,14 @@
 --
 -- Returns 1 when written, -1 when the lock is not held with ARGV[1], -2 when
 -- the stored generation is another. A repeat of a write that was applied
--- (same lock value, same generations) returns 1 again without writing, so a
--- writer may retry a Commit whose reply it never saw.
+-- (same lock value, same generations) returns 1 again without changing the
+-- record, so a writer may retry a Commit whose reply it never saw, or whose
+-- replicas did not acknowledge it. The repeat rewrites the lease field with
+-- the value it has: a write that is replicated like any other, so that a
+-- WAIT after the script, on whatever connection, waits for the replicas to
+-- have everything up to the original write, too. (WAIT waits for the
+-- connection's last write; Redis 7.0 counts any command as one, newer
+-- servers only those that propagated something.)
 if redis.call("GET", KEYS[2]) ~= ARGV[1] then
   return -1
 end
@@ -24,6 +30,7 @@ if not gen then
 end
 if gen ~= ARGV[2] then
   if gen == ARGV[3] and redis.call("HGET", KEYS[1], "lease") == ARGV[1] then
+    redis.call("HSET", KEYS[1], "lease", ARGV[1])
     return 1
   end
   return -2

@@ -59,8 +59,9 @@ func (s *Store) Subscribe(fn func(broker.Event)) (stop func()) {
 	}
 }
 
-// Close stops delivering events and ends the Store's goroutine; Subscribe
-// does nothing afterwards. The client is not closed; the other methods keep
+// Close stops delivering events and ends the Store's goroutines (the event
+// listener, the index retry); Subscribe does nothing afterwards, and index
+// writes still queued are dropped (see RepairIndex). The client is not closed; the other methods keep
 // working while it is open. Close is idempotent and must not be called from a
 // subscriber's fn.
 func (s *Store) Close() error {
@@ -77,6 +78,7 @@ func (s *Store) Close() error {
 	if l != nil {
 		l.stop()
 	}
+	s.closeIndex()
 	return nil
 }
 

@@ -10,3 +10,8 @@ func SetEventTiming(s *Store, pingEvery, backoffMin, backoffMax time.Duration) {
 
 // ParseEvent exposes parseEvent.
 var ParseEvent = parseEvent
+
+// SetIndexTiming shortens the index write timeout and retry backoff.
+func SetIndexTiming(s *Store, timeout, retryMin, retryMax time.Duration) {
+	s.ix.timeout, s.ix.retryMin, s.ix.retryMax = timeout, retryMin, retryMax
+}

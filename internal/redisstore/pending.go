@@ -61,7 +61,10 @@ func (s *Store) MarkPending(ctx context.Context, bl broker.Lease, rec *broker.Re
 // Settle stores rec, the outcome of the refresh p announced, in one Lua
 // script fenced on the generation and on p being the record's pending
 // refresh; the lock is not checked. It returns the new generation or
-// broker.ErrConflict. Repeating a Settle whose reply was lost is safe.
+// broker.ErrConflict. Like Commit, it waits for Options.MinReplicaAcks
+// replicas and returns an error wrapping ErrNotReplicated when too few
+// acknowledged. Repeating a Settle whose reply was lost, or that was not
+// replicated, is safe.
 func (s *Store) Settle(ctx context.Context, p *broker.Pending, rec *broker.Record) (uint64, error) {
 	if err := checkID(rec.ID); err != nil {
 		return 0, err
@@ -71,15 +74,23 @@ func (s *Store) Settle(ctx context.Context, p *broker.Pending, rec *broker.Recor
 		return 0, err
 	}
 	next := rec.Generation + 1
-	res, err := settleScript.Run(ctx, s.client,
-		[]string{s.recordKey(rec.ID)},
-		p.ID, rec.Generation, next, data, s.channel, rec.ID,
-	).Int64()
+	keys := []string{s.recordKey(rec.ID)}
+	args := []any{p.ID, rec.Generation, next, data, s.channel, rec.ID}
+	var res int64
+	var ackErr error
+	if s.minAcks == 0 {
+		res, err = settleScript.Run(ctx, s.client, keys, args...).Int64()
+	} else {
+		res, ackErr, err = s.runAcked(ctx, settleScript, rec.ID, keys, args)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: settle %q: %w", rec.ID, err)
 	}
 	switch res {
 	case 1:
+		if ackErr != nil {
+			return 0, ackErr // written on the master, not yet on enough replicas: retry
+		}
 		return next, nil
 	case -2:
 		return 0, broker.ErrConflict

@@ -22,6 +22,8 @@ if not gen then
   return -2
 end
 if gen == ARGV[3] and redis.call("HGET", KEYS[1], "settled") == ARGV[1] then
+  -- Written again, unchanged, so that a WAIT after the repeat covers it.
+  redis.call("HSET", KEYS[1], "settled", ARGV[1])
   return 1
 end
 if gen ~= ARGV[2] or redis.call("HGET", KEYS[1], "pending_id") ~= ARGV[1] then

@@ -14,11 +14,25 @@
 //	tokenbroker:events      Pub/Sub channel of change events
 //
 // The hash tag {ID} puts a credential's record and lock in one Cluster slot,
-// so Commit checks the lock and writes the record in one Lua script. The
-// index lives in another slot and is kept outside the scripts: Commit adds
-// the id before writing and Delete removes it after deleting, and List skips
-// ids whose record is gone. (A Delete racing a re-creation of the same id can
-// leave a record out of the index until its next Commit.)
+// so Commit checks the lock and writes the record in one Lua script, and
+// Get, TryLock, Commit, Release and Delete depend on no other slot: in a
+// Cluster, a master that is down makes only its own credentials
+// unavailable.
+//
+// The index lives in a slot of its own and is kept outside the scripts,
+// after them and without failing them: Commit adds the id (ZADD, on every
+// Commit) once the record is stored, Delete removes it once the record is
+// gone, and List skips ids whose record is gone. A Commit whose index write
+// fails still succeeds: its id waits in the Store's memory and a background
+// retry adds it once the index answers (IndexStats counts both), later
+// Commits queue theirs without waiting for the index again, and List adds
+// the Store's queued ids before reading. So while the index's master is
+// down, records are still committed and only List fails; afterwards the
+// index catches up. Queued ids die with the process; the credential's next
+// Commit adds its id again, and RepairIndex rebuilds the index from the
+// records on every master (after a broker died with ids queued, or the
+// index's master lost its data). A Delete racing a re-creation of the same
+// id can leave a record out of the index until its next Commit.
 //
 // Records are the JSON of broker.Record, sealed with a seal.Keyring (the
 // credential id as additional data) when one is configured. Plaintext records
@@ -35,6 +49,17 @@
 // Redis must keep what it acknowledged: run it with maxmemory-policy
 // noeviction (an evicted lock or record breaks the guarantees) and, so that a
 // restart loses nothing, appendonly yes.
+//
+// Replication is asynchronous: a master that fails right after a Commit can
+// be replaced by a replica that never saw it, and the store then goes back
+// to a spent refresh token. With Options.MinReplicaAcks, Commit sends the
+// fenced script and WAIT in one pipeline over one connection to the
+// credential's master (with a Cluster, the node that owns the slot, since
+// WAIT has no key to route by and only counts the writes of its own
+// connection) and fails with ErrNotReplicated when too few replicas
+// acknowledge it in time. WAIT narrows the window; it does not make the
+// store strongly consistent (a partitioned master may still acknowledge
+// writes that a failover then discards).
 package redisstore
 
 import (
@@ -67,6 +92,10 @@ var (
 	//go:embed delete.lua
 	deleteLua    string
 	deleteScript = redis.NewScript(deleteLua)
+
+	//go:embed release.lua
+	releaseLua    string
+	releaseScript = redis.NewScript(releaseLua)
 )
 
 // Options configure a Store.
@@ -83,6 +112,23 @@ type Options struct {
 	// AllowPlaintext lets a Store without a Keyring write records,
 	// refresh tokens and client secrets included, in plaintext.
 	AllowPlaintext bool
+
+	// MinReplicaAcks is how many replicas of the credential's master must
+	// acknowledge a Commit (Redis WAIT, on the connection that ran the
+	// script) before it succeeds; short of that, Commit returns an error
+	// wrapping ErrNotReplicated. 0 waits for none: replication stays
+	// asynchronous, and a failover right after a Commit can bring back the
+	// record it replaced. AutoReplicaAcks (or any negative value) waits for
+	// one replica when the master reports a replica in sync (INFO, cached
+	// for a few seconds per master), and for none otherwise. On Redis 7.2
+	// and later with appendonly on, a Commit that waits at all also waits
+	// until the master has fsynced it (WAITAOF 1 0).
+	MinReplicaAcks int
+
+	// ReplicaAckTimeout bounds that wait; DefaultReplicaAckTimeout if zero.
+	// It is cut to what is left of the Commit's context and kept below the
+	// client's read timeout.
+	ReplicaAckTimeout time.Duration
 }
 
 // Store is a broker.Store in Redis. It is safe for concurrent use.
@@ -98,6 +144,12 @@ type Store struct {
 	pingEvery  time.Duration // silence on the event connection before a PING
 	backoffMin time.Duration // first pause after the event connection failed
 	backoffMax time.Duration
+
+	ix *indexer // ids still to be added to the index
+
+	minAcks int           // Options.MinReplicaAcks, AutoReplicaAcks if negative
+	ackWait time.Duration // Options.ReplicaAckTimeout
+	repl    *replCache
 
 	mu       sync.Mutex
 	subs     map[*subscriber]struct{}
@@ -123,6 +175,20 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 	if strings.ContainsAny(prefix, "{} \t\r\n") {
 		return nil, fmt.Errorf("redisstore: prefix %q contains a brace or a space", prefix)
 	}
+	minAcks := opts.MinReplicaAcks
+	if minAcks < 0 {
+		minAcks = AutoReplicaAcks
+	}
+	if _, ring := client.(*redis.Ring); ring && minAcks != 0 {
+		return nil, errors.New("redisstore: MinReplicaAcks needs a single-node, Sentinel or Cluster client, not a Ring")
+	}
+	ackWait := opts.ReplicaAckTimeout
+	if ackWait < 0 {
+		return nil, fmt.Errorf("redisstore: negative ReplicaAckTimeout %v", ackWait)
+	}
+	if ackWait == 0 {
+		ackWait = DefaultReplicaAckTimeout
+	}
 	return &Store{
 		client:     client,
 		locker:     redislock.New(client),
@@ -134,6 +200,10 @@ func New(client redis.UniversalClient, opts Options) (*Store, error) {
 		backoffMin: 100 * time.Millisecond,
 		backoffMax: 2 * time.Second,
 		subs:       make(map[*subscriber]struct{}),
+		ix:         newIndexer(),
+		minAcks:    minAcks,
+		ackWait:    ackWait,
+		repl:       &replCache{ttl: replInfoTTL, byAddr: make(map[string]replInfo)},
 	}, nil
 }
 
@@ -165,6 +235,12 @@ func (s *Store) Get(ctx context.Context, id string) (*broker.Record, error) {
 // List returns up to limit records whose ids sort after the given one, in id
 // order. A limit below 1 returns nothing.
 func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Record, error) {
+	if limit < 1 {
+		return nil, nil
+	}
+	// This Store's own Commits whose index entry is still queued: if the
+	// index is still unreachable, the listing below fails too.
+	_ = s.flushIndex(ctx)
 	var out []*broker.Record
 	// Each round consumes at least one index entry, so the loop ends.
 	for len(out) < limit {
@@ -217,17 +293,18 @@ func (s *Store) List(ctx context.Context, after string, limit int) ([]*broker.Re
 // Delete removes a credential and announces it. Deleting a missing one is not
 // an error. A lease on the credential stays held; its Commit then fails with
 // broker.ErrConflict unless it creates the credential anew, which starts over
-// at generation 1.
+// at generation 1. Delete depends only on the credential's own slot: a
+// failure to remove the id from the index is counted in IndexStats and
+// leaves an entry that List skips.
 func (s *Store) Delete(ctx context.Context, id string) error {
 	if err := checkID(id); err != nil {
 		return err
 	}
+	s.unqueueIndex(id)
 	if err := deleteScript.Run(ctx, s.client, []string{s.recordKey(id)}, s.channel, id).Err(); err != nil {
 		return fmt.Errorf("redisstore: delete %q: %w", id, err)
 	}
-	if err := s.client.ZRem(ctx, s.index, id).Err(); err != nil {
-		return fmt.Errorf("redisstore: delete %q from the index: %w", id, err)
-	}
+	s.removeFromIndex(ctx, id)
 	return nil
 }
 
@@ -257,9 +334,13 @@ func (s *Store) TryLock(ctx context.Context, id string, ttl time.Duration) (brok
 // Commit stores rec under lease in one Lua script that checks the lock and
 // the generation, bumps the generation and publishes the change. It returns
 // the new generation, broker.ErrLockLost or broker.ErrConflict; in both cases
-// nothing was written. Repeating a Commit with the same lease and generation
-// after an error whose outcome is unknown (a timeout) is safe: it returns the
-// new generation if the first one was applied.
+// nothing was written. With Options.MinReplicaAcks, it then waits for the
+// replicas, and returns an error wrapping ErrNotReplicated when they fall
+// short: the record is written on the master but may not survive a
+// failover. Repeating a Commit with the same lease and generation after an
+// error whose outcome is unknown (a timeout) or after ErrNotReplicated is
+// safe: it returns the new generation if the first one was applied (and,
+// with MinReplicaAcks, is now acknowledged).
 func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record) (uint64, error) {
 	l, ok := bl.(*lease)
 	if !ok || l.store != s {
@@ -275,21 +356,26 @@ func (s *Store) Commit(ctx context.Context, bl broker.Lease, rec *broker.Record)
 	if err != nil {
 		return 0, err
 	}
-	// The index entry goes first: an entry without a record is skipped by
-	// List, a record without an entry would be invisible to it.
-	if err := s.client.ZAdd(ctx, s.index, redis.Z{Member: rec.ID}).Err(); err != nil {
-		return 0, fmt.Errorf("redisstore: commit %q: %w", rec.ID, err)
-	}
 	next := rec.Generation + 1
-	res, err := commitScript.Run(ctx, s.client,
-		[]string{s.recordKey(rec.ID), s.lockKey(rec.ID)},
-		l.value, rec.Generation, next, data, s.channel, rec.ID,
-	).Int64()
+	keys := []string{s.recordKey(rec.ID), s.lockKey(rec.ID)}
+	args := []any{l.value, rec.Generation, next, data, s.channel, rec.ID}
+	var res int64
+	var ackErr error
+	if s.minAcks == 0 {
+		res, err = commitScript.Run(ctx, s.client, keys, args...).Int64()
+	} else {
+		res, ackErr, err = s.runAcked(ctx, commitScript, rec.ID, keys, args)
+	}
 	if err != nil {
 		return 0, fmt.Errorf("redisstore: commit %q: %w", rec.ID, err)
 	}
 	switch res {
 	case 1:
+		// Only now, and without failing the Commit: see index.go.
+		s.addToIndex(ctx, rec.ID)
+		if ackErr != nil {
+			return 0, ackErr
+		}
 		return next, nil
 	case -1:
 		return 0, broker.ErrLockLost
@@ -448,14 +534,13 @@ func (l *lease) Extend(ctx context.Context, ttl time.Duration) error {
 }
 
 // Release gives the lock up and announces it, so that waiters on every
-// broker try again at once. Releasing a lost lock is not an error.
+// broker try again at once, in one script on the lock's own slot. Releasing
+// a lost lock is not an error.
 func (l *lease) Release(ctx context.Context) error {
 	l.released.Store(true)
-	if err := l.lock.Release(ctx); err != nil && !errors.Is(err, redislock.ErrLockNotHeld) {
+	s := l.store
+	if err := releaseScript.Run(ctx, s.client, []string{s.lockKey(l.id)}, l.value, s.channel, "r 0 "+l.id).Err(); err != nil {
 		return fmt.Errorf("redisstore: release lock %q: %w", l.id, err)
-	}
-	if err := l.store.client.Publish(ctx, l.store.channel, "r 0 "+l.id).Err(); err != nil {
-		return fmt.Errorf("redisstore: announce release of %q: %w", l.id, err)
 	}
 	return nil
 }

@@ -100,8 +100,8 @@ func TestListPages(t *testing.T) {
 		}
 		want = append(want, id)
 	}
-	// Index entries whose record is gone, as a crash between the index
-	// update and the record write leaves them, are skipped.
+	// Index entries whose record is gone, as a Delete whose index write
+	// failed leaves them, are skipped.
 	for _, id := range []string{"cred-00x", "cred-10x", "cred-10y", "cred-10z", "zzz"} {
 		if err := c.ZAdd(ctx, prefix(t)+":index", redisZ(id)).Err(); err != nil {
 			t.Fatal(err)

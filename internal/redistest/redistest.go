@@ -1,10 +1,18 @@
 // Package redistest runs a private redis-server for tests.
 //
 // Start launches the machine's redis-server binary on a free 127.0.0.1 port in
-// a temporary directory and stops it when the test ends. The returned Server
+// a temporary directory of its own (internal/redisproc's) and stops it and
+// removes the directory when the test ends. The returned Server
 // lets a test stop, kill, pause, resume and restart that process, so tests can
 // show how code behaves while Redis is gone, frozen or back with its data.
 // CountCommands counts the commands a go-redis client sends.
+//
+// StartSentinel runs a master, a replica and three sentinels, and
+// StartCluster a 3-master Redis Cluster (redis-cli --cluster create), with
+// helpers to kill, freeze and restart the nodes that matter (the master, the
+// replica, the master of a key's slot) and to wait for a failover or a
+// healthy cluster; see Sentinel and Cluster. Every process is killed by PID
+// when the test ends.
 //
 // Server methods that can fail call t.Fatal, so call them from the test's own
 // goroutine.
@@ -42,13 +50,13 @@ type Server struct {
 	p *redisproc.Server
 }
 
-// Start runs redis-server on a free 127.0.0.1 port in t.TempDir(), without
-// persistence unless WithAppendOnly is given, waits until it answers PING, and
-// kills it when the test ends. It fails the test if redis-server is missing or
-// does not start.
+// Start runs redis-server on a free 127.0.0.1 port in a temporary directory,
+// without persistence unless WithAppendOnly is given, waits until it answers
+// PING, and kills it and removes the directory when the test ends. It fails
+// the test if redis-server is missing or does not start.
 func Start(t testing.TB, opts ...Option) *Server {
 	t.Helper()
-	o := redisproc.Options{Dir: t.TempDir()}
+	var o redisproc.Options
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -56,7 +64,12 @@ func Start(t testing.TB, opts ...Option) *Server {
 	if err != nil {
 		t.Fatalf("redistest: %v", err)
 	}
-	t.Cleanup(p.Kill)
+	t.Cleanup(func() {
+		p.Kill()
+		if err := p.Close(); err != nil {
+			t.Errorf("redistest: %v", err)
+		}
+	})
 	return &Server{t: t, p: p}
 }
 

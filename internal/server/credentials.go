@@ -1,4 +1,4 @@
-package main
+package server
 
 import (
 	"bytes"
@@ -14,7 +14,6 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
-	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
@@ -34,12 +33,48 @@ type credentialsFile struct {
 	Credentials []json.RawMessage `json:"credentials"`
 }
 
-// loadCredentials reads and converts the credentials file. It checks each
-// entry completely, as PutCredential would, against a throwaway in-memory
-// broker, so that a bad entry stops the start before anything is dialled.
-// Its errors are *configError naming the entry and the field, never a
-// secret.
-func loadCredentials(ctx context.Context, path string) ([]seedCredential, error) {
+// loadCredentials reads and converts the credentials file at path, and
+// checks each entry completely, as PutCredential would
+// (broker.ValidateCredential), so that a bad entry stops the start before
+// anything is dialled. Its errors are *ConfigError naming the entry and the
+// field, never a secret.
+func loadCredentials(path string) ([]seedCredential, error) {
+	raw, err := readCredentialsFile(path)
+	if err != nil {
+		return nil, err
+	}
+	seeds := make([]seedCredential, 0, len(raw))
+	seen := map[string]int{}
+	for i, entry := range raw {
+		var c pb.Credential
+		if err := protojson.Unmarshal(entry, &c); err != nil {
+			return nil, badConfig("--credentials-file %s: credentials[%d]: %s", path, i, protoErr(err))
+		}
+		name := fmt.Sprintf("credentials[%d]", i)
+		if id := c.GetId(); broker.ValidateID("id", id) == nil {
+			name += fmt.Sprintf(" (id %q)", id)
+			if j, dup := seen[id]; dup {
+				return nil, badConfig("--credentials-file %s: %s: same id as credentials[%d]", path, name, j)
+			}
+			seen[id] = i
+		}
+		cred, rt, err := grpcapi.CredentialFromProto(&c)
+		if err != nil {
+			return nil, badConfig("--credentials-file %s: %s: %v", path, name, err)
+		}
+		// A missing refresh token is left to the Store to judge: only a
+		// credential that does not exist yet needs one.
+		if err := broker.ValidateCredential(cred, rt); err != nil {
+			return nil, badConfig("--credentials-file %s: credentials[%d] (id %q): %v", path, i, cred.ID, err)
+		}
+		seeds = append(seeds, seedCredential{cred: cred, refreshToken: rt})
+	}
+	return seeds, nil
+}
+
+// readCredentialsFile reads the file at path and returns its entries, not
+// yet parsed.
+func readCredentialsFile(path string) ([]json.RawMessage, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, badConfig("--credentials-file: %v", err)
@@ -61,72 +96,18 @@ func loadCredentials(ctx context.Context, path string) ([]seedCredential, error)
 	if dec.More() {
 		return nil, badConfig("--credentials-file %s: data after the JSON object", path)
 	}
-
-	seeds := make([]seedCredential, 0, len(file.Credentials))
-	seen := map[string]int{}
-	for i, raw := range file.Credentials {
-		var c pb.Credential
-		if err := protojson.Unmarshal(raw, &c); err != nil {
-			return nil, badConfig("--credentials-file %s: credentials[%d]: %s", path, i, protoErr(err))
-		}
-		name := fmt.Sprintf("credentials[%d]", i)
-		if id := c.GetId(); broker.ValidateID("id", id) == nil {
-			name += fmt.Sprintf(" (id %q)", id)
-			if j, dup := seen[id]; dup {
-				return nil, badConfig("--credentials-file %s: %s: same id as credentials[%d]", path, name, j)
-			}
-			seen[id] = i
-		}
-		cred, rt, err := grpcapi.CredentialFromProto(&c)
-		if err != nil {
-			return nil, badConfig("--credentials-file %s: %s: %v", path, name, err)
-		}
-		seeds = append(seeds, seedCredential{cred: cred, refreshToken: rt})
-	}
-	if err := dryRun(ctx, seeds); err != nil {
-		if errors.Is(err, broker.ErrInvalidArgument) {
-			return nil, badConfig("--credentials-file %s: %v", path, err)
-		}
-		return nil, fmt.Errorf("checking --credentials-file: %w", err)
-	}
-	return seeds, nil
+	return file.Credentials, nil
 }
 
-// dryRun puts every seed into an in-memory broker that cannot reach any IdP,
-// which validates it as the real one will; the result is thrown away. A
-// missing refresh token is left to the real store to judge: it is required
-// only for a credential that does not exist there yet.
-func dryRun(ctx context.Context, seeds []seedCredential) error {
-	b, err := broker.New(memstore.New(), noIdP{}, broker.Config{Open: true})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	for i, s := range seeds {
-		rt := s.refreshToken
-		if rt == "" && s.cred.GrantType == broker.GrantRefreshToken {
-			rt = "dry-run"
-		}
-		if _, err := b.PutCredential(ctx, s.cred, rt); err != nil {
-			return fmt.Errorf("credentials[%d] (id %q): %w", i, s.cred.ID, err)
-		}
-	}
-	return nil
-}
+// seedCaller is the admin identity the credentials file is put in as.
+var seedCaller = broker.Caller{ID: "credentials-file", Admin: true}
 
-// noIdP is the Upstream of the dry run: it never calls anything.
-type noIdP struct{}
-
-func (noIdP) Exchange(context.Context, broker.UpstreamRequest) (*broker.UpstreamToken, error) {
-	return nil, errors.New("dry run: no IdP")
-}
-
-// seedCredentials ensures every credential of the file exists, as the admin
-// identity "credentials-file": missing ones are created with their refresh
-// token, existing ones get the file's configuration and keep their refresh
-// token and state (broker.EnsureCredential).
+// seedCredentials ensures every credential of the file exists: missing ones
+// are created with their refresh token, existing ones get the file's
+// configuration and keep their refresh token and state
+// (broker.EnsureCredential).
 func seedCredentials(ctx context.Context, b *broker.Broker, seeds []seedCredential) error {
-	ctx = broker.NewContext(ctx, broker.Caller{ID: "credentials-file", Admin: true})
+	ctx = broker.NewContext(ctx, seedCaller)
 	for i, s := range seeds {
 		if _, err := b.EnsureCredential(ctx, s.cred, s.refreshToken); err != nil {
 			if errors.Is(err, broker.ErrInvalidArgument) {

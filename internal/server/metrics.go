@@ -1,0 +1,90 @@
+package server
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"google.golang.org/grpc"
+
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
+)
+
+// newMetrics returns the metrics of cfg on a new registry that also holds
+// the Go and process collectors, or nil, nil without MetricsAddr.
+func newMetrics(cfg *Config) (*metrics.Metrics, *prometheus.Registry) {
+	if cfg.MetricsAddr == "" {
+		return nil, nil
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(reg, metrics.Options{PerCredentialLabels: cfg.MetricsPerCredential, StateInterval: cfg.MetricsStateInterval})
+	return m, reg
+}
+
+// metricsCaller is the identity the credentials-by-state gauge lists the
+// credentials as.
+var metricsCaller = broker.Caller{ID: "tokenbroker-metrics", Admin: true}
+
+// countStates returns the source of the credentials-by-state gauge: it pages
+// through every credential as an admin and counts their states.
+func countStates(b *broker.Broker) metrics.StateSource {
+	return func(ctx context.Context) (map[broker.State]int, error) {
+		ctx = broker.NewContext(ctx, metricsCaller)
+		counts := make(map[broker.State]int)
+		page := ""
+		for {
+			if err := ctx.Err(); err != nil {
+				return nil, err
+			}
+			recs, next, err := b.ListCredentials(ctx, broker.MaxPageSize, page)
+			if err != nil {
+				return nil, err
+			}
+			for _, r := range recs {
+				counts[r.State]++
+			}
+			if next == "" {
+				return counts, nil
+			}
+			page = next
+		}
+	}
+}
+
+// forgetDeleted is an interceptor that drops the per-credential metric
+// series of a credential once DeleteCredential removed it.
+func forgetDeleted(m *metrics.Metrics) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		resp, err := handler(ctx, req)
+		if err == nil && info.FullMethod == pb.AdminService_DeleteCredential_FullMethodName {
+			if r, ok := req.(*pb.DeleteCredentialRequest); ok {
+				m.ForgetCredential(r.GetId())
+			}
+		}
+		return resp, err
+	}
+}
+
+// httpMux serves the HTTP endpoints of MetricsAddr: /healthz, 200 while
+// the server serves and 503 once it shuts down, and /metrics, the
+// Prometheus page.
+func httpMux(serving *atomic.Bool, metricsPage http.Handler) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsPage)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if !serving.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			io.WriteString(w, "shutting down\n")
+			return
+		}
+		io.WriteString(w, "ok\n")
+	})
+	return mux
+}

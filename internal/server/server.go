@@ -1,0 +1,398 @@
+// Package server assembles one tokenbroker replica from a Config and runs
+// it: the Store (in memory in dev mode, else Redis through go-redis, with
+// records sealed under the configured keyring), caller authentication and
+// TLS, the per-client limit, metrics and the audit trail, the Broker, the
+// gRPC server with health and reflection, the /metrics and /healthz
+// listener, and the credentials seeded from a file. It also owns the order
+// of shutdown.
+//
+// cmd/broker builds a Config from flags and runs it; the demo
+// (cmd/client-demo) and the load benchmark (internal/loadbench) start their
+// in-process replicas through New too, so they run what ships.
+//
+// A Server's life: New reads every file and checks every setting before
+// anything is dialled, then opens the Store, builds the Broker, seeds the
+// credentials file and binds the listeners (GRPCAddr and MetricsAddr are
+// known from then on). Serve accepts calls until its context ends or
+// Shutdown is called, then stops in order: health NOT_SERVING and /healthz
+// 503, calls in flight finish for up to ShutdownTimeout before they are cut,
+// the Broker's refreshes in flight are stored, and the Store and its Redis
+// client are closed.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/tokenbroker/tokenbroker/internal/audit"
+	"github.com/tokenbroker/tokenbroker/internal/auth"
+	"github.com/tokenbroker/tokenbroker/internal/broker"
+	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
+	"github.com/tokenbroker/tokenbroker/internal/journal"
+	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
+	"github.com/tokenbroker/tokenbroker/internal/upstream"
+)
+
+// ErrServerClosed is returned by Serve once the Server has served or has
+// been shut down.
+var ErrServerClosed = errors.New("server: closed")
+
+// Server is one tokenbroker replica. Create it with New, run it with Serve,
+// and stop it by ending Serve's context or with Shutdown.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	broker   *broker.Broker
+	metrics  *metrics.Metrics     // nil without MetricsAddr
+	registry *prometheus.Registry // nil without MetricsAddr
+	grpc     *grpcapi.Server
+	grpcLis  net.Listener
+	http     *http.Server // nil without MetricsAddr
+	httpLis  net.Listener
+	serving  atomic.Bool // what /healthz reports
+	// closers release what the Broker is built on (Redis client, Store),
+	// in reverse order, after the Broker is closed.
+	closers []func() error
+
+	mu       sync.Mutex
+	started  bool          // Serve ran, or Shutdown released an unserved Server
+	stop     chan struct{} // closed by Shutdown
+	stopOnce sync.Once
+	done     chan struct{} // closed once everything is released
+}
+
+// New builds a Server from cfg, logging to log (nil: slog.Default()). It
+// validates cfg and reads the credentials file, the client registry and the
+// TLS files before it dials anything; what is wrong there is a
+// *ConfigError. Then it opens the Store (a Redis that does not answer yet is
+// logged, not an error), builds the Broker, seeds the credentials file's
+// credentials and binds the listeners. ctx bounds these steps only. On
+// error, whatever New opened is closed again.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Server{cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	if err := s.build(ctx); err != nil {
+		s.closeListeners()
+		s.release()
+		return nil, err
+	}
+	return s, nil
+}
+
+// build assembles the Server, in the order New documents.
+func (s *Server) build(ctx context.Context) error {
+	var seeds []seedCredential
+	if s.cfg.CredentialsFile != "" {
+		var err error
+		if seeds, err = loadCredentials(s.cfg.CredentialsFile); err != nil {
+			return err
+		}
+	}
+	sec, err := loadSecurity(&s.cfg, s.log)
+	if err != nil {
+		return err
+	}
+	s.metrics, s.registry = newMetrics(&s.cfg)
+	if s.metrics == nil && s.cfg.MetricsPerCredential {
+		s.log.Info("--metrics-per-credential unused without --metrics-addr")
+	}
+	trail := audit.New(s.log)
+
+	store, err := s.openStore(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.newBroker(store, trail); err != nil {
+		return err
+	}
+	if err := s.seed(ctx, seeds); err != nil {
+		return err
+	}
+	if err := s.listen(); err != nil {
+		return err
+	}
+	s.grpc = grpcapi.NewServer(s.broker, s.grpcOptions(sec, trail))
+	if s.metrics != nil {
+		s.http = &http.Server{Handler: httpMux(&s.serving, metrics.Handler(s.registry)), ReadHeaderTimeout: 5 * time.Second}
+	}
+	return nil
+}
+
+// newBroker builds the Broker over store, observed by the audit trail, the
+// metrics and Config.Observer.
+func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
+	observers := []broker.Observer{trail, s.cfg.Observer}
+	if s.metrics != nil {
+		observers = append(observers, s.metrics)
+	}
+	bcfg := s.cfg.Broker()
+	bcfg.Observer = audit.Tee(observers...)
+	if bcfg.ReplicaID == "" {
+		bcfg.ReplicaID = defaultReplicaID()
+	}
+	j, err := s.openJournal()
+	if err != nil {
+		return err
+	}
+	if j != nil {
+		bcfg.Journal = j
+	}
+	b, err := broker.New(store, &upstream.Client{}, bcfg)
+	if err != nil {
+		return badConfig("%v", err)
+	}
+	s.broker = b
+	if j != nil {
+		if err := j.Unreadable(); err != nil {
+			s.log.Error("journal entries that cannot be opened are left in --journal-dir; fix --seal-keys and restart to store them", "dir", s.cfg.JournalDir, "error", err)
+		}
+		s.log.Info("journal open", "dir", s.cfg.JournalDir, "replica", bcfg.ReplicaID)
+	}
+	if s.metrics != nil {
+		s.metrics.SetStateSource(countStates(b))
+	}
+	return nil
+}
+
+// openJournal opens --journal-dir, sealed with the first of --seal-keys;
+// nil without one.
+func (s *Server) openJournal() (*journal.Journal, error) {
+	if s.cfg.JournalDir == "" {
+		return nil, nil
+	}
+	var keyring *seal.Keyring
+	if s.cfg.SealKeys != "" {
+		var err error
+		if keyring, err = seal.ParseKeyring(s.cfg.SealKeys); err != nil {
+			return nil, badConfig("--seal-keys: %v", err)
+		}
+	}
+	j, err := journal.Open(s.cfg.JournalDir, keyring)
+	if err != nil {
+		return nil, badConfig("--journal-dir: %v", err)
+	}
+	return j, nil
+}
+
+// defaultReplicaID names the replica by host and process.
+func defaultReplicaID() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "broker"
+	}
+	return host + "-" + strconv.Itoa(os.Getpid())
+}
+
+// seed ensures the credentials file's credentials exist.
+func (s *Server) seed(ctx context.Context, seeds []seedCredential) error {
+	if s.cfg.CredentialsFile == "" {
+		return nil
+	}
+	if err := seedCredentials(ctx, s.broker, seeds); err != nil {
+		return err
+	}
+	s.log.Info("credentials file loaded", "file", s.cfg.CredentialsFile, "credentials", len(seeds))
+	return nil
+}
+
+// listen binds the gRPC port and, with MetricsAddr, the metrics port.
+func (s *Server) listen() error {
+	var err error
+	if s.grpcLis, err = net.Listen("tcp", s.cfg.GRPCAddr); err != nil {
+		return fmt.Errorf("gRPC listener: %w", err)
+	}
+	if s.cfg.MetricsAddr != "" {
+		if s.httpLis, err = net.Listen("tcp", s.cfg.MetricsAddr); err != nil {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+	}
+	return nil
+}
+
+// grpcOptions are the gRPC server's options: authentication and the
+// per-client limit when callers authenticate, TLS, the audit trail's
+// interceptor and the request metrics.
+func (s *Server) grpcOptions(sec *security, trail *audit.Log) grpcapi.Options {
+	opts := grpcapi.Options{
+		Logger:            s.log,
+		MaxRecvMsgSize:    s.cfg.MaxRecvMsgSize,
+		UnaryInterceptors: []grpc.UnaryServerInterceptor{trail.UnaryServerInterceptor(grpcapi.Code)},
+	}
+	if sec.authn != nil {
+		opts.Authenticator = sec.authn
+		opts.Limiter = auth.NewLimiter(rate.Limit(s.cfg.ClientRate), s.cfg.ClientBurst)
+	}
+	if sec.tls != nil {
+		opts.ServerOptions = append(opts.ServerOptions, grpc.Creds(credentials.NewTLS(sec.tls)))
+	}
+	if s.metrics != nil {
+		opts.ObserveCall = s.metrics.ObserveRPC
+		if s.cfg.MetricsPerCredential {
+			opts.UnaryInterceptors = append(opts.UnaryInterceptors, forgetDeleted(s.metrics))
+		}
+	}
+	return opts
+}
+
+// GRPCAddr is the address the gRPC port listens on, with the port picked
+// when GRPCAddr asked for port 0.
+func (s *Server) GRPCAddr() string { return s.grpcLis.Addr().String() }
+
+// MetricsAddr is the address of the /metrics and /healthz port, or "" when
+// there is none.
+func (s *Server) MetricsAddr() string {
+	if s.httpLis == nil {
+		return ""
+	}
+	return s.httpLis.Addr().String()
+}
+
+// Broker is the server's Broker, for in-process callers that put or read
+// credentials without a gRPC round trip. Calls on it need a caller in their
+// context (broker.NewContext) unless the server runs open.
+func (s *Server) Broker() *broker.Broker { return s.broker }
+
+// Registry is the Prometheus registry /metrics serves, or nil without
+// MetricsAddr.
+func (s *Server) Registry() *prometheus.Registry { return s.registry }
+
+// Serve accepts calls until ctx ends, Shutdown is called, or a listener
+// fails; then it shuts down in order (see the package documentation) and
+// returns: nil after ctx or Shutdown, the listener's error otherwise. It logs
+// "metrics listening" and "listening" (with the address in addr) once it
+// serves, and "stopped" at the end. A Server serves once: Serve returns
+// ErrServerClosed when called again or after Shutdown.
+func (s *Server) Serve(ctx context.Context) error {
+	s.mu.Lock()
+	started := s.started
+	s.started = true
+	s.mu.Unlock()
+	if started {
+		return ErrServerClosed
+	}
+	defer close(s.done)
+
+	s.serving.Store(true)
+	// grpcDone gets gRPC's Serve result and is then closed, so reading it
+	// again yields nil at once; so does httpDone, which stays nil (never
+	// ready) without a metrics listener.
+	grpcDone := make(chan error, 1)
+	go func() { // ends with GracefulStop or Stop in shutdown
+		grpcDone <- s.grpc.Serve(s.grpcLis)
+		close(grpcDone)
+	}()
+	var httpDone chan error
+	if s.http != nil {
+		httpDone = make(chan error, 1)
+		go func() { // ends with Shutdown or Close in shutdown
+			httpDone <- s.http.Serve(s.httpLis)
+			close(httpDone)
+		}()
+		s.log.Info("metrics listening", "addr", s.MetricsAddr())
+	}
+	s.log.Info("listening", "addr", s.GRPCAddr(), "dev_mode", s.cfg.DevMode(),
+		"tls", s.cfg.TLS(), "mtls", s.cfg.TLSClientCA != "", "authentication", s.cfg.Authenticated())
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case <-s.stop:
+	case err = <-grpcDone:
+		err = fmt.Errorf("gRPC server: %w", err)
+	case err = <-httpDone:
+		err = fmt.Errorf("metrics server: %w", err)
+	}
+	s.shutdown(ctx, grpcDone, httpDone)
+	return err
+}
+
+// shutdown stops serving, in order: health NOT_SERVING and /healthz 503,
+// calls in flight finish until ShutdownTimeout, then the listeners close and
+// the Broker and Store are released.
+func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) {
+	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
+	s.serving.Store(false)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := s.grpc.Shutdown(sctx); err != nil {
+		s.log.Warn("shutdown deadline reached; calls in flight were cut", "timeout", s.cfg.ShutdownTimeout)
+	}
+	<-grpcDone
+	if s.http != nil {
+		if err := s.http.Shutdown(sctx); err != nil {
+			_ = s.http.Close()
+		}
+		<-httpDone
+	}
+	s.release()
+	s.log.Info("stopped")
+}
+
+// Shutdown stops the Server. If Serve is running, Shutdown makes it stop as
+// if its context had ended and waits until it has released everything, or
+// until ctx ends (then it returns ctx's error; the shutdown goes on). If
+// Serve never ran, Shutdown closes what New opened. Calling it again does
+// nothing more.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.stopOnce.Do(func() { close(s.stop) })
+	s.mu.Lock()
+	started := s.started
+	s.started = true
+	s.mu.Unlock()
+	if !started {
+		s.closeListeners()
+		s.release()
+		close(s.done)
+		return nil
+	}
+	select {
+	case <-s.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// closeListeners closes the listeners of a Server that never served.
+func (s *Server) closeListeners() {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+		if l != nil {
+			_ = l.Close()
+		}
+	}
+}
+
+// release closes the Broker, which waits for the refreshes in flight to be
+// stored, then what it was built on.
+func (s *Server) release() {
+	if s.broker != nil {
+		if err := s.broker.Close(); err != nil {
+			s.log.Warn("broker close", "error", err)
+		}
+	}
+	for i := len(s.closers) - 1; i >= 0; i-- {
+		_ = s.closers[i]()
+	}
+	s.closers = nil
+}
