@@ -266,6 +266,13 @@ func TestComposeEnvExample(t *testing.T) {
 			t.Errorf("compose.yaml uses ${%s}, which .env.example does not define", name)
 		}
 	}
+	f := getFacts(t)
+	var names []string
+	for k := range env {
+		names = append(names, k)
+	}
+	// A TOKENBROKER_* name is a broker flag's twin: only those belong here.
+	f.checkBrokerEnv(t, ".env.example", names)
 	for k, v := range env {
 		if strings.Contains(k, "PASSWORD") || strings.Contains(k, "SEAL_KEYS") {
 			if !strings.Contains(v, "REPLACE-ME") {

@@ -29,17 +29,14 @@ import (
 )
 
 // upcomingBrokerFlags are flags that other work is adding to cmd/broker
-// (issue 12 and its neighbours) and that the deployment files already use
-// or may use: accepted although `broker --help` does not list them yet.
-// Remove a name once --help lists it (the check logs which ones it does).
-// The broker reads an unknown TOKENBROKER_* variable as nothing, so setting
-// one of these in the environment is harmless until the flag lands.
+// (issue 12) and that the deployment files may use: accepted although
+// `broker --help` does not list them yet. Remove a name once --help lists
+// it (the check logs which ones it does). (--journal-dir,
+// --redis-min-replica-acks and --refresh-reply-wait were here until they
+// landed.)
 var upcomingBrokerFlags = map[string]string{
-	"journal-dir":            "the no-loss journal (issue 15)",
-	"redis-min-replica-acks": "replica acknowledgements after a commit (issue 15)",
-	"refresh-reply-wait":     "how long a refresh waits for a lost reply (issue 15)",
-	"version":                "build info (issue 12)",
-	"config":                 "a config file (issue 12)",
+	"version": "build info (issue 12)",
+	"config":  "a config file (issue 12)",
 }
 
 // declaredNotExported are metric families the broker declares but that a
