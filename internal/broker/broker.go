@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -465,11 +467,28 @@ func (b *Broker) newEntry(rec *Record) *entry {
 // aheadAt is when a background refresh of rec's token should start: the
 // refresh-ahead window before expiry, but not before a backoff ends.
 func (b *Broker) aheadAt(rec *Record) time.Time {
-	at := rec.Token.Expiry.Add(-b.aheadWindow(rec))
+	ahead := b.aheadWindow(rec)
+	at := rec.Token.Expiry.Add(-ahead + jitter(rec.ID, rec.Generation, ahead/4))
 	if rec.NextAttemptAt.After(at) {
 		at = rec.NextAttemptAt
 	}
 	return at
+}
+
+// jitter is a fraction of span, the same on every replica for one
+// generation of a credential: credentials whose tokens expire together start
+// their refreshes spread over the first quarter of the ahead window, not
+// all at once.
+func jitter(id string, gen uint64, span time.Duration) time.Duration {
+	if span <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	var g [8]byte
+	binary.LittleEndian.PutUint64(g[:], gen)
+	_, _ = h.Write(g[:])
+	return time.Duration(h.Sum64() % uint64(span))
 }
 
 // aheadWindow is how long before expiry a background refresh starts: the
