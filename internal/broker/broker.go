@@ -40,6 +40,8 @@ type Broker struct {
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
 
+	ahead aheadWorkers // refreshes ahead of expiry, soonest expiry first
+
 	life   sync.Mutex // guards closed, and orders wg.Add before wg.Wait
 	closed bool
 	wg     sync.WaitGroup // background refreshes, flights and attempts
@@ -74,7 +76,8 @@ type entry struct {
 	aheadAt   time.Time   // when to start a background refresh
 	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
-	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
+	unknown   bool   // with StateReauthRequired: Record.OutcomeUnknown
+	host      string // of the token URL: the unit of IdP pacing
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -115,6 +118,7 @@ func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 		slots:   make(map[string]*slot),
 		waiters: make(map[string]map[chan struct{}]struct{}),
 		closing: make(chan struct{}),
+		ahead:   aheadWorkers{queued: make(map[string]*aheadJob)},
 	}
 	b.bg, b.giveUp = context.WithCancel(context.Background())
 	b.unsubscribe = store.Subscribe(b.onEvent)
@@ -459,6 +463,7 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		allowed:   rec.AllowedClients,
 		lastError: rec.LastError,
 		unknown:   rec.OutcomeUnknown,
+		host:      tokenHost(rec.TokenURL),
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e

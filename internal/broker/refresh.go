@@ -38,6 +38,7 @@ type flight struct {
 	reason string
 	forced bool // rate-limited by Config.ForceInterval
 	need   func(r *Record, now time.Time) bool
+	turn   *paceTurn // a turn at the IdP taken before the flight, or nil
 }
 
 // refresh runs f once per key at a time in this process; callers with the
@@ -389,10 +390,16 @@ func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Reco
 	ev := RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason}
 	var lost time.Time // when the answer to a request sent was first lost
 	for replays := 0; ; replays++ {
+		release, err := b.pace(b.bg, rec, f)
+		f.turn = nil // used up by the first call
+		if err != nil {
+			return nil, ev // the Broker gave up at Close while waiting for the IdP's turn
+		}
 		ctx, cancel := context.WithTimeout(b.bg, b.cfg.RefreshReplyWait)
 		t0 := time.Now()
 		tok, err := b.up.Exchange(ctx, req)
 		cancel()
+		release()
 		ev.Duration = time.Since(t0)
 		now := time.Now()
 		next := rec.Clone()
@@ -443,6 +450,7 @@ func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Reco
 			ev.Outcome = OutcomeUnknown
 		default:
 			b.backOff(next, err, retryAfter, now)
+			b.holdHost(rec, retryAfter) // the host asked every credential to wait
 			ev.Outcome = OutcomeTransient
 		}
 		return next, ev
