@@ -11,18 +11,20 @@ import (
 // The refresh of one credential, from a stale token to its stored outcome:
 //
 //   - refresh: one flight per key in this process (singleflight); a caller
-//     waits for it at most Config.LockWait.
+//     waits for it at most LockWait for the lease plus RefreshTimeout for
+//     the IdP (Config.flightBound).
 //   - runFlight: waits for the credential's lease (acquire), or joins this
 //     Broker's attempt already under way, or finds that another replica's
 //     refresh made the call unnecessary.
 //   - refreshLocked: under the lease, re-reads the record, respects another
 //     holder's pending refresh, makes sure the lease outlives the call,
 //     writes the pending marker and starts an attempt.
-//   - attempt.run: sends the request and keeps the lease alive; reads a late
-//     answer for up to RefreshReplyWait; within the credential's reuse grace
-//     resends a request whose answer was lost; journals the outcome; and
-//     settles it, retrying the fenced write until it lands or the fence
-//     proves the record moved on.
+//   - the attempt (startAttempt, on a goroutine of its own): keeps the lease
+//     alive (keepAlive); send waits for the IdP's turn (Pacer), calls it,
+//     reads a late answer for up to RefreshReplyWait and, within the
+//     credential's reuse grace, resends a request whose answer was lost;
+//     finish journals the outcome and settle stores it, retrying the fenced
+//     write until it lands or the fence proves the record moved on.
 //
 // Once the IdP has answered, its answer is never dropped because the Store
 // is slow, unreachable or restarting, or because the lease ran out: only the
