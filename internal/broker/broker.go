@@ -26,8 +26,9 @@ type Broker struct {
 
 	mu    sync.RWMutex // guards slots
 	slots map[string]*slot
-	// invalidations counts the deletes seen: a read that began when its
-	// credential had no slot fills none if one happened meanwhile.
+	// invalidations counts the deletes seen, and the refreshes announced of
+	// credentials without a slot: a read that began when its credential had
+	// no slot fills none if one happened meanwhile.
 	invalidations atomic.Uint64
 	// resets counts the Store's Reset events: entries filled from reads
 	// that began before the last one may have missed events, and are
@@ -60,6 +61,11 @@ type slot struct {
 	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
 	gen     uint64                  // highest generation seen for the credential
 	epoch   uint64                  // bumped by deletes: fills read before are void
+
+	// pendingFrom is the highest generation a refresh was announced from
+	// (Event.PendingFrom): with a credential that revokes the previous
+	// access token, the token of that generation is not handed out.
+	pendingFrom atomic.Uint64
 }
 
 // entry is an immutable cached view of a record, but for triggered.
@@ -72,6 +78,8 @@ type entry struct {
 	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
 	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
+	revokes   bool // Credential.RevokesPreviousAccessToken
+	pending   bool // the record had a pending refresh when read
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -177,6 +185,9 @@ func (b *Broker) onEvent(ev Event) {
 		return
 	}
 	switch {
+	case ev.PendingFrom > 0:
+		b.announced(ev.ID, ev.PendingFrom) // revoke.go; nobody waits for it
+		return
 	case ev.Deleted:
 		b.drop(ev.ID)
 	case ev.Generation > 0:
@@ -432,6 +443,8 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		allowed:   rec.AllowedClients,
 		lastError: rec.LastError,
 		unknown:   rec.OutcomeUnknown,
+		revokes:   rec.RevokesPreviousAccessToken,
+		pending:   rec.Pending != nil,
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e
