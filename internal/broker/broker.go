@@ -49,6 +49,8 @@ type Broker struct {
 	closing chan struct{} // closed when Close begins
 
 	unsubscribe func()
+
+	hubs hubs // WatchToken's per-credential fan-out (watch.go)
 }
 
 // slot is the local cache of one credential, made once its record was read.
@@ -179,6 +181,7 @@ func (b *Broker) enter() bool {
 // serving tokens that are still valid, but each is read again on its next
 // use: a Store outage does not fail calls that a cached token can answer.
 func (b *Broker) onEvent(ev Event) {
+	defer b.kickHubs(ev) // WatchToken's fan-out (watch.go)
 	if ev.Reset {
 		b.resets.Add(1)
 		b.wakeAll()
