@@ -296,3 +296,22 @@ func TestRevokingCredentialVerifiedAfterReset(t *testing.T) {
 		})
 	}
 }
+
+// RevokeNotice must leave the lease to outlive the IdP call.
+func TestRevokeNoticeBounded(t *testing.T) {
+	ok := broker.Config{RefreshTimeout: 2 * time.Second, LockTTL: 6 * time.Second, RevokeNotice: time.Second}
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("a quarter of LockTTL - RefreshTimeout: %v", err)
+	}
+	for _, bad := range []broker.Config{
+		{RefreshTimeout: 2 * time.Second, LockTTL: 6 * time.Second, RevokeNotice: time.Second + time.Nanosecond},
+		{RevokeNotice: -time.Second},
+	} {
+		if err := bad.Validate(); err == nil {
+			t.Fatalf("RevokeNotice %s with LockTTL %s, RefreshTimeout %s accepted", bad.RevokeNotice, bad.LockTTL, bad.RefreshTimeout)
+		}
+	}
+	if err := (broker.Config{}).Validate(); err != nil {
+		t.Fatalf("the defaults: %v", err)
+	}
+}
