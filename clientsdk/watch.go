@@ -338,10 +338,3 @@ func (w *watch) pushCount() uint64 {
 	defer w.mu.Unlock()
 	return w.pushes
 }
-
-// changes returns a channel closed at the next change.
-func (w *watch) changes() <-chan struct{} {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.changed
-}
