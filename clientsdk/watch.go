@@ -95,6 +95,7 @@ type watch struct {
 	tok     *oauth2.Token // the token of gen; nil after a rotating message for gen
 	rotGen  uint64        // the generation a rotating message was last received for
 	pushes  uint64        // tokens received
+	restart bool          // the last stream ended as the credential went away: generations start over
 	old     [keptSuperseded]string
 	oldN    int
 	changed chan struct{} // closed and replaced on every change
@@ -156,7 +157,7 @@ func (w *watch) run(ctx context.Context) {
 	backoff := watchBackoffMin
 	for {
 		delivered, err := w.stream(ctx)
-		w.down()
+		w.down(status.Code(err))
 		if ctx.Err() != nil {
 			return
 		}
@@ -204,10 +205,15 @@ func (w *watch) notifyLocked() {
 	w.changed = make(chan struct{})
 }
 
-// down records that the stream is not up.
-func (w *watch) down() {
+// down records that the stream is not up, having ended with code. A
+// credential deleted (or no longer readable) may be put again, with
+// generations starting over.
+func (w *watch) down(code codes.Code) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if code == codes.NotFound || code == codes.PermissionDenied {
+		w.restart = true
+	}
 	if w.live {
 		w.live = false
 		w.notifyLocked()
@@ -255,6 +261,9 @@ func (w *watch) apply(m *tbv1.WatchTokenResponse) {
 	defer w.mu.Unlock()
 	defer w.notifyLocked()
 	w.live = true
+	if w.restart {
+		w.restart, w.gen, w.rotGen = false, 0, 0
+	}
 	gen := m.GetGeneration()
 	if gen < w.gen {
 		return // from a replica behind the one before a reconnect

@@ -316,3 +316,22 @@ func BenchmarkTokenSourceCachedWatched(b *testing.B) {
 		}
 	}
 }
+
+// A credential deleted and put again starts its generations over: the
+// stream that comes back is followed from its first message.
+func TestWatchFollowsACredentialPutAgain(t *testing.T) {
+	f := newWatchBroker()
+	c := startWatchBroker(t, f)
+	ts := c.TokenSource("cred")
+	mustToken(t, ts)
+	waitFor(t, "the stream", func() bool { return f.open.Load() == 1 })
+	f.rotateAndPush()
+	f.rotateAndPush() // generation 3
+	f.endStreams(status.Error(codes.PermissionDenied, "credential deleted"))
+	f.mu.Lock()
+	f.gen = 0 // put again: generation 1 is its first token
+	f.mu.Unlock()
+	waitFor(t, "the stream again", func() bool { return f.opened.Load() == 2 && f.open.Load() == 1 })
+	next := f.rotateAndPush() // tok-2 at generation 2, below the 3 seen before
+	waitFor(t, "the token of the credential put again", func() bool { return mustToken(t, ts).AccessToken == next })
+}
