@@ -267,3 +267,79 @@ func (o *waitObserver) sorted() []time.Duration {
 	slices.Sort(w)
 	return w
 }
+
+// countingStore counts a replica's Store reads.
+type countingStore struct {
+	broker.Store
+	gets atomic.Int64
+}
+
+func (s *countingStore) Get(ctx context.Context, id string) (*broker.Record, error) {
+	s.gets.Add(1)
+	return s.Store.Get(ctx, id)
+}
+
+// A thousand watchers on each of two replicas over a real redis-server cost
+// each replica one Store read per refresh: the fan-out is from the cache.
+func TestWatchFanOutReadsOverRedis(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, backends[1], fakeidp.Options{AccessTokenTTL: time.Hour})
+	c.cfg.ForceInterval = time.Millisecond
+	var views [2]*countingStore
+	var reps [2]*broker.Broker
+	for i := range reps {
+		reps[i], _ = c.replicaOn(func(s broker.Store) broker.Store { views[i] = &countingStore{Store: s}; return views[i] }, nil)
+	}
+	c.credential(reps[0], "cred")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const watchers = 1000
+	var gens [2][watchers]atomic.Uint64
+	var wg sync.WaitGroup
+	for r := range reps {
+		for i := range watchers {
+			wg.Go(func() {
+				_ = reps[r].WatchToken(ctx, "cred", 0, func(u broker.TokenUpdate) error {
+					gens[r][i].Store(u.Generation)
+					return nil
+				})
+			})
+		}
+	}
+	all := func(gen uint64) bool {
+		for r := range reps {
+			for i := range watchers {
+				if gens[r][i].Load() != gen {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	eventually(t, "every watcher's first token", func() bool { return all(c.stored("cred").Generation) })
+	const refreshes = 5
+	var reads [2]int64
+	for range refreshes {
+		time.Sleep(2 * time.Millisecond) // past ForceInterval
+		before := [2]int64{views[0].gets.Load(), views[1].gets.Load()}
+		rec, err := reps[0].RefreshCredential(c.admin, "cred")
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "every watcher's new token", func() bool { return all(rec.Generation) })
+		time.Sleep(50 * time.Millisecond) // reads that would still come
+		for r := range reps {
+			reads[r] += views[r].gets.Load() - before[r]
+		}
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("Store reads per refresh with %d watchers per replica: refreshing replica %.1f (1 of them its refresh's own read under the lease), other replica %.1f",
+		watchers, float64(reads[0])/refreshes, float64(reads[1])/refreshes)
+	if reads[1] != refreshes {
+		t.Fatalf("the other replica read the Store %d times for %d refreshes; want one per refresh", reads[1], refreshes)
+	}
+	if reads[0] > 2*refreshes {
+		t.Fatalf("the refreshing replica read the Store %d times for %d refreshes; want at most 2 per refresh (its own and one for the watchers)", reads[0], refreshes)
+	}
+}
