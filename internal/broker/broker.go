@@ -26,14 +26,16 @@ type Broker struct {
 
 	mu    sync.RWMutex // guards slots
 	slots map[string]*slot
-	// invalidations counts the deletes seen, and the refreshes announced of
-	// credentials without a slot: a read that began when its credential had
-	// no slot fills none if one happened meanwhile.
+	// invalidations counts the deletes seen: a read that began when its
+	// credential had no slot fills none if one happened meanwhile.
 	invalidations atomic.Uint64
 	// resets counts the Store's Reset events: entries filled from reads
 	// that began before the last one may have missed events, and are
 	// served (while valid) but verified again.
 	resets atomic.Uint64
+	// announces counts the refreshes announced (Event.PendingFrom) of
+	// credentials without a slot: see entry.unsure.
+	announces atomic.Uint64
 
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
@@ -82,6 +84,10 @@ type entry struct {
 	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
 	revokes   bool // Credential.RevokesPreviousAccessToken
 	pending   bool // the record had a pending refresh when read
+	// unsure: with revokes, a refresh was announced of a credential without
+	// a slot while the read that made the entry was under way: it is read
+	// again before its token is handed out (revoke.go).
+	unsure bool
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -307,11 +313,13 @@ type readMark struct {
 	gen    uint64 // the slot's generation then
 	invals uint64
 	resets uint64
+
+	announces uint64 // Broker.announces then
 }
 
 // mark is taken before a Store read whose record is then passed to fill.
 func (b *Broker) mark(id string) readMark {
-	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load()}
+	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load(), announces: b.announces.Load()}
 	b.mu.RLock()
 	s := b.slots[id]
 	b.mu.RUnlock()
@@ -329,6 +337,7 @@ func (b *Broker) mark(id string) readMark {
 func (b *Broker) fill(rec *Record, m readMark) *entry {
 	e := b.newEntry(rec)
 	e.resets = m.resets
+	e.unsure = e.revokes && m.s == nil && b.announces.Load() != m.announces
 	var s *slot
 	if m.s != nil {
 		b.mu.RLock()

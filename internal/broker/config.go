@@ -56,7 +56,7 @@ type Config struct {
 	// their resource servers. Callers of such a credential that arrive during
 	// a refresh wait for this plus the IdP's answer. At most a quarter of
 	// LockTTL - RefreshTimeout, so the lease still outlives the IdP call.
-	RevokeNotice time.Duration // default 200ms
+	RevokeNotice time.Duration // default 200ms, or that quarter if less
 	// Open turns authorization off: every caller may read every credential
 	// and call the admin methods. For dev mode only.
 	Open bool
@@ -96,7 +96,7 @@ func (c *Config) setDefaults() {
 	def(&c.BackoffMax, time.Minute)
 	def(&c.BackoffMaxRetryAfter, 10*time.Minute)
 	def(&c.DefaultLifetime, time.Hour)
-	def(&c.RevokeNotice, DefaultRevokeNotice)
+	def(&c.RevokeNotice, min(DefaultRevokeNotice, (c.LockTTL-c.RefreshTimeout)/4))
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}

@@ -53,8 +53,8 @@ func (b *Broker) announced(id string, gen uint64) {
 	b.mu.RUnlock()
 	if s == nil {
 		// A read of the credential under way may return the record as it
-		// was before the marker: it must not be cached.
-		b.invalidations.Add(1)
+		// was before the marker: its entry is read again before use.
+		b.announces.Add(1)
 		return
 	}
 	for {
@@ -76,10 +76,17 @@ func (b *Broker) rotating(s *slot, gen uint64) bool {
 }
 
 // servable reports whether the cached entry e of a credential that revokes
-// the previous access token may be handed out as it is: read since the last
-// Reset, and no refresh of its token announced.
+// the previous access token may be handed out as it is: verified (read
+// since the last Reset, and not unsure), and no refresh of its token
+// announced.
 func (b *Broker) servable(s *slot, e *entry) bool {
-	return e.resets == b.resets.Load() && !e.pending && !b.rotating(s, e.gen)
+	return b.verified(e) && !e.pending && !b.rotating(s, e.gen)
+}
+
+// verified reports whether e was read since the last Reset and may not have
+// missed the announcement of a refresh.
+func (b *Broker) verified(e *entry) bool {
+	return e.resets == b.resets.Load() && !e.unsure
 }
 
 // rotatingRec reports whether a refresh of rec's token is announced.
@@ -96,7 +103,7 @@ func (b *Broker) rotatingRec(rec *Record) bool {
 // getRotating answers a GetToken whose cached entry e, of a credential that
 // revokes the previous access token, may not be handed out as it is.
 func (b *Broker) getRotating(ctx context.Context, caller Caller, id string, e *entry, minValid time.Duration) (Token, error) {
-	if e.resets != b.resets.Load() {
+	if !b.verified(e) {
 		// Events may have been missed since e was read: read the record
 		// again, once for every caller, before handing its token out.
 		rec, err := b.readShared(ctx, id)

@@ -49,11 +49,16 @@ type gateStore struct {
 	settleDelay time.Duration
 	deaf        atomic.Bool
 	fn          atomic.Pointer[func(broker.Event)]
+	afterGet    atomic.Pointer[func()] // runs once, after the next read, before it returns
 }
 
 func (s *gateStore) Get(ctx context.Context, id string) (*broker.Record, error) {
 	s.gets.Add(1)
-	return s.Store.Get(ctx, id)
+	rec, err := s.Store.Get(ctx, id)
+	if f := s.afterGet.Swap(nil); f != nil {
+		(*f)()
+	}
+	return rec, err
 }
 
 func (s *gateStore) Settle(ctx context.Context, p *broker.Pending, rec *broker.Record) (uint64, error) {
@@ -311,7 +316,50 @@ func TestRevokeNoticeBounded(t *testing.T) {
 			t.Fatalf("RevokeNotice %s with LockTTL %s, RefreshTimeout %s accepted", bad.RevokeNotice, bad.LockTTL, bad.RefreshTimeout)
 		}
 	}
-	if err := (broker.Config{}).Validate(); err != nil {
-		t.Fatalf("the defaults: %v", err)
+	for _, c := range []broker.Config{{}, {RefreshTimeout: 100 * time.Millisecond, LockTTL: 200 * time.Millisecond}} {
+		if err := c.Validate(); err != nil {
+			t.Fatalf("the default RevokeNotice with LockTTL %s, RefreshTimeout %s: %v", c.LockTTL, c.RefreshTimeout, err)
+		}
 	}
+}
+
+// A replica's first read of a credential that straddles the announcement of
+// a refresh (its event came before the replica had a slot for it) does not
+// leave the old token cached as if nothing were under way: it is read again
+// before it is handed out, and the caller waits for the successor.
+func TestRevokingCredentialFirstReadStraddlingTheAnnouncement(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{AccessTokenTTL: time.Hour, RevokePreviousAccessToken: true})
+		a := e.broker(nil)
+		view := &gateStore{Store: e.store}
+		b := e.brokerOn(view, nil)
+		e.putCredential(a, "cred", true)
+		ctx := broker.NewContext(context.Background(), broker.Caller{ID: "worker"})
+		old, err := a.GetToken(ctx, "cred", 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refreshed := make(chan broker.Token, 1)
+		announce := func() { // while b's read is under way, a announces a refresh
+			go func() {
+				tok, err := a.InvalidateToken(ctx, "cred", old.AccessToken, 0)
+				if err != nil {
+					t.Error(err)
+				}
+				refreshed <- tok
+			}()
+			time.Sleep(time.Millisecond) // a is in its notice by now
+		}
+		view.afterGet.Store(&announce)
+		if tok, err := b.GetToken(ctx, "cred", 0); err != nil || tok != old {
+			t.Fatalf("b's first call, whose read began before the announcement: %v; want the old token", err)
+		}
+		tok, err := b.GetToken(ctx, "cred", 0) // within the notice
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tok == old || tok != <-refreshed || !e.live(tok.AccessToken) {
+			t.Fatal("b handed out the old token after the refresh was announced")
+		}
+	})
 }

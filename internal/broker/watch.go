@@ -347,7 +347,7 @@ func (b *Broker) hubEntry(h *hub) (*entry, bool, error) {
 	var rec *Record
 	for i := 0; ; i++ {
 		s, e := b.lookup(h.id)
-		if e != nil && e.resets == b.resets.Load() && e.gen >= h.seen.Load() {
+		if e != nil && b.verified(e) && e.gen >= h.seen.Load() {
 			return e, e.revokes && (e.pending || b.rotating(s, e.gen)), nil
 		}
 		if i == 2 {
