@@ -162,13 +162,17 @@ func (w *watch) run(ctx context.Context) {
 			return
 		}
 		wait := backoff
-		switch {
-		case status.Code(err) == codes.Unimplemented:
+		switch status.Code(err) {
+		case codes.Canceled:
+			return // the connection was closed (a Client made with New over a closed cc)
+		case codes.Unimplemented:
 			wait = watchUnsupportedGap
-		case delivered:
-			backoff, wait = watchBackoffMin, watchBackoffMin
 		default:
-			backoff = min(2*backoff, watchBackoffMax)
+			if delivered {
+				backoff, wait = watchBackoffMin, watchBackoffMin
+			} else {
+				backoff = min(2*backoff, watchBackoffMax)
+			}
 		}
 		wait = wait/2 + rand.N(wait) // jitter: 0.5 to 1.5 times
 		t := time.NewTimer(wait)
