@@ -21,6 +21,8 @@ func serveIdP(ctx context.Context, cfg config, stdout io.Writer) error {
 		Addr:           addr,
 		Clients:        map[string]string{demoClientID: secret},
 		AccessTokenTTL: cfg.tokenTTL,
+
+		RevokePreviousAccessToken: cfg.revokePrevious,
 	})
 	if err := idp.Start(); err != nil {
 		return fmt.Errorf("starting the test IdP on %s: %w", addr, err)
@@ -28,14 +30,18 @@ func serveIdP(ctx context.Context, cfg config, stdout io.Writer) error {
 	defer idp.Close()
 	seed := idp.Seed(demoClientID, demoScope)
 
-	put, err := json.Marshal(map[string]any{"credential": map[string]any{
+	cred := map[string]any{
 		"id":            "demo",
 		"token_url":     idp.TokenURL(),
 		"client_id":     demoClientID,
 		"client_secret": secret,
 		"scopes":        []string{demoScope},
 		"refresh_token": seed,
-	}})
+	}
+	if cfg.revokePrevious {
+		cred["revokes_previous_access_token"] = true
+	}
+	put, err := json.Marshal(map[string]any{"credential": cred})
 	if err != nil {
 		return err
 	}

@@ -262,6 +262,7 @@ func (b *Broker) ensureLease(ctx context.Context, lease Lease) error {
 // started it.
 type attempt struct {
 	id       string
+	gen      uint64 // the generation of the record it refreshes
 	p        *Pending
 	done     chan struct{} // closed when the attempt is over
 	answered chan struct{} // closed when the outcome is known (the IdP answered, or did not in time)
@@ -350,12 +351,14 @@ func (a *attempt) stall(err error) {
 // Add cannot race Close's Wait.
 func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
 	a := newAttempt(rec.ID, p)
+	a.gen = rec.Generation
 	s := b.slotFor(rec.ID)
 	s.attempt.Store(a)
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
 		keep := b.keepAlive(lease)
+		b.noticeRevocation(rec) // revoke.go: the old token's holders stop using it first
 		next, ev := b.send(rec, p, f, orphan)
 		close(a.answered)
 		a.rec, a.err = b.finish(a, next, ev)
@@ -369,6 +372,7 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 // resume stores the outcome a previous run of this replica journaled.
 func (b *Broker) resume(e JournalEntry) {
 	a := newAttempt(e.Record.ID, e.Pending)
+	a.gen = e.Record.Generation
 	close(a.answered)
 	s := b.slotFor(a.id)
 	s.attempt.Store(a)
