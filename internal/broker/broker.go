@@ -67,9 +67,12 @@ type slot struct {
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
 	used    atomic.Int64            // Unix second of the last lookup, for eviction
 	settled atomic.Pointer[settled] // the last outcome this Broker stored, for repairs
-	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
-	gen     uint64                  // highest generation seen for the credential
-	epoch   uint64                  // bumped by deletes: fills read before are void
+	// regressedAt is when a flight first found the Store behind a
+	// generation seen (Unix ns; 0: not now).
+	regressedAt atomic.Int64
+	mu          sync.Mutex // guards gen and epoch, and serializes stores to e
+	gen         uint64     // highest generation seen for the credential
+	epoch       uint64     // bumped by deletes: fills read before are void
 
 	// pendingFrom is the highest generation a refresh was announced from
 	// (Event.PendingFrom): with a credential that revokes the previous
@@ -395,14 +398,19 @@ func (b *Broker) fill(rec *Record, m readMark) *entry {
 	}
 	s.gen = rec.Generation
 	s.e.Store(e)
+	s.regressedAt.Store(0)
 	return e
 }
 
 // regressed reports a Store that answered with generation rec.Generation of
-// a credential after seen was seen, and writes back the outcome this Broker
-// stored if it is the one lost: fenced on the regressed record's marker, or
-// under the lease. It runs the repair in the background; s.mu is held.
+// a credential after seen was seen, once per regression, and writes back the
+// outcome this Broker stored if it is the one lost: fenced on the regressed
+// record's marker, or under the lease. It runs the repair in the background;
+// s.mu is held.
 func (b *Broker) regressed(s *slot, rec *Record, seen uint64) {
+	if !s.regressedAt.CompareAndSwap(0, time.Now().UnixNano()) {
+		return // reported, and a repair tried, when it was first found
+	}
 	ev := RegressionEvent{CredentialID: rec.ID, Seen: seen, Stored: rec.Generation}
 	last := s.settled.Load()
 	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation || !b.enter() {

@@ -180,10 +180,20 @@ func reauthErr(rec *Record) error {
 // refreshLocked decides under lease whether to call the IdP, and if so
 // announces the refresh and starts an attempt, which takes the lease over.
 func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Record, error) {
+	m := b.mark(f.id)
 	rec, err := b.store.Get(ctx, f.id) // the freshest record, read under the lease
 	if err != nil {
 		b.release(ctx, lease)
 		return nil, storeErr(f.id, err)
+	}
+	if rec.Generation < m.gen && m.s != nil {
+		// The Store went back to a generation older than one this replica
+		// saw stored (a failover to a replica that missed writes): its
+		// refresh token was spent by the refresh that made the newer one.
+		// It is never presented; the replica that stored the newer one
+		// writes it back, or, past the bound, the credential says so.
+		b.fill(rec, m) // reports the regression, and repairs it if the outcome is here
+		return nil, b.superseded(ctx, lease, rec, m)
 	}
 	if done, err := b.settled(rec, f); done || err != nil {
 		b.release(ctx, lease)
@@ -219,6 +229,46 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 	rec.Pending = p
 	a := b.startAttempt(lease, rec, p, f, orphan)
 	return a.await(ctx, b.cfg)
+}
+
+// superseded answers a flight that found the stored generation older than
+// one seen: STORE_UNAVAILABLE while a repair may still come, and once the
+// regression is older than the pending bound, REAUTH_REQUIRED with
+// ErrOutcomeUnknown, written under lease, without presenting the spent
+// refresh token. It releases lease.
+func (b *Broker) superseded(ctx context.Context, lease Lease, rec *Record, m readMark) error {
+	defer b.release(ctx, lease)
+	s := m.s
+	first := s.regressedAt.Load()
+	if first == 0 {
+		now := time.Now().UnixNano()
+		if s.regressedAt.CompareAndSwap(0, now) {
+			first = now
+		} else {
+			first = s.regressedAt.Load()
+		}
+	}
+	since := time.Since(time.Unix(0, first))
+	if since < b.cfg.pendingBound() {
+		return &Error{Kind: ErrStoreUnavailable, CredentialID: rec.ID, RetryAfter: max(b.cfg.PollInterval, time.Second),
+			Detail: fmt.Sprintf("the store went back to generation %d after generation %d was stored; waiting for the replica that stored it to write it again", rec.Generation, m.gen)}
+	}
+	next := rec.Clone()
+	next.Pending = nil
+	b.unknown(next, fmt.Sprintf("the store went back to generation %d after generation %d was stored (a failover that lost writes); the refresh token of generation %d is spent and its successor was not written back", rec.Generation, m.gen, rec.Generation), time.Now())
+	gen, err := b.store.Commit(ctx, lease, next)
+	if err != nil {
+		return storeErr(rec.ID, err)
+	}
+	next.Generation = gen
+	s.mu.Lock()
+	s.gen = 0 // the credential's history restarts from what is stored now
+	s.mu.Unlock()
+	b.fill(next, b.mark(rec.ID))
+	s.regressedAt.Store(0)
+	b.obs.Refreshed(RefreshEvent{CredentialID: rec.ID, Reason: ReasonExpired, Outcome: OutcomeUnknown, Generation: gen,
+		Err: errors.New(next.LastError)})
+	return reauthErr(next)
 }
 
 // mayTakeOver says whether a holder may present the refresh token of a
