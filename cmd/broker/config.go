@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
@@ -37,6 +38,8 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"let Redis mode run without --seal-keys, storing refresh tokens and client secrets unencrypted")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", d.MetricsAddr,
 		"HTTP listen address for /healthz and /metrics (Prometheus), host:port; empty turns it off")
+	fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr,
+		"HTTP listen address of the authorization callback GET "+broker.CallbackPath+" (StartAuthorization's redirect_url points here), host:port; empty turns it off")
 	fs.BoolVar(&c.MetricsPerCredential, "metrics-per-credential", d.MetricsPerCredential,
 		"add a credential_id label to the refresh metrics (about 60 series per credential: small fleets only)")
 	fs.DurationVar(&c.MetricsStateInterval, "metrics-state-interval", d.MetricsStateInterval,

@@ -48,6 +48,8 @@ type Broker struct {
 	closing chan struct{} // closed when Close begins
 
 	unsubscribe func()
+
+	flows flows // authorization flows: the device pollers (authorize.go, device.go)
 }
 
 // slot is the local cache of one credential, made once its record was read.
@@ -313,6 +315,9 @@ func (b *Broker) mark(id string) readMark {
 // a newer generation or a delete of the credential (or its slot was
 // evicted). It returns the entry either way.
 func (b *Broker) fill(rec *Record, m readMark) *entry {
+	if rec.Authorization != nil {
+		b.adopt(rec) // a device flow open: poll it too (device.go)
+	}
 	e := b.newEntry(rec)
 	e.resets = m.resets
 	var s *slot

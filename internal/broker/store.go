@@ -71,6 +71,16 @@ type Store interface {
 	// When events may have been missed (a lost connection), the Store calls
 	// fn with Event{Reset: true}.
 	Subscribe(fn func(Event)) (stop func())
+
+	// SaveFlow keeps an authorization code flow under its state for ttl,
+	// sealed like a record (the code verifier is a secret). A state is
+	// saved once: saving it again fails with ErrConflict.
+	SaveFlow(ctx context.Context, state string, f *CodeFlow, ttl time.Duration) error
+
+	// TakeFlow returns the flow saved under state and removes it, in one
+	// atomic step, so that a state is used once whatever replica the
+	// callback lands on. An unknown, expired or taken state is ErrNotFound.
+	TakeFlow(ctx context.Context, state string) (*CodeFlow, error)
 }
 
 // Resealer is implemented by Stores that seal records at rest with rotating

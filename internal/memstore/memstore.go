@@ -25,6 +25,8 @@ type Store struct {
 	smu  sync.Mutex // guards subs
 	subs map[int]func(broker.Event)
 	next int
+
+	flows flowTable // authorization code flows (flows.go)
 }
 
 type lockState struct {

@@ -37,6 +37,7 @@ type Config struct {
 	SealKeys            string // --seal-keys: keyring spec sealing records in Redis; secret
 	AllowPlaintext      bool   // --allow-plaintext: Redis mode without SealKeys
 	MetricsAddr         string // --metrics-addr; empty: no metrics listener
+	HTTPAddr            string // --http-addr: serves the authorization callback; empty: none
 	CredentialsFile     string // --credentials-file; empty: none
 	LogFormat           string // --log-format: text or json (NewLogger)
 	LogLevel            string // --log-level: debug, info, warn or error (NewLogger)
@@ -190,7 +191,12 @@ func (c *Config) checkListeners() error {
 		return err
 	}
 	if c.MetricsAddr != "" {
-		return checkAddr("--metrics-addr", c.MetricsAddr)
+		if err := checkAddr("--metrics-addr", c.MetricsAddr); err != nil {
+			return err
+		}
+	}
+	if c.HTTPAddr != "" {
+		return checkAddr("--http-addr", c.HTTPAddr)
 	}
 	return nil
 }

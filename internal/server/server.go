@@ -65,6 +65,8 @@ type Server struct {
 	grpcLis  net.Listener
 	http     *http.Server // nil without MetricsAddr
 	httpLis  net.Listener
+	callback *http.Server // nil without HTTPAddr
+	cbLis    net.Listener
 	serving  atomic.Bool // what /healthz reports
 	// closers release what the Broker is built on (Redis client, Store),
 	// in reverse order, after the Broker is closed.
@@ -135,6 +137,14 @@ func (s *Server) build(ctx context.Context) error {
 	s.grpc = grpcapi.NewServer(s.broker, s.grpcOptions(sec, trail))
 	if s.metrics != nil {
 		s.http = &http.Server{Handler: httpMux(&s.serving, metrics.Handler(s.registry)), ReadHeaderTimeout: 5 * time.Second}
+	}
+	if s.cbLis != nil {
+		s.callback = &http.Server{
+			Handler:           callbackHandler(s.broker, &s.cfg, s.log),
+			ReadHeaderTimeout: 5 * time.Second,
+			MaxHeaderBytes:    32 << 10,
+			IdleTimeout:       time.Minute,
+		}
 	}
 	return nil
 }
@@ -227,6 +237,11 @@ func (s *Server) listen() error {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 	}
+	if s.cfg.HTTPAddr != "" {
+		if s.cbLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -266,6 +281,15 @@ func (s *Server) MetricsAddr() string {
 		return ""
 	}
 	return s.httpLis.Addr().String()
+}
+
+// HTTPAddr is the address of the authorization callback's port
+// (--http-addr), or "" when there is none.
+func (s *Server) HTTPAddr() string {
+	if s.cbLis == nil {
+		return ""
+	}
+	return s.cbLis.Addr().String()
 }
 
 // Broker is the server's Broker, for in-process callers that put or read
@@ -311,6 +335,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 		s.log.Info("metrics listening", "addr", s.MetricsAddr())
 	}
+	var cbDone chan error
+	if s.callback != nil {
+		cbDone = make(chan error, 1)
+		go func() { // ends with Shutdown or Close in shutdown
+			cbDone <- s.callback.Serve(s.cbLis)
+			close(cbDone)
+		}()
+		s.log.Info("http listening", "addr", s.HTTPAddr(), "callback", broker.CallbackPath)
+	}
 	s.log.Info("listening", "addr", s.GRPCAddr(), "dev_mode", s.cfg.DevMode(),
 		"tls", s.cfg.TLS(), "mtls", s.cfg.TLSClientCA != "", "authentication", s.cfg.Authenticated())
 
@@ -322,15 +355,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = fmt.Errorf("gRPC server: %w", err)
 	case err = <-httpDone:
 		err = fmt.Errorf("metrics server: %w", err)
+	case err = <-cbDone:
+		err = fmt.Errorf("http server: %w", err)
 	}
-	s.shutdown(ctx, grpcDone, httpDone)
+	s.shutdown(ctx, grpcDone, httpDone, cbDone)
 	return err
 }
 
 // shutdown stops serving, in order: health NOT_SERVING and /healthz 503,
 // calls in flight finish until ShutdownTimeout, then the listeners close and
 // the Broker and Store are released.
-func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) {
+func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone, cbDone <-chan error) {
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
 	s.serving.Store(false)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
@@ -344,6 +379,12 @@ func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) 
 			_ = s.http.Close()
 		}
 		<-httpDone
+	}
+	if s.callback != nil {
+		if err := s.callback.Shutdown(sctx); err != nil {
+			_ = s.callback.Close()
+		}
+		<-cbDone
 	}
 	s.release()
 	s.log.Info("stopped")
@@ -376,7 +417,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // closeListeners closes the listeners of a Server that never served.
 func (s *Server) closeListeners() {
-	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.cbLis} {
 		if l != nil {
 			_ = l.Close()
 		}

@@ -22,6 +22,7 @@ func Contract(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("settle fenced", func(t *testing.T) { settleFenced(t, newStore(t)) })
 	t.Run("commit clears the marker", func(t *testing.T) { commitClears(t, newStore(t)) })
 	t.Run("extend", func(t *testing.T) { extend(t, newStore(t)) })
+	t.Run("flows", func(t *testing.T) { flows(t, newStore(t)) })
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -242,5 +243,41 @@ func extend(t *testing.T, s broker.Store) {
 	}
 	if err := l.Extend(ctx, time.Minute); !errors.Is(err, broker.ErrLockLost) {
 		t.Fatalf("Extend after Release: %v, want ErrLockLost", err)
+	}
+}
+
+// flows checks the authorization code flows: saved once, taken once,
+// gone when expired.
+func flows(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	f := &broker.CodeFlow{CredentialID: "a", FlowID: "f1", Verifier: "v-secret", RedirectURL: "https://b.example/oauth2/callback",
+		Scopes: []string{"x", "y"}, StartedBy: "ops", ExpiresAt: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	if err := s.SaveFlow(ctx, "state-1", f, time.Minute); err != nil {
+		t.Fatalf("SaveFlow: %v", err)
+	}
+	if err := s.SaveFlow(ctx, "state-1", f, time.Minute); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("SaveFlow of a saved state: %v, want ErrConflict", err)
+	}
+	if _, err := s.TakeFlow(ctx, "state-2"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("TakeFlow of an unknown state: %v, want ErrNotFound", err)
+	}
+	got, err := s.TakeFlow(ctx, "state-1")
+	if err != nil {
+		t.Fatalf("TakeFlow: %v", err)
+	}
+	if got.CredentialID != f.CredentialID || got.FlowID != f.FlowID || got.Verifier != f.Verifier || got.RedirectURL != f.RedirectURL ||
+		len(got.Scopes) != 2 || got.StartedBy != f.StartedBy || !got.ExpiresAt.Equal(f.ExpiresAt) {
+		t.Fatalf("TakeFlow = %+v, want %+v", got, f)
+	}
+	if _, err := s.TakeFlow(ctx, "state-1"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("TakeFlow of a taken state: %v, want ErrNotFound", err)
+	}
+	// Expiry is the Store's clock (Redis's TTL): wait it out.
+	if err := s.SaveFlow(ctx, "state-3", f, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if _, err := s.TakeFlow(ctx, "state-3"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("TakeFlow of an expired state: %v, want ErrNotFound", err)
 	}
 }

@@ -1,0 +1,226 @@
+package main
+
+import (
+	"google.golang.org/grpc/status"
+
+	"context"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
+	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
+	"github.com/tokenbroker/tokenbroker/internal/redistest"
+	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
+)
+
+// onboardRig is two broker processes on one redis-server, each with the
+// authorization callback (--http-addr), callers authenticated ("ops" is an
+// admin, "worker" reads tokens), and the strict IdP with its authorization
+// and device endpoints.
+type onboardRig struct {
+	t        *testing.T
+	idp      *fakeidp.Server
+	replicas []*proc
+	http     []string // --http-addr of each replica
+	admin    []pb.AdminServiceClient
+	tokens   []pb.TokenServiceClient
+	ops      context.Context // calls as ops
+	worker   context.Context // calls as worker
+}
+
+func newOnboardRig(t *testing.T, idpOpts fakeidp.Options, extra ...string) *onboardRig {
+	t.Helper()
+	brokerBinary(t)
+	idpOpts.Clients = map[string]string{e2eClientID: e2eClientSecret}
+	rs := redistest.Start(t)
+	r := &onboardRig{t: t, idp: fakeidptest.Start(t, idpOpts)}
+	clients, keys := registry(t, t.TempDir(), []string{"ops", "worker"}, nil)
+	r.ops, r.worker = bearer(ctxFor(t), keys["ops"]), bearer(ctxFor(t), keys["worker"])
+	args := append([]string{"--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0", "--redis-url", rs.URL(),
+		"--redis-prefix", "onboard", "--seal-keys", "k1:" + testSealKey, "--clients-file", clients}, extra...)
+	for range 2 {
+		p := startBroker(t, args, nil)
+		r.http = append(r.http, p.waitLog(t, "http listening", "addr"))
+		conn := dial(t, p.waitLog(t, "listening", "addr"))
+		r.replicas = append(r.replicas, p)
+		r.admin = append(r.admin, pb.NewAdminServiceClient(conn))
+		r.tokens = append(r.tokens, pb.NewTokenServiceClient(conn))
+	}
+	return r
+}
+
+// callback is replica i's callback URL.
+func (r *onboardRig) callback(i int) string {
+	return "http://" + r.http[i] + "/oauth2/callback"
+}
+
+func (r *onboardRig) get(i int, id string) *pb.Credential {
+	r.t.Helper()
+	resp, err := r.admin[i].GetCredential(r.ops, &pb.GetCredentialRequest{Id: id})
+	if err != nil {
+		r.t.Fatalf("GetCredential: %v", err)
+	}
+	return resp.GetCredential()
+}
+
+// browse opens u as a browser would, following redirects, and returns the
+// last response's status, body and URL.
+func browse(t *testing.T, u string) (int, string, *url.URL) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctxFor(t), http.MethodGet, u, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), resp.Request.URL
+}
+
+// TestBinaryAuthorizationCodeAcrossReplicas: a credential put without a
+// refresh token is authorized through the authorization code flow started
+// on one replica, the browser (an HTTP client following redirects) landing
+// on the other's callback; the credential is ACTIVE and GetToken serves a
+// token the IdP accepts. A replayed or forged callback is refused and
+// changes nothing; after the grant is revoked, a denied consent leaves the
+// credential in REAUTH_REQUIRED and a second authorization recovers it
+// with its allowed clients and secret.
+func TestBinaryAuthorizationCodeAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	r := newOnboardRig(t, fakeidp.Options{})
+	r.idp.RegisterRedirect(e2eClientID, r.callback(1))
+	cred := &pb.Credential{
+		Id: "crm", TokenUrl: r.idp.TokenURL(), ClientId: e2eClientID, ClientSecret: e2eClientSecret,
+		AuthorizationUrl: r.idp.AuthorizeURL(), RedirectUrl: r.callback(1), AllowedClients: []string{"worker"},
+	}
+	put, err := r.admin[0].PutCredential(r.ops, &pb.PutCredentialRequest{Credential: cred})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := put.GetCredential(); got.GetState() != pb.State_REAUTH_REQUIRED || got.GetHasRefreshToken() {
+		t.Fatalf("put without a refresh token: %v", got)
+	}
+
+	authorize := func() (string, *url.URL, int, string) {
+		t.Helper()
+		start, err := r.admin[0].StartAuthorization(r.ops, &pb.StartAuthorizationRequest{Id: "crm"})
+		if err != nil {
+			t.Fatalf("StartAuthorization: %v", err)
+		}
+		if c := r.get(1, "crm"); c.GetState() != pb.State_PENDING_AUTHORIZATION ||
+			c.GetPendingAuthorization().GetFlow() != pb.PendingAuthorization_AUTHORIZATION_CODE || c.GetPendingAuthorization().GetStartedBy() != "ops" {
+			t.Fatalf("after StartAuthorization, the other replica shows %v", c)
+		}
+		status, body, last := browse(t, start.GetAuthorizationUrl())
+		return start.GetAuthorizationUrl(), last, status, body
+	}
+	authURL, landed, status, body := authorize()
+	if status != http.StatusOK || !strings.Contains(body, "connected: crm; you may close this window") {
+		t.Fatalf("callback answered %d:\n%s", status, body)
+	}
+	if landed.Host != r.http[1] {
+		t.Fatalf("the browser landed on %s, want the other replica %s", landed.Host, r.http[1])
+	}
+	tok, err := r.tokens[0].GetToken(r.worker, &pb.GetTokenRequest{CredentialId: "crm"})
+	if err != nil {
+		t.Fatalf("GetToken after the authorization: %v", err)
+	}
+	if !resourceAccepts(t, r.idp, tok.GetAccessToken()) {
+		t.Fatal("the IdP's resource refused the token")
+	}
+	c := r.get(0, "crm")
+	if c.GetState() != pb.State_ACTIVE || c.GetPendingAuthorization() != nil || !c.GetHasRefreshToken() {
+		t.Fatalf("after the callback: %v", c)
+	}
+
+	// The same callback again (a reload, a replay), a forged state, no
+	// state, POST: refused, nothing changed.
+	gen := c.GetGeneration()
+	for _, tc := range []struct {
+		method, url string
+		want        int
+	}{
+		{http.MethodGet, landed.String(), http.StatusBadRequest},
+		{http.MethodGet, r.callback(0) + "?state=forged&code=x", http.StatusBadRequest},
+		{http.MethodGet, r.callback(0) + "?code=x", http.StatusBadRequest},
+		{http.MethodPost, r.callback(0), http.StatusMethodNotAllowed},
+	} {
+		req, _ := http.NewRequestWithContext(ctxFor(t), tc.method, tc.url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("%s %s: %d, want %d", tc.method, tc.url, resp.StatusCode, tc.want)
+		}
+	}
+	if got := r.get(0, "crm").GetGeneration(); got != gen {
+		t.Fatalf("refused callbacks changed the credential: generation %d, want %d", got, gen)
+	}
+
+	// The grant dies at the IdP: REAUTH_REQUIRED. A denied consent keeps it
+	// there; a second authorization brings it back, configuration intact.
+	r.idp.Revoke(tok.GetAccessToken())
+	if _, err := r.admin[1].RefreshCredential(r.ops, &pb.RefreshCredentialRequest{Id: "crm"}); reasonOfErr(err) != "REAUTH_REQUIRED" {
+		t.Fatalf("refresh of a revoked grant: %v", err)
+	}
+	r.idp.SetConsent(fakeidp.ConsentDeny)
+	if _, _, status, body := authorize(); status != http.StatusForbidden || !strings.Contains(body, "denied") {
+		t.Fatalf("denied consent: %d\n%s", status, body)
+	}
+	if c := r.get(0, "crm"); c.GetState() != pb.State_REAUTH_REQUIRED || !strings.Contains(c.GetLastError(), "denied") {
+		t.Fatalf("after a denied consent: %v", c)
+	}
+	r.idp.SetConsent(fakeidp.ConsentAuto)
+	if _, _, status, body := authorize(); status != http.StatusOK {
+		t.Fatalf("re-authorization: %d\n%s", status, body)
+	}
+	c = r.get(0, "crm")
+	if c.GetState() != pb.State_ACTIVE || strings.Join(c.GetAllowedClients(), ",") != "worker" || c.GetClientSecretCount() != 1 {
+		t.Fatalf("after re-authorization: %v", c)
+	}
+	if _, err := r.tokens[1].GetToken(r.worker, &pb.GetTokenRequest{CredentialId: "crm"}); err != nil {
+		t.Fatalf("GetToken after re-authorization: %v", err)
+	}
+
+	// Nothing secret in either log: not the state, the code, the client
+	// secret or a token.
+	u, _ := url.Parse(authURL)
+	secrets := []string{u.Query().Get("state"), landed.Query().Get("code"), landed.Query().Get("state"), e2eClientSecret, tok.GetAccessToken()}
+	for i, p := range r.replicas {
+		out := p.output()
+		for _, s := range secrets {
+			if s != "" && strings.Contains(out, s) {
+				t.Errorf("replica %d's log holds a secret (%.6s...)", i, s)
+			}
+		}
+		if i == 1 && !strings.Contains(out, `"msg":"authorization callback"`) {
+			t.Errorf("replica 1 did not log the callback")
+		}
+	}
+	if out := r.replicas[0].output(); !strings.Contains(out, `"method":"/tokenbroker.v1.AdminService/StartAuthorization"`) || !strings.Contains(out, `"caller":"ops"`) {
+		t.Errorf("no audit line of who started the authorization:\n%s", out)
+	}
+}
+
+func resourceAccepts(t *testing.T, idp *fakeidp.Server, tok string) bool {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctxFor(t), http.MethodGet, idp.ResourceURL(), nil)
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// reasonOfErr is the ErrorInfo reason of a call's error, "" for none.
+func reasonOfErr(err error) string {
+	st, _ := status.FromError(err)
+	return reasonOf(st)
+}
