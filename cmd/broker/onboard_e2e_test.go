@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
@@ -223,4 +224,75 @@ func resourceAccepts(t *testing.T, idp *fakeidp.Server, tok string) bool {
 func reasonOfErr(err error) string {
 	st, _ := status.FromError(err)
 	return reasonOf(st)
+}
+
+// TestBinaryDeviceFlowOneReplicaPolls: the device flow started on one
+// replica, seen by both (each would take the polling over), polls the IdP
+// once per interval in all, waits 5 s longer after slow_down (the IdP
+// answers slow_down to any poll that comes too soon, and only one was asked
+// for), and stores the grant once the user approves at the verification
+// page; a second StartDeviceAuthorization meanwhile answers with the open
+// flow.
+func TestBinaryDeviceFlowOneReplicaPolls(t *testing.T) {
+	t.Parallel()
+	r := newOnboardRig(t, fakeidp.Options{})
+	r.idp.SetDeviceInterval(time.Second)
+	cred := &pb.Credential{
+		Id: "crm", TokenUrl: r.idp.TokenURL(), ClientId: e2eClientID, ClientSecret: e2eClientSecret,
+		DeviceAuthorizationUrl: r.idp.DeviceAuthorizationURL(), AllowedClients: []string{"worker"},
+	}
+	if _, err := r.admin[0].PutCredential(r.ops, &pb.PutCredentialRequest{Credential: cred}); err != nil {
+		t.Fatal(err)
+	}
+	r.idp.SlowDownNext(1)
+	start, err := r.admin[0].StartDeviceAuthorization(r.ops, &pb.StartDeviceAuthorizationRequest{Id: "crm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if start.GetInterval().AsDuration() != time.Second || start.GetUserCode() == "" || !strings.HasPrefix(start.GetVerificationUri(), r.idp.URL()) {
+		t.Fatalf("StartDeviceAuthorization = %v", start)
+	}
+	again, err := r.admin[1].StartDeviceAuthorization(r.ops, &pb.StartDeviceAuthorizationRequest{Id: "crm"})
+	if err != nil || again.GetUserCode() != start.GetUserCode() {
+		t.Fatalf("StartDeviceAuthorization on the other replica = %v, %v; want the open flow", again, err)
+	}
+	c := r.get(1, "crm")
+	if c.GetState() != pb.State_PENDING_AUTHORIZATION || c.GetPendingAuthorization().GetUserCode() != start.GetUserCode() ||
+		!c.GetPendingAuthorization().GetExpireTime().AsTime().Equal(start.GetExpireTime().AsTime()) {
+		t.Fatalf("GetCredential while pending: %v", c)
+	}
+	if _, err := r.tokens[1].GetToken(r.worker, &pb.GetTokenRequest{CredentialId: "crm"}); reasonOfErr(err) != "REAUTH_REQUIRED" {
+		t.Fatalf("GetToken while pending: %v", err)
+	}
+
+	// The first poll gets slow_down: the interval becomes 6 s.
+	waitFor(t, "the first poll", func() bool { return r.idp.AuthStats().DevicePolls >= 1 })
+	waitFor(t, "the longer interval stored", func() bool {
+		return r.get(0, "crm").GetPendingAuthorization().GetInterval().AsDuration() == 6*time.Second
+	})
+	// The user approves at the verification page.
+	form := url.Values{"user_code": {start.GetUserCode()}, "decision": {"approve"}}
+	resp, err := http.PostForm(start.GetVerificationUri(), form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("verification page answered %d", resp.StatusCode)
+	}
+	waitFor(t, "the credential ACTIVE", func() bool { return r.get(1, "crm").GetState() == pb.State_ACTIVE })
+	tok, err := r.tokens[0].GetToken(r.worker, &pb.GetTokenRequest{CredentialId: "crm"})
+	if err != nil || !resourceAccepts(t, r.idp, tok.GetAccessToken()) {
+		t.Fatalf("GetToken after the device flow: %v", err)
+	}
+	st := r.idp.AuthStats()
+	if st.DevicePolls != 2 || st.SlowDowns != 1 {
+		t.Fatalf("%d polls, %d slow_downs from two replicas; want 2 and the 1 asked for", st.DevicePolls, st.SlowDowns)
+	}
+	if gap := st.PollTimes[1].Sub(st.PollTimes[0]); gap < 6*time.Second {
+		t.Fatalf("second poll %v after the slow_down, want at least 6s", gap)
+	}
+	if out := r.replicas[0].output() + r.replicas[1].output(); !strings.Contains(out, `"msg":"authorization"`) || !strings.Contains(out, `"action":"completed"`) {
+		t.Errorf("no audit line of the completed authorization")
+	}
 }
