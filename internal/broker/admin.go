@@ -163,11 +163,14 @@ func (b *Broker) write(ctx context.Context, id string, edit func(cur *Record) (C
 		return nil, err
 	}
 	caller, _ := CallerFrom(ctx)
-	detail := "put by an operator"
-	if refreshToken != "" && cur != nil {
-		detail = "a new refresh token was put"
+	switch {
+	case cur == nil:
+		b.changed(ChangeCreated, nil, stored, caller.ID, "created")
+	case refreshToken != "":
+		b.changed(ChangeReseeded, cur, stored, caller.ID, "a new refresh token was put")
+	default:
+		b.changed("", cur, stored, caller.ID, "")
 	}
-	b.changed(cur, stored, caller.ID, detail)
 	return stored, nil
 }
 
@@ -257,13 +260,19 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err := ValidateID("id", id); err != nil {
 		return err
 	}
-	if _, err := b.store.Get(ctx, id); err != nil && !errors.Is(err, ErrUnreadable) {
+	cur, err := b.store.Get(ctx, id)
+	if err != nil && !errors.Is(err, ErrUnreadable) {
 		return storeErr(id, err)
 	}
 	if err := b.store.Delete(ctx, id); err != nil {
 		return storeErr(id, err)
 	}
 	b.drop(id)
+	if cur == nil {
+		cur = &Record{Credential: Credential{ID: id}, State: StateUnreadable}
+	}
+	caller, _ := CallerFrom(ctx)
+	b.changed(ChangeDeleted, cur, nil, caller.ID, "deleted")
 	return nil
 }
 

@@ -179,11 +179,13 @@ func (b *Broker) authObserved(ev AuthorizationEvent) {
 	}
 }
 
-// flows is the Broker's state of the authorization flows; its zero value
-// is ready.
+// flows is the Broker's state of the authorization flows and the change
+// log's appender and watchers; its zero value is ready.
 type flows struct {
-	mu      sync.Mutex
-	pollers map[string]string // credential ID -> ID of the device flow this Broker polls
+	mu       sync.Mutex
+	pollers  map[string]string // credential ID -> ID of the device flow this Broker polls
+	changes  chan *Change      // changes to append (events.go); nil until the first
+	watchers map[chan struct{}]struct{}
 }
 
 func (b *Broker) authorizer() (Authorizer, error) {
@@ -382,7 +384,7 @@ func (b *Broker) StartAuthorization(ctx context.Context, id string, scopes []str
 	})
 	b.expireLater(id, flow.FlowID, flow.ExpiresAt)
 	b.authObserved(AuthorizationEvent{CredentialID: id, Flow: FlowCode, Action: AuthStarted, StartedBy: caller.ID, Generation: stored.Generation})
-	b.changed(cur, stored, caller.ID, "authorization code flow started")
+	b.changed(ChangeAuthorizationStarted, cur, stored, caller.ID, "authorization code flow started")
 	return &AuthorizationStart{URL: u, ExpiresAt: flow.ExpiresAt, Record: stored}, nil
 }
 
@@ -473,7 +475,7 @@ func (b *Broker) CompleteAuthorization(ctx context.Context, state, code, errCode
 		return nil, err
 	}
 	b.authObserved(AuthorizationEvent{CredentialID: id, Flow: FlowCode, Action: AuthCompleted, StartedBy: flow.StartedBy, Generation: stored.Generation})
-	b.changed(cur, stored, flow.StartedBy, "authorized through the authorization code flow")
+	b.changed(ChangeAuthorized, cur, stored, flow.StartedBy, "authorized through the authorization code flow")
 	return stored, nil
 }
 
@@ -582,7 +584,7 @@ func (b *Broker) abandon(ctx context.Context, lease Lease, cur *Record, flowID s
 		}
 		if stored, err := b.commit(ctx, lease, next); err == nil {
 			ev.Generation = stored.Generation
-			b.changed(cur, stored, startedBy, detail)
+			b.changed(ChangeAuthorizationAbandoned, cur, stored, startedBy, detail)
 		}
 	}
 	b.authObserved(ev)

@@ -281,3 +281,15 @@ func TestCredentialFlowURLsValidated(t *testing.T) {
 		t.Errorf("loopback http and https URLs: %v", err)
 	}
 }
+
+func (s *failoverStore) AppendChange(ctx context.Context, c *broker.Change) (uint64, error) {
+	return s.cur().AppendChange(ctx, c)
+}
+
+func (s *failoverStore) ReadChanges(ctx context.Context, after uint64, limit int) ([]*broker.Change, error) {
+	return s.cur().ReadChanges(ctx, after, limit)
+}
+
+func (s *failoverStore) LastChange(ctx context.Context) (uint64, error) {
+	return s.cur().LastChange(ctx)
+}

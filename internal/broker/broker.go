@@ -176,6 +176,11 @@ func (b *Broker) onEvent(ev Event) {
 	if ev.Reset {
 		b.resets.Add(1)
 		b.wakeAll()
+		b.wakeWatchers() // changes may have been missed
+		return
+	}
+	if ev.Change > 0 {
+		b.wakeWatchers() // events.go
 		return
 	}
 	switch {

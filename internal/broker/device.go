@@ -121,7 +121,7 @@ func (b *Broker) StartDeviceAuthorization(ctx context.Context, id string, scopes
 		return nil, err
 	}
 	b.authObserved(AuthorizationEvent{CredentialID: id, Flow: FlowDevice, Action: AuthStarted, StartedBy: caller.ID, Generation: stored.Generation})
-	b.changed(cur, stored, caller.ID, "device authorization flow started")
+	b.changed(ChangeAuthorizationStarted, cur, stored, caller.ID, "device authorization flow started")
 	b.adopt(stored)
 	return stored, nil
 }
@@ -258,7 +258,7 @@ func (b *Broker) pollOnce(id, flowID string) (next time.Time, done bool) {
 			return retry, false // the flow is gone at the IdP; the next poll says so
 		}
 		b.authObserved(AuthorizationEvent{CredentialID: id, Flow: FlowDevice, Action: AuthCompleted, StartedBy: a.StartedBy, Generation: stored.Generation})
-		b.changed(cur, stored, a.StartedBy, "authorized through the device flow")
+		b.changed(ChangeAuthorized, cur, stored, a.StartedBy, "authorized through the device flow")
 		return time.Time{}, true
 	}
 	var ue *UpstreamError

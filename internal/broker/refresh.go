@@ -266,6 +266,9 @@ type attempt struct {
 
 	rec *Record // after done: the record as stored, or nil
 	err error   // after done
+
+	prev   *Record // the record the refresh was sent from; nil when resumed from the journal
+	caller string  // who caused it
 }
 
 func newAttempt(id string, p *Pending) *attempt {
@@ -343,6 +346,7 @@ func (a *attempt) stall(err error) {
 // Add cannot race Close's Wait.
 func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
 	a := newAttempt(rec.ID, p)
+	a.prev, a.caller = rec, f.caller
 	s := b.slotFor(rec.ID)
 	s.attempt.Store(a)
 	b.wg.Add(1)
@@ -565,6 +569,9 @@ func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, erro
 			stored := next.Clone()
 			stored.Generation = gen
 			b.fill(stored, m)
+			if a.prev != nil {
+				b.changed("", a.prev, stored, a.caller, "") // events.go
+			}
 			return stored, nil
 		}
 		if errors.Is(err, ErrConflict) {

@@ -27,6 +27,7 @@ type Store struct {
 	next int
 
 	flows flowTable // authorization code flows (flows.go)
+	log   changeLog // the change log (changes.go)
 }
 
 type lockState struct {

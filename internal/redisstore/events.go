@@ -15,7 +15,9 @@ import (
 )
 
 // Event payloads on the channel are "<kind> <generation> <id>": kind c for a
-// Commit, d for a Delete, r for a Release. The id goes last; it may hold
+// Commit, d for a Delete, r for a Release, x for a change appended to the
+// change log (changes.go; the number of the change in place of the
+// generation). The id goes last; it may hold
 // anything but a newline.
 
 // Subscribe delivers an Event to fn for every change of any credential made
@@ -255,6 +257,11 @@ func parseEvent(p string) (ev broker.Event, ok bool) {
 		return broker.Event{ID: id, Deleted: true}, true
 	case "r":
 		return broker.Event{ID: id, Released: true}, true
+	case "x":
+		if gen == 0 {
+			return ev, false
+		}
+		return broker.Event{ID: id, Change: gen}, true // the generation field holds the change's number
 	}
 	return ev, false
 }

@@ -180,7 +180,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 		s.log.Info("journal open", "dir", s.cfg.JournalDir, "replica", bcfg.ReplicaID)
 	}
 	if s.metrics != nil {
-		s.metrics.SetStateSource(countStates(b))
+		s.metrics.SetStateListing(countStates(b))
 	}
 	return nil
 }
