@@ -1,19 +1,24 @@
 package main
 
 import (
-	"google.golang.org/grpc/status"
-
 	"context"
+	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
 	"github.com/tokenbroker/tokenbroker/internal/redistest"
+	"github.com/tokenbroker/tokenbroker/internal/webhook"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
 
@@ -294,5 +299,131 @@ func TestBinaryDeviceFlowOneReplicaPolls(t *testing.T) {
 	}
 	if out := r.replicas[0].output() + r.replicas[1].output(); !strings.Contains(out, `"msg":"authorization"`) || !strings.Contains(out, `"action":"completed"`) {
 		t.Errorf("no audit line of the completed authorization")
+	}
+}
+
+const e2eWebhookSecret = "SECRET-webhook-0123456789"
+
+// hookReceiver is a webhook endpoint that checks every delivery's
+// signature and records the events by ID.
+type hookReceiver struct {
+	mu    sync.Mutex
+	bad   int
+	seen  map[string]int // deliveries per event ID
+	kinds []string       // in arrival order, first deliveries only
+}
+
+func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if webhook.Verify([]byte(e2eWebhookSecret), r.Header, body, time.Now(), 0) != nil {
+		h.bad++
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	var b struct {
+		ID    string `json:"id"`
+		Event struct {
+			CredentialID string `json:"credential_id"`
+			Kind         string `json:"kind"`
+			Reason       string `json:"reason"`
+		} `json:"event"`
+	}
+	if json.Unmarshal(body, &b) != nil {
+		h.bad++
+		w.WriteHeader(http.StatusBadRequest)
+		return
+	}
+	h.seen[b.ID]++
+	if h.seen[b.ID] == 1 {
+		h.kinds = append(h.kinds, b.Event.CredentialID+":"+b.Event.Kind+":"+b.Event.Reason)
+	}
+}
+
+func (h *hookReceiver) snapshot() ([]string, map[string]int, int) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	seen := map[string]int{}
+	maps.Copy(seen, h.seen)
+	return append([]string(nil), h.kinds...), seen, h.bad
+}
+
+// TestBinaryWatchAndWebhookSeeReauthAndRecovery: with two replicas, a
+// watch on one and a webhook endpoint configured on both see the grant die
+// (REAUTH_REQUIRED, made on the other replica) and the recovery through the
+// device flow, each event once, the webhook's signed.
+func TestBinaryWatchAndWebhookSeeReauthAndRecovery(t *testing.T) {
+	t.Parallel()
+	hook := &hookReceiver{seen: map[string]int{}}
+	hsrv := httptest.NewServer(hook)
+	t.Cleanup(hsrv.Close)
+	r := newOnboardRig(t, fakeidp.Options{}, "--webhook-url", hsrv.URL+"/tokenbroker?key=receiver-token", "--webhook-secret", e2eWebhookSecret)
+	r.idp.SetDeviceInterval(time.Second)
+
+	wctx, wcancel := context.WithCancel(r.ops)
+	defer wcancel()
+	w, err := r.admin[1].WatchCredentials(wctx, &pb.WatchCredentialsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.Header(); err != nil {
+		t.Fatal(err)
+	}
+	rt := r.idp.Seed(e2eClientID)
+	cred := &pb.Credential{Id: "crm", TokenUrl: r.idp.TokenURL(), ClientId: e2eClientID, ClientSecret: e2eClientSecret, RefreshToken: rt,
+		DeviceAuthorizationUrl: r.idp.DeviceAuthorizationURL(), AllowedClients: []string{"worker"}}
+	if _, err := r.admin[0].PutCredential(r.ops, &pb.PutCredentialRequest{Credential: cred}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.tokens[0].GetToken(r.worker, &pb.GetTokenRequest{CredentialId: "crm"}); err != nil {
+		t.Fatal(err)
+	}
+	r.idp.Revoke(rt)
+	if _, err := r.admin[0].RefreshCredential(r.ops, &pb.RefreshCredentialRequest{Id: "crm"}); reasonOfErr(err) != "REAUTH_REQUIRED" {
+		t.Fatalf("refresh of a revoked grant: %v", err)
+	}
+	start, err := r.admin[0].StartDeviceAuthorization(r.ops, &pb.StartDeviceAuthorizationRequest{Id: "crm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.idp.ApproveDevice(start.GetUserCode())
+	waitFor(t, "the credential ACTIVE", func() bool { return r.get(0, "crm").GetState() == pb.State_ACTIVE })
+	if _, err := r.tokens[1].GetToken(r.worker, &pb.GetTokenRequest{CredentialId: "crm"}); err != nil {
+		t.Fatalf("GetToken after the recovery: %v", err)
+	}
+
+	want := []string{"crm:CREATED:", "crm:REAUTH_REQUIRED:REAUTH_REQUIRED", "crm:AUTHORIZATION_STARTED:", "crm:AUTHORIZED:"}
+	var watched []string
+	tokens := map[string]bool{}
+	for len(watched) < len(want) {
+		m, err := w.Recv()
+		if err != nil {
+			t.Fatalf("watch: %v (after %v)", err, watched)
+		}
+		ev := m.GetEvent()
+		watched = append(watched, ev.GetCredentialId()+":"+ev.GetKind().String()+":"+ev.GetReason())
+		if tokens[m.GetResumeToken()] {
+			t.Fatalf("resume token %s twice", m.GetResumeToken())
+		}
+		tokens[m.GetResumeToken()] = true
+	}
+	if strings.Join(watched, " ") != strings.Join(want, " ") {
+		t.Fatalf("watched %v, want %v", watched, want)
+	}
+	waitFor(t, "the webhook deliveries", func() bool { kinds, _, _ := hook.snapshot(); return len(kinds) >= len(want) })
+	kinds, seen, bad := hook.snapshot()
+	if strings.Join(kinds, " ") != strings.Join(want, " ") || bad != 0 {
+		t.Fatalf("webhook saw %v (%d bad), want %v", kinds, bad, want)
+	}
+	for id, n := range seen {
+		if n != 1 || !tokens[id] {
+			t.Fatalf("webhook event %s delivered %d times (watch tokens %v)", id, n, tokens)
+		}
+	}
+	for i, p := range r.replicas {
+		if out := p.output(); strings.Contains(out, e2eWebhookSecret) || strings.Contains(out, "receiver-token") {
+			t.Errorf("replica %d's log holds the webhook secret or the receiver's token", i)
+		}
 	}
 }

@@ -293,3 +293,11 @@ func (s *failoverStore) ReadChanges(ctx context.Context, after uint64, limit int
 func (s *failoverStore) LastChange(ctx context.Context) (uint64, error) {
 	return s.cur().LastChange(ctx)
 }
+
+func (s *failoverStore) LoadCursor(ctx context.Context, name string) (uint64, bool, error) {
+	return s.cur().LoadCursor(ctx, name)
+}
+
+func (s *failoverStore) SaveCursor(ctx context.Context, l broker.Lease, name string, pos uint64) error {
+	return s.cur().SaveCursor(ctx, l, name, pos)
+}

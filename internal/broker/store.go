@@ -96,6 +96,15 @@ type Store interface {
 	// LastChange returns the number of the last change appended, 0 for
 	// none.
 	LastChange(ctx context.Context) (uint64, error)
+
+	// LoadCursor returns the position (a change number) a consumer of the
+	// change log saved under name, and whether it saved one.
+	LoadCursor(ctx context.Context, name string) (pos uint64, ok bool, err error)
+
+	// SaveCursor saves pos under name if lease, a lease on name itself
+	// (TryLock(name)), is still held; else ErrLockLost. So only the one
+	// consumer holding the lease moves the cursor.
+	SaveCursor(ctx context.Context, lease Lease, name string, pos uint64) error
 }
 
 // Resealer is implemented by Stores that seal records at rest with rotating

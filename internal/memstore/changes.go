@@ -3,6 +3,7 @@ package memstore
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
@@ -13,6 +14,8 @@ type changeLog struct {
 	mu   sync.Mutex
 	last uint64           // the number of the last change appended
 	kept []*broker.Change // the last ones, oldest first
+
+	cursors map[string]uint64 // of the log's consumers, by name
 }
 
 // AppendChange adds a copy of c to the log and announces it.
@@ -70,4 +73,39 @@ func (s *Store) LastChange(ctx context.Context) (uint64, error) {
 	s.log.mu.Lock()
 	defer s.log.mu.Unlock()
 	return s.log.last, nil
+}
+
+// LoadCursor returns the position saved under name.
+func (s *Store) LoadCursor(ctx context.Context, name string) (uint64, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, false, err
+	}
+	s.log.mu.Lock()
+	defer s.log.mu.Unlock()
+	pos, ok := s.log.cursors[name]
+	return pos, ok, nil
+}
+
+// SaveCursor saves pos under name if lease, on name, is held.
+func (s *Store) SaveCursor(ctx context.Context, l broker.Lease, name string, pos uint64) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ml, ok := l.(*lease)
+	if !ok || ml.s != s || ml.id != name {
+		return broker.ErrLockLost
+	}
+	s.mu.Lock()
+	held := s.holds(ml, time.Now())
+	s.mu.Unlock()
+	if !held {
+		return broker.ErrLockLost
+	}
+	s.log.mu.Lock()
+	defer s.log.mu.Unlock()
+	if s.log.cursors == nil {
+		s.log.cursors = make(map[string]uint64)
+	}
+	s.log.cursors[name] = pos
+	return nil
 }

@@ -124,3 +124,53 @@ func entrySeq(id string) (uint64, error) {
 	}
 	return n, nil
 }
+
+// Cursors of the change log's consumers live under
+//
+//	tokenbroker:{<name>}:cursor   string: the position
+//
+// beside the lock of the same name (one Cluster slot), so one script checks
+// the lock and saves.
+var cursorScript = redis.NewScript(`
+if redis.call("GET", KEYS[2]) ~= ARGV[1] then
+  return -1
+end
+redis.call("SET", KEYS[1], ARGV[2])
+return 1
+`)
+
+func (s *Store) cursorKey(name string) string { return s.prefix + ":{" + name + "}:cursor" }
+
+// LoadCursor returns the position saved under name.
+func (s *Store) LoadCursor(ctx context.Context, name string) (uint64, bool, error) {
+	if err := checkID(name); err != nil {
+		return 0, false, err
+	}
+	pos, err := s.client.Get(ctx, s.cursorKey(name)).Uint64()
+	if errors.Is(err, redis.Nil) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("redisstore: load cursor %q: %w", name, err)
+	}
+	return pos, true, nil
+}
+
+// SaveCursor saves pos under name if lease, on name, is still held.
+func (s *Store) SaveCursor(ctx context.Context, bl broker.Lease, name string, pos uint64) error {
+	l, ok := bl.(*lease)
+	if !ok || l.store != s || l.id != name {
+		return errors.New("redisstore: cursor saved under a lease of another name or store")
+	}
+	if !l.held() {
+		return broker.ErrLockLost
+	}
+	res, err := cursorScript.Run(ctx, s.client, []string{s.cursorKey(name), s.lockKey(name)}, l.value, pos).Int64()
+	if err != nil {
+		return fmt.Errorf("redisstore: save cursor %q: %w", name, err)
+	}
+	if res != 1 {
+		return broker.ErrLockLost
+	}
+	return nil
+}

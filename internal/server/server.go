@@ -46,6 +46,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	"github.com/tokenbroker/tokenbroker/internal/webhook"
 )
 
 // ErrServerClosed is returned by Serve once the Server has served or has
@@ -67,7 +68,8 @@ type Server struct {
 	httpLis  net.Listener
 	callback *http.Server // nil without HTTPAddr
 	cbLis    net.Listener
-	serving  atomic.Bool // what /healthz reports
+	webhooks *webhook.Dispatcher // nil without WebhookURLs
+	serving  atomic.Bool         // what /healthz reports
 	// closers release what the Broker is built on (Redis client, Store),
 	// in reverse order, after the Broker is closed.
 	closers []func() error
@@ -127,6 +129,14 @@ func (s *Server) build(ctx context.Context) error {
 	}
 	if err := s.newBroker(store, trail); err != nil {
 		return err
+	}
+	if len(s.cfg.WebhookURLs) > 0 {
+		s.webhooks, err = webhook.New(s.broker, store, webhook.Options{URLs: s.cfg.WebhookURLs, Secret: []byte(s.cfg.WebhookSecret), Logger: s.log})
+		if err != nil {
+			return badConfig("%v", err)
+		}
+	} else if s.cfg.WebhookSecret != "" {
+		s.log.Info("--webhook-secret unused without --webhook-url")
 	}
 	if err := s.seed(ctx, seeds); err != nil {
 		return err
@@ -318,6 +328,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer close(s.done)
 
 	s.serving.Store(true)
+	if s.webhooks != nil {
+		s.webhooks.Start() // before the first call: its changes are delivered
+		s.log.Info("webhooks on", "endpoints", len(s.cfg.WebhookURLs))
+	}
 	// grpcDone gets gRPC's Serve result and is then closed, so reading it
 	// again yields nil at once; so does httpDone, which stays nil (never
 	// ready) without a metrics listener.
@@ -385,6 +399,9 @@ func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone, cbDone <-chan
 			_ = s.callback.Close()
 		}
 		<-cbDone
+	}
+	if s.webhooks != nil {
+		s.webhooks.Stop() // before the Broker, whose changes it reads
 	}
 	s.release()
 	s.log.Info("stopped")

@@ -24,6 +24,7 @@ func Contract(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("extend", func(t *testing.T) { extend(t, newStore(t)) })
 	t.Run("flows", func(t *testing.T) { flows(t, newStore(t)) })
 	t.Run("change log", func(t *testing.T) { changeLog(t, newStore(t)) })
+	t.Run("cursors", func(t *testing.T) { cursors(t, newStore(t)) })
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -367,5 +368,33 @@ func changeLog(t *testing.T, s broker.Store) {
 	}
 	if _, err := s.ReadChanges(ctx, last+1, 10); !errors.Is(err, broker.ErrChangesGone) {
 		t.Fatalf("ReadChanges beyond the last: %v, want ErrChangesGone", err)
+	}
+}
+
+// cursors checks the change log consumers' cursors: saved only under a
+// held lease of the same name.
+func cursors(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	if _, ok, err := s.LoadCursor(ctx, "webhook.a"); err != nil || ok {
+		t.Fatalf("LoadCursor of a new name: %v, %v", ok, err)
+	}
+	l, err := s.TryLock(ctx, "webhook.a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveCursor(ctx, l, "webhook.a", 42); err != nil {
+		t.Fatalf("SaveCursor: %v", err)
+	}
+	if pos, ok, err := s.LoadCursor(ctx, "webhook.a"); err != nil || !ok || pos != 42 {
+		t.Fatalf("LoadCursor = %d, %v, %v; want 42", pos, ok, err)
+	}
+	if err := l.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SaveCursor(ctx, l, "webhook.a", 43); !errors.Is(err, broker.ErrLockLost) {
+		t.Fatalf("SaveCursor after Release: %v, want ErrLockLost", err)
+	}
+	if pos, _, _ := s.LoadCursor(ctx, "webhook.a"); pos != 42 {
+		t.Fatalf("a refused SaveCursor moved the cursor to %d", pos)
 	}
 }
