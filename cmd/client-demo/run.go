@@ -53,6 +53,7 @@ type demo struct {
 
 	credID string      // the credential's ID at the broker
 	bc     *brokerConn // nil in naive mode
+	prog   *progress   // while the load runs
 }
 
 // warn reports a failure to release something; the run's result stands.
@@ -101,6 +102,14 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	stopAt := start.Add(cfg.duration)
 	maxRequests := int(cfg.duration/minPause) + 1
 	prog := startProgress(stderr, cfg.progressEvery, start, t, d.idp)
+	var opDone chan reauthResult
+	opCtx, opCancel := context.WithCancel(ctx)
+	defer opCancel()
+	if cfg.reauth {
+		d.prog = prog
+		opDone = make(chan reauthResult, 1)
+		go d.operate(opCtx, start, opDone)
+	}
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Go(func() { w.run(ctx, stopAt, maxRequests) })
@@ -108,6 +117,12 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	prog.stop()
+	if opDone != nil {
+		opCancel()
+		if err := fillReauth(sum, <-opDone); err != nil {
+			d.warn("re-authorization", err)
+		}
+	}
 
 	st := d.idp.Stats()
 	t.fill(sum)
@@ -234,7 +249,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 	if d.cfg.allowed != "" {
 		allowed = []string{d.cfg.allowed}
 	}
-	err = bc.putCredential(ctx, &pb.Credential{
+	cred := &pb.Credential{
 		Id:             d.credID,
 		TokenUrl:       d.idp.TokenURL(),
 		ClientId:       demoClientID,
@@ -243,7 +258,12 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 		RefreshToken:   d.login.RefreshToken,
 		AuthStyle:      pb.AuthStyle_AUTH_STYLE_BASIC,
 		AllowedClients: allowed,
-	})
+	}
+	if d.cfg.reauth {
+		cred.DeviceAuthorizationUrl = d.idp.DeviceAuthorizationURL()
+		d.idp.SetDeviceInterval(deviceInterval)
+	}
+	err = bc.putCredential(ctx, cred)
 	if err != nil {
 		hint := ""
 		if !plaintext && status.Code(err) == codes.Unavailable {
