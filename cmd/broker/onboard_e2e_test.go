@@ -3,17 +3,22 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"maps"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/fieldmaskpb"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp/fakeidptest"
@@ -425,5 +430,131 @@ func TestBinaryWatchAndWebhookSeeReauthAndRecovery(t *testing.T) {
 		if out := p.output(); strings.Contains(out, e2eWebhookSecret) || strings.Contains(out, "receiver-token") {
 			t.Errorf("replica %d's log holds the webhook secret or the receiver's token", i)
 		}
+	}
+}
+
+// TestBinaryOnboardingBadInput: through the binary, every bad input of the
+// onboarding flows is refused with its code, and nothing stored changes;
+// UpdateCredential changes the masked fields only.
+func TestBinaryOnboardingBadInput(t *testing.T) {
+	t.Parallel()
+	r := newOnboardRig(t, fakeidp.Options{})
+	r.idp.RegisterRedirect(e2eClientID, r.callback(0))
+	good := func() *pb.Credential {
+		return &pb.Credential{Id: "crm", TokenUrl: r.idp.TokenURL(), ClientId: e2eClientID, ClientSecret: e2eClientSecret,
+			AuthorizationUrl: r.idp.AuthorizeURL(), DeviceAuthorizationUrl: r.idp.DeviceAuthorizationURL(), RedirectUrl: r.callback(0),
+			AllowedClients: []string{"worker"}, Scopes: []string{"api"}}
+	}
+	if _, err := r.admin[0].PutCredential(r.ops, &pb.PutCredentialRequest{Credential: good()}); err != nil {
+		t.Fatal(err)
+	}
+	before := r.get(1, "crm")
+	wantInvalid := func(name string, err error, field string) {
+		t.Helper()
+		st, _ := status.FromError(err)
+		if st.Code() != codes.InvalidArgument || reasonOf(st) != "INVALID_ARGUMENT" || !strings.Contains(st.Message(), field) {
+			t.Errorf("%s: %v, want INVALID_ARGUMENT naming %s", name, err, field)
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		edit  func(c *pb.Credential)
+		field string
+	}{
+		{"authorization_url not https", func(c *pb.Credential) { c.AuthorizationUrl = "http://idp.example/authorize" }, "credential.authorization_url"},
+		{"device url relative", func(c *pb.Credential) { c.DeviceAuthorizationUrl = "/device" }, "credential.device_authorization_url"},
+		{"redirect not the callback", func(c *pb.Credential) { c.RedirectUrl = "http://127.0.0.1:1/callback" }, "credential.redirect_url"},
+		{"allowed clients dropped", func(c *pb.Credential) { c.AllowedClients = nil }, "credential.allowed_clients"},
+	} {
+		c := good()
+		tc.edit(c)
+		_, err := r.admin[0].PutCredential(r.ops, &pb.PutCredentialRequest{Credential: c})
+		wantInvalid(tc.name, err, tc.field)
+	}
+	_, err := r.admin[0].UpdateCredential(r.ops, &pb.UpdateCredentialRequest{Credential: &pb.Credential{Id: "crm"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"generation"}}})
+	wantInvalid("update of an output-only field", err, "update_mask")
+	_, err = r.admin[0].StartAuthorization(r.ops, &pb.StartAuthorizationRequest{Id: "crm", ExtraParams: map[string]string{"redirect_uri": "http://evil.example/"}})
+	wantInvalid("extra_params overriding the flow", err, "extra_params")
+	if got := r.get(1, "crm"); got.GetGeneration() != before.GetGeneration() {
+		t.Fatalf("refused calls changed the credential: generation %d, want %d", got.GetGeneration(), before.GetGeneration())
+	}
+
+	// UpdateCredential: the masked field only.
+	up, err := r.admin[1].UpdateCredential(r.ops, &pb.UpdateCredentialRequest{
+		Credential: &pb.Credential{Id: "crm", Scopes: []string{"api", "more"}, TokenUrl: "https://ignored.example/token"},
+		UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"scopes"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := up.GetCredential(); strings.Join(c.GetScopes(), " ") != "api more" || c.GetTokenUrl() != before.GetTokenUrl() ||
+		strings.Join(c.GetAllowedClients(), ",") != "worker" || c.GetClientSecretCount() != 1 || c.GetRedirectUrl() != before.GetRedirectUrl() {
+		t.Fatalf("after UpdateCredential(scopes): %v", c)
+	}
+
+	// A code from another flow (its PKCE verifier is not this flow's):
+	// the IdP refuses it, the page says so with 502, the credential keeps
+	// waiting for authorization.
+	s1, err := r.admin[0].StartAuthorization(r.ops, &pb.StartAuthorizationRequest{Id: "crm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2, err := r.admin[0].StartAuthorization(r.ops, &pb.StartAuthorizationRequest{Id: "crm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb1, cb2 := stopAtCallback(t, s1.GetAuthorizationUrl()), stopAtCallback(t, s2.GetAuthorizationUrl())
+	swapped := *cb2
+	q := cb2.Query()
+	q.Set("code", cb1.Query().Get("code"))
+	swapped.RawQuery = q.Encode()
+	page, body, _ := browse(t, swapped.String())
+	if page != http.StatusBadGateway || !strings.Contains(body, "PKCE") {
+		t.Fatalf("callback with another flow's code: %d\n%s", page, body)
+	}
+	if c := r.get(0, "crm"); c.GetState() == pb.State_ACTIVE || c.GetHasRefreshToken() {
+		t.Fatalf("a refused code authorized the credential: %v", c)
+	}
+	// The first flow, with its own code, still completes.
+	if page, body, _ := browse(t, cb1.String()); page != http.StatusOK {
+		t.Fatalf("the first flow's callback: %d\n%s", page, body)
+	}
+}
+
+// stopAtCallback opens an authorization URL up to the IdP's redirect and
+// returns where it points, without following it.
+func stopAtCallback(t *testing.T, u string) *url.URL {
+	t.Helper()
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	req, _ := http.NewRequestWithContext(ctxFor(t), http.MethodGet, u, nil)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	loc, err := url.Parse(resp.Header.Get("Location"))
+	if err != nil || resp.StatusCode != http.StatusFound {
+		t.Fatalf("authorization endpoint: %d %s", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	return loc
+}
+
+// TestBinaryWebhookURLRefused: a webhook URL that is not http(s) is bad
+// configuration: exit 2, before anything listens, without echoing it.
+func TestBinaryWebhookURLRefused(t *testing.T) {
+	t.Parallel()
+	bin := brokerBinary(t)
+	ctx, cancel := context.WithTimeout(context.Background(), exitTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, "--grpc-addr", "127.0.0.1:0", "--webhook-url", "ftp://hooks.example/in?token=SECRET-hook", "--webhook-secret", e2eWebhookSecret)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH")}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	err := cmd.Run()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+		t.Fatalf("run = %v; want exit status 2\n%s", err, stderr.String())
+	}
+	if got := stderr.String(); got != "broker: --webhook-url #1 (ftp://hooks.example/in): must be an absolute http or https URL\n" {
+		t.Errorf("stderr = %q", got)
 	}
 }
