@@ -20,7 +20,7 @@ build:
 ## test: vet, gofmt, staticcheck, proto-check, the race-enabled test suite
 ## and a smoke run of the benchmark.
 test: vet fmt-check lint proto-check
-	$(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 -parallel 8 ./...
 	$(MAKE) --no-print-directory bench-smoke
 
 vet:
@@ -99,3 +99,37 @@ bench:
 ## cannot rot; part of make test.
 bench-smoke:
 	$(GO) run ./cmd/bench --smoke --json bench/results/smoke.json
+
+.PHONY: image deploy-check
+
+## deploy-check: the checks of deploy/ (kustomize render and strict decode,
+## alert rules, dashboard, compose file, Dockerfile), in deploy/'s own Go
+## module; see deploy/README.md. Part of make test.
+deploy-check:
+	@out="$$(cd deploy && gofmt -l .)"; \
+	if [ -n "$$out" ]; then echo "gofmt needed in deploy/ on:"; echo "$$out"; exit 1; fi
+	cd deploy && $(GO) vet ./...
+	cd deploy && $(GO) test -count=1 ./...
+
+test: deploy-check
+
+## image: build deploy/Dockerfile's broker and client-demo images with
+## docker (when its daemon answers) or podman (daemonless), or
+## CONTAINER_ENGINE=..., tagged $(IMAGE_REPO)/NAME:$(VERSION).
+VERSION          ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+REVISION         ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+IMAGE_REPO       ?= tokenbroker
+CONTAINER_ENGINE ?= $(shell if docker info >/dev/null 2>&1; then echo docker; \
+	elif command -v podman >/dev/null 2>&1; then echo podman; fi)
+
+image:
+	@if [ -z "$(CONTAINER_ENGINE)" ]; then \
+		echo "make image: no container engine: no docker daemon answers and podman is not installed (Debian: apt-get install podman); nothing built"; \
+		exit 1; \
+	fi
+	@echo "make image: building with $(CONTAINER_ENGINE)"
+	@for target in broker client-demo; do \
+		$(CONTAINER_ENGINE) build -f deploy/Dockerfile --target $$target \
+			--build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+			-t $(IMAGE_REPO)/$$target:$(VERSION) . || exit 1; \
+	done

@@ -4,8 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +39,8 @@ type Broker struct {
 
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
+
+	ahead aheadWorkers // refreshes ahead of expiry, soonest expiry first
 
 	life   sync.Mutex // guards closed, and orders wg.Add before wg.Wait
 	closed bool
@@ -73,7 +78,8 @@ type entry struct {
 	aheadAt   time.Time   // when to start a background refresh
 	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
-	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
+	unknown   bool   // with StateReauthRequired: Record.OutcomeUnknown
+	host      string // of the token URL: the unit of IdP pacing
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -114,6 +120,7 @@ func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 		slots:   make(map[string]*slot),
 		waiters: make(map[string]map[chan struct{}]struct{}),
 		closing: make(chan struct{}),
+		ahead:   aheadWorkers{queued: make(map[string]*aheadJob)},
 	}
 	b.bg, b.giveUp = context.WithCancel(context.Background())
 	b.unsubscribe = store.Subscribe(b.onEvent)
@@ -123,14 +130,23 @@ func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 	return b, nil
 }
 
-// Close stops new background work and waits for refreshes in flight to
-// finish and their outcomes to be stored: an IdP call that outlived its
-// callers gets its answer read, and an outcome the Store refuses for now is
-// retried, for up to RefreshReplyWait plus LockTTL (an outcome kept in the
-// Journal is left there at once, to be stored by the next run). Then it gives
-// up on the rest and unsubscribes from the store. Calls after Close fail with
-// ErrShuttingDown.
+// Close is Shutdown with RefreshReplyWait plus LockTTL to finish the work
+// in flight: the longest a refresh can need when the Store answers.
 func (b *Broker) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.closeWait())
+	defer cancel()
+	return b.Shutdown(ctx)
+}
+
+// Shutdown stops new background work and waits, until ctx ends, for
+// refreshes in flight to finish and their outcomes to be stored: an IdP call
+// that outlived its callers gets its answer read, and an outcome the Store
+// refuses for now is retried (an outcome kept in the Journal is left there
+// at once, to be stored by the next run). Then it gives up on the rest and
+// unsubscribes from the store; it returns ErrShuttingDown, saying how many
+// refreshes it abandoned, if it gave up on any. Calls after Shutdown fail
+// with ErrShuttingDown.
+func (b *Broker) Shutdown(ctx context.Context) error {
 	b.life.Lock()
 	if b.closed {
 		b.life.Unlock()
@@ -144,17 +160,32 @@ func (b *Broker) Close() error {
 		b.wg.Wait()
 		close(done)
 	}()
-	timer := time.NewTimer(b.cfg.closeWait())
+	var err error
 	select {
 	case <-done:
-	case <-timer.C:
+	case <-ctx.Done():
+		if n := b.attempts(); n > 0 {
+			err = &Error{Kind: ErrShuttingDown, Detail: fmt.Sprintf("%d refreshes abandoned; their pending markers stay for other replicas", n)}
+		}
 		b.giveUp()
 		<-done
 	}
-	timer.Stop()
 	b.giveUp()
 	b.unsubscribe()
-	return nil
+	return err
+}
+
+// attempts counts this Broker's refreshes under way.
+func (b *Broker) attempts() int {
+	b.mu.RLock()
+	defer b.mu.RUnlock()
+	n := 0
+	for _, s := range b.slots {
+		if s.attempt.Load() != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // enter registers one unit of background work; it fails once Close began.
@@ -442,6 +473,7 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		allowed:   rec.AllowedClients,
 		lastError: rec.LastError,
 		unknown:   rec.OutcomeUnknown,
+		host:      tokenHost(rec.TokenURL),
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e
@@ -450,11 +482,28 @@ func (b *Broker) newEntry(rec *Record) *entry {
 // aheadAt is when a background refresh of rec's token should start: the
 // refresh-ahead window before expiry, but not before a backoff ends.
 func (b *Broker) aheadAt(rec *Record) time.Time {
-	at := rec.Token.Expiry.Add(-b.aheadWindow(rec))
+	ahead := b.aheadWindow(rec)
+	at := rec.Token.Expiry.Add(-ahead + jitter(rec.ID, rec.Generation, ahead/4))
 	if rec.NextAttemptAt.After(at) {
 		at = rec.NextAttemptAt
 	}
 	return at
+}
+
+// jitter is a fraction of span, the same on every replica for one
+// generation of a credential: credentials whose tokens expire together start
+// their refreshes spread over the first quarter of the ahead window, not
+// all at once.
+func jitter(id string, gen uint64, span time.Duration) time.Duration {
+	if span <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	var g [8]byte
+	binary.LittleEndian.PutUint64(g[:], gen)
+	_, _ = h.Write(g[:])
+	return time.Duration(h.Sum64() % uint64(span))
 }
 
 // aheadWindow is how long before expiry a background refresh starts: the

@@ -397,3 +397,52 @@ func TestJournaledOutcomeOfAMovedRecordIsDropped(t *testing.T) {
 		}
 	})
 }
+
+// A client_credentials grant has no refresh token at stake: a lost answer
+// is retried later like any transient failure, never REFRESH_OUTCOME_UNKNOWN.
+func TestLostReplyOfClientCredentialsIsTransient(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{})
+		b := e.broker(nil)
+		ctx := context.Background()
+		if _, err := b.PutCredential(ctx, broker.Credential{ID: "cc", TokenURL: e.tokenURL, ClientID: testClientID,
+			ClientSecrets: []string{testSecret}, GrantType: broker.GrantClientCredentials}, ""); err != nil {
+			t.Fatal(err)
+		}
+		e.idp.LoseReplyNext(1)
+		if _, err := b.GetToken(ctx, "cc", 0); !errors.Is(err, broker.ErrIdPUnavailable) {
+			t.Fatalf("lost answer: %v; want ErrIdPUnavailable", err)
+		}
+		time.Sleep(time.Second) // the backoff
+		tok, err := b.GetToken(ctx, "cc", 0)
+		if err != nil || !e.accepted(tok.AccessToken) {
+			t.Fatalf("after the backoff: %v", err)
+		}
+	})
+}
+
+// Shutdown gives up on an outcome it cannot store before its context ends,
+// says so, and leaves the pending marker for the other replicas.
+func TestShutdownIsBoundedAndSaysWhatItAbandoned(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		view := &faultyStore{}
+		e := newEnv(t, fakeidp.Options{OnEvent: onRotation(func() { view.down.Store(true) })})
+		view.Store = e.store
+		b := e.brokerOn(view, nil)
+		e.credential(e.broker(nil), "cred")
+		_, _ = b.GetToken(context.Background(), "cred", 0)
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		start := time.Now()
+		err := b.Shutdown(ctx)
+		if !errors.Is(err, broker.ErrShuttingDown) || !strings.Contains(err.Error(), "1 refreshes abandoned") {
+			t.Fatalf("Shutdown: %v; want ErrShuttingDown naming one abandoned refresh", err)
+		}
+		if took := time.Since(start); took != 3*time.Second {
+			t.Fatalf("Shutdown took %v; want its context's 3s", took)
+		}
+		if rec := e.stored("cred"); rec.Pending == nil {
+			t.Fatal("the pending marker is gone")
+		}
+	})
+}

@@ -9,7 +9,6 @@ const (
 	ReasonInvalidated = "invalidated" // a caller reported the current token rejected
 	ReasonForced      = "forced"      // an operator asked for a refresh
 	ReasonJournal     = "journal"     // an outcome journaled before a restart is stored
-	ReasonRepair      = "repair"      // an outcome the Store lost in a failover is written back
 )
 
 // Refresh outcomes, as reported in RefreshEvent.Outcome.

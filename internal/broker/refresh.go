@@ -11,18 +11,20 @@ import (
 // The refresh of one credential, from a stale token to its stored outcome:
 //
 //   - refresh: one flight per key in this process (singleflight); a caller
-//     waits for it at most Config.LockWait.
+//     waits for it at most LockWait for the lease plus RefreshTimeout for
+//     the IdP (Config.flightBound).
 //   - runFlight: waits for the credential's lease (acquire), or joins this
 //     Broker's attempt already under way, or finds that another replica's
 //     refresh made the call unnecessary.
 //   - refreshLocked: under the lease, re-reads the record, respects another
 //     holder's pending refresh, makes sure the lease outlives the call,
 //     writes the pending marker and starts an attempt.
-//   - attempt.run: sends the request and keeps the lease alive; reads a late
-//     answer for up to RefreshReplyWait; within the credential's reuse grace
-//     resends a request whose answer was lost; journals the outcome; and
-//     settles it, retrying the fenced write until it lands or the fence
-//     proves the record moved on.
+//   - the attempt (startAttempt, on a goroutine of its own): keeps the lease
+//     alive (keepAlive); send waits for the IdP's turn (Pacer), calls it,
+//     reads a late answer for up to RefreshReplyWait and, within the
+//     credential's reuse grace, resends a request whose answer was lost;
+//     finish journals the outcome and settle stores it, retrying the fenced
+//     write until it lands or the fence proves the record moved on.
 //
 // Once the IdP has answered, its answer is never dropped because the Store
 // is slow, unreachable or restarting, or because the lease ran out: only the
@@ -38,6 +40,7 @@ type flight struct {
 	reason string
 	forced bool // rate-limited by Config.ForceInterval
 	need   func(r *Record, now time.Time) bool
+	turn   *paceTurn // a turn at the IdP taken before the flight, or nil
 }
 
 // refresh runs f once per key at a time in this process; callers with the
@@ -220,10 +223,14 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 
 // mayTakeOver says whether a holder may present the refresh token of a
 // record on which another holder's refresh p is pending (its lease is gone,
-// or this holder could not have the lease): when the replay reaches the IdP
-// within its reuse grace, or when p's holder has had all the time it could
-// need to store its outcome, so it is dead or cut off for good.
+// or this holder could not have the lease): always for client_credentials;
+// when the replay reaches the IdP within its reuse grace; or when p's holder
+// has had all the time it could need to store its outcome, so it is dead or
+// cut off for good.
 func (b *Broker) mayTakeOver(rec *Record, p *Pending, now time.Time) bool {
+	if rec.GrantType == GrantClientCredentials {
+		return true // nothing single-use is at stake
+	}
 	if g := rec.ReuseGrace; g > 0 && now.Add(graceMargin(g)).Before(p.SentAt.Add(g)) {
 		return true
 	}
@@ -389,10 +396,16 @@ func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Reco
 	ev := RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason}
 	var lost time.Time // when the answer to a request sent was first lost
 	for replays := 0; ; replays++ {
+		release, err := b.pace(b.bg, rec, f)
+		f.turn = nil // used up by the first call
+		if err != nil {
+			return nil, ev // the Broker gave up at Close while waiting for the IdP's turn
+		}
 		ctx, cancel := context.WithTimeout(b.bg, b.cfg.RefreshReplyWait)
 		t0 := time.Now()
 		tok, err := b.up.Exchange(ctx, req)
 		cancel()
+		release()
 		ev.Duration = time.Since(t0)
 		now := time.Now()
 		next := rec.Clone()
@@ -404,7 +417,13 @@ func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Reco
 			b.succeeded(next, tok, now)
 			return next, ev
 		}
+		if b.bg.Err() != nil {
+			return nil, ev // the Broker gave up at Close: nothing is known, nothing stored
+		}
 		class, retryAfter := classOf(err)
+		if class == Unanswered && rec.GrantType == GrantClientCredentials {
+			class = Transient // no refresh token at stake: a new request mints a new token
+		}
 		if class == Unanswered && lost.IsZero() {
 			lost = t0
 		}
@@ -437,6 +456,7 @@ func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Reco
 			ev.Outcome = OutcomeUnknown
 		default:
 			b.backOff(next, err, retryAfter, now)
+			b.holdHost(rec, retryAfter) // the host asked every credential to wait
 			ev.Outcome = OutcomeTransient
 		}
 		return next, ev

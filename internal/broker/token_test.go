@@ -364,8 +364,9 @@ func TestRefreshAheadKeepsCallersFromWaiting(t *testing.T) {
 						t.Error(err)
 						return
 					}
-					if left := time.Until(tok.Expiry); left < 0 {
-						t.Errorf("served a token that expired %v ago", -left)
+					// The default min_valid of a 1 s token is a quarter of it.
+					if left := time.Until(tok.Expiry); left < 250*time.Millisecond {
+						t.Errorf("served a token with %v left; want at least the default min_valid, 250ms", left)
 						return
 					}
 					time.Sleep(2 * time.Millisecond)
@@ -497,6 +498,16 @@ func TestMinValid(t *testing.T) {
 		}
 		if st := e.idp.Stats(); st.RefreshRequests != 1 {
 			t.Fatalf("%d refresh requests; want 1", st.RefreshRequests)
+		}
+		// The cached token, with 1.5 s left, does not do for a caller that
+		// needs 2 s: that caller gets a fresh one.
+		time.Sleep(time.Until(tok.Expiry) - 1500*time.Millisecond)
+		fresh, err := b.GetToken(ctx, "cred", 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if left := time.Until(fresh.Expiry); left < 2*time.Second || fresh.AccessToken == tok.AccessToken {
+			t.Fatalf("min_valid 2s: got a token with %v left (the cached one: %v)", left, fresh.AccessToken == tok.AccessToken)
 		}
 	})
 }

@@ -43,7 +43,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/journal"
+	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
 	"github.com/tokenbroker/tokenbroker/internal/webhook"
@@ -98,7 +100,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
 	if err := s.build(ctx); err != nil {
 		s.closeListeners()
-		s.release()
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
+		s.release(rctx)
+		cancel()
 		return nil, err
 	}
 	return s, nil
@@ -168,6 +172,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	}
 	bcfg := s.cfg.Broker()
 	bcfg.Observer = audit.Tee(observers...)
+	bcfg.Pacer = s.pacer(store)
 	if bcfg.ReplicaID == "" {
 		bcfg.ReplicaID = defaultReplicaID()
 	}
@@ -191,8 +196,19 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	}
 	if s.metrics != nil {
 		s.metrics.SetStateListing(countStates(b))
+		s.metrics.SetBacklogSource(b.Backlog)
 	}
 	return nil
+}
+
+// pacer paces the IdP calls of every replica sharing the store: through
+// Redis in Redis mode, in the process in dev mode.
+func (s *Server) pacer(store broker.Store) broker.Pacer {
+	if rs, ok := store.(*redisstore.Store); ok {
+		return rs.Pacer(redisstore.PacerOptions{Rate: s.cfg.IdPRate, MaxConcurrent: s.cfg.IdPMaxConcurrency,
+			TurnTTL: max(s.cfg.RefreshReplyWait, time.Minute) + s.cfg.RefreshTimeout})
+	}
+	return &memstore.Pacer{Rate: float64(s.cfg.IdPRate), MaxConcurrent: s.cfg.IdPMaxConcurrency}
 }
 
 // openJournal opens --journal-dir, sealed with the first of --seal-keys;
@@ -403,7 +419,7 @@ func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone, cbDone <-chan
 	if s.webhooks != nil {
 		s.webhooks.Stop() // before the Broker, whose changes it reads
 	}
-	s.release()
+	s.release(sctx)
 	s.log.Info("stopped")
 }
 
@@ -420,7 +436,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Unlock()
 	if !started {
 		s.closeListeners()
-		s.release()
+		s.release(ctx)
 		close(s.done)
 		return nil
 	}
@@ -441,12 +457,13 @@ func (s *Server) closeListeners() {
 	}
 }
 
-// release closes the Broker, which waits for the refreshes in flight to be
-// stored, then what it was built on.
-func (s *Server) release() {
+// release shuts the Broker down, which waits until ctx ends for the
+// refreshes in flight to be stored (what it abandons stays journaled, or
+// marked pending for the other replicas), then closes what it was built on.
+func (s *Server) release(ctx context.Context) {
 	if s.broker != nil {
-		if err := s.broker.Close(); err != nil {
-			s.log.Warn("broker close", "error", err)
+		if err := s.broker.Shutdown(ctx); err != nil {
+			s.log.Warn("refreshes abandoned at shutdown", "error", err, "journal", s.cfg.JournalDir != "")
 		}
 	}
 	for i := len(s.closers) - 1; i >= 0; i-- {
