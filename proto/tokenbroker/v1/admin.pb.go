@@ -1402,7 +1402,11 @@ type UpdateCredentialRequest struct {
 	Credential *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
 	// The fields to change, as paths of Credential (e.g. "allowed_clients",
 	// "scopes", "client_secret", "refresh_token"); a masked field left empty
-	// is cleared. Omitted: the fields set in credential.
+	// is cleared, but for the secrets: "client_secret" and
+	// "fallback_client_secrets" set the secrets together (client_secret
+	// first) and keep the stored ones when empty, and a masked
+	// "refresh_token" (which re-seeds the credential) must not be empty.
+	// Omitted: the fields set in credential.
 	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
