@@ -7,6 +7,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
@@ -37,6 +38,12 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"let Redis mode run without --seal-keys, storing refresh tokens and client secrets unencrypted")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", d.MetricsAddr,
 		"HTTP listen address for /healthz and /metrics (Prometheus), host:port; empty turns it off")
+	fs.StringVar(&c.HTTPAddr, "http-addr", d.HTTPAddr,
+		"HTTP listen address of the authorization callback GET "+broker.CallbackPath+" (StartAuthorization's redirect_url points here), host:port; empty turns it off")
+	fs.Var((*urlList)(&c.WebhookURLs), "webhook-url",
+		"endpoint (http or https) that receives every credential event as signed JSON; repeat the flag, or separate URLs with commas")
+	fs.StringVar(&c.WebhookSecret, "webhook-secret", d.WebhookSecret,
+		"HMAC-SHA256 key (16 bytes or more) signing the webhook deliveries; secret, so prefer the env twin")
 	fs.BoolVar(&c.MetricsPerCredential, "metrics-per-credential", d.MetricsPerCredential,
 		"add a credential_id label to the refresh metrics (about 60 series per credential: small fleets only)")
 	fs.DurationVar(&c.MetricsStateInterval, "metrics-state-interval", d.MetricsStateInterval,
@@ -87,6 +94,21 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"how long calls in flight may finish after SIGTERM before they are cut")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", d.MaxRecvMsgSize, "largest gRPC request accepted, in bytes")
 	return fs
+}
+
+// urlList is a repeatable flag of URLs; a value may hold several,
+// separated by commas.
+type urlList []string
+
+func (l *urlList) String() string { return strings.Join(*l, ",") }
+
+func (l *urlList) Set(v string) error {
+	for _, u := range strings.Split(v, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			*l = append(*l, u)
+		}
+	}
+	return nil
 }
 
 // envName is the environment twin of a flag.

@@ -36,6 +36,7 @@ type config struct {
 	duration time.Duration
 	tokenTTL time.Duration
 	naive    bool
+	reauth   bool // --reauth: revoke the grant mid-run and re-authorize it
 
 	brokerAddr string // --broker: an already running broker
 	apiKey     string // --api-key, for --broker
@@ -111,6 +112,13 @@ Modes:
                        old token when the broker announces the refresh and
                        expect no 401; --watch=false shows the 401s they get
                        (recovered_401) from caching it.
+  --reauth             with a broker: a third into the run the IdP revokes
+                       the grant; workers see REAUTH_REQUIRED; the demo, as
+                       the operator, hears of it on WatchCredentials,
+                       re-authorizes through the device flow
+                       (StartDeviceAuthorization, the user code approved at
+                       the IdP's page) and the workers recover without a
+                       restart. The summary counts the outage.
   --idp-only           only run the test IdP on --idp-addr (default
                        127.0.0.1:9090), print its token URL, client and a
                        fresh refresh token, and serve until interrupted.
@@ -140,6 +148,7 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.Var((*seconds)(&cfg.duration), "duration", "`how long` the load runs")
 	fs.Var((*seconds)(&cfg.tokenTTL), "token-ttl", "`lifetime` of the IdP's access tokens: whole seconds, at least 1s")
 	fs.BoolVar(&cfg.naive, "naive", false, "no broker: every worker refreshes on its own")
+	fs.BoolVar(&cfg.reauth, "reauth", false, "revoke the grant mid-run and re-authorize it through the device flow")
 	fs.StringVar(&cfg.brokerAddr, "broker", "", "`address` of a running broker to use instead of an in-process one")
 	fs.StringVar(&cfg.apiKey, "api-key", "", "with --broker: API `key` (admin) for AdminService and the workers")
 	fs.BoolVar(&cfg.insecure, "insecure", false, "with --broker: connect without TLS")
@@ -189,7 +198,7 @@ func (c *config) validate(set map[string]bool) error {
 		}
 	}
 	if c.idpOnly {
-		for _, name := range []string{"naive", "broker", "api-key", "insecure", "allowed-client", "redis-url", "replicas", "workers", "duration", "json", "watch"} {
+		for _, name := range []string{"naive", "reauth", "broker", "api-key", "insecure", "allowed-client", "redis-url", "replicas", "workers", "duration", "json", "watch"} {
 			if set[name] {
 				return fmt.Errorf("--%s does not apply to --idp-only", name)
 			}
@@ -197,7 +206,7 @@ func (c *config) validate(set map[string]bool) error {
 		return nil
 	}
 	if c.naive {
-		for _, name := range []string{"broker", "api-key", "insecure", "allowed-client", "redis-url", "watch"} {
+		for _, name := range []string{"broker", "api-key", "insecure", "allowed-client", "redis-url", "watch", "reauth"} {
 			if set[name] {
 				return fmt.Errorf("--naive runs without a broker: --%s does not apply", name)
 			}

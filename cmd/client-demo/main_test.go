@@ -127,6 +127,29 @@ func TestRevokePreviousWatchAvoids401(t *testing.T) {
 	}
 }
 
+// TestReauthLoop: the grant is revoked a third into the run; workers fail
+// with reauth_required until the demo, as the operator, has re-authorized
+// the credential through the device flow on the WatchCredentials event;
+// then they recover, with the same credential and no restart.
+func TestReauthLoop(t *testing.T) {
+	s := runJSON(t, context.Background(), "--reauth", "--duration", "6s", "--workers", "4", "--token-ttl", "2s")
+	if !s.Revoked || !s.Reauthorized {
+		t.Fatalf("revoked %v, reauthorized %v; want both", s.Revoked, s.Reauthorized)
+	}
+	if s.FailuresByReason[reasonReauth] == 0 || s.Failed != s.FailuresByReason[reasonReauth] {
+		t.Errorf("failures %v: want reauth_required ones only", s.FailuresByReason)
+	}
+	if s.OutageSeconds <= 0 || s.OutageSeconds > 4 || s.ReauthSeconds > s.OutageSeconds {
+		t.Errorf("outage %vs, re-authorization %vs", s.OutageSeconds, s.ReauthSeconds)
+	}
+	if s.CredentialState != "ACTIVE" || s.Revocations != 1 || s.Reuses != 0 {
+		t.Errorf("credential %s, revocations %d, reuses %d; want ACTIVE, 1, 0", s.CredentialState, s.Revocations, s.Reuses)
+	}
+	if s.Succeeded <= s.Failed {
+		t.Errorf("succeeded %d, failed %d: the workers did not recover", s.Succeeded, s.Failed)
+	}
+}
+
 // Every naive worker starts from its own copy of the same token pair, so at
 // the first expiry (0.75 s into the run with 1 s tokens) the second worker to
 // refresh presents a spent refresh token: against the strict IdP that is a
@@ -318,6 +341,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--api-key", "k"}, "--api-key"},
 		{[]string{"--allowed-client", "c"}, "--allowed-client"},
 		{[]string{"--idp-only", "--naive"}, "--idp-only"},
+		{[]string{"--idp-only", "--reauth"}, "--idp-only"},
+		{[]string{"--naive", "--reauth"}, "--naive"},
 		{[]string{"--idp-addr", "9090"}, "--idp-addr"},
 		{[]string{"--naive", "--watch=false"}, "--naive"},
 		{[]string{"--idp-only", "--watch=false"}, "--idp-only"},

@@ -53,6 +53,7 @@ type demo struct {
 
 	credID string      // the credential's ID at the broker
 	bc     *brokerConn // nil in naive mode
+	prog   *progress   // while the load runs
 }
 
 // warn reports a failure to release something; the run's result stands.
@@ -102,6 +103,14 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	stopAt := start.Add(cfg.duration)
 	maxRequests := int(cfg.duration/minPause) + 1
 	prog := startProgress(stderr, cfg.progressEvery, start, t, d.idp)
+	var opDone chan reauthResult
+	opCtx, opCancel := context.WithCancel(ctx)
+	defer opCancel()
+	if cfg.reauth {
+		d.prog = prog
+		opDone = make(chan reauthResult, 1)
+		go d.operate(opCtx, start, opDone)
+	}
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Go(func() { w.run(ctx, stopAt, maxRequests) })
@@ -109,6 +118,12 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	prog.stop()
+	if opDone != nil {
+		opCancel()
+		if err := fillReauth(sum, <-opDone); err != nil {
+			d.warn("re-authorization", err)
+		}
+	}
 
 	st := d.idp.Stats()
 	t.fill(sum)
@@ -236,7 +251,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 	if d.cfg.allowed != "" {
 		allowed = []string{d.cfg.allowed}
 	}
-	err = bc.putCredential(ctx, &pb.Credential{
+	cred := &pb.Credential{
 		Id:             d.credID,
 		TokenUrl:       d.idp.TokenURL(),
 		ClientId:       demoClientID,
@@ -247,7 +262,12 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 		AllowedClients: allowed,
 
 		RevokesPreviousAccessToken: d.cfg.revokePrevious,
-	})
+	}
+	if d.cfg.reauth {
+		cred.DeviceAuthorizationUrl = d.idp.DeviceAuthorizationURL()
+		d.idp.SetDeviceInterval(deviceInterval)
+	}
+	err = bc.putCredential(ctx, cred)
 	if err != nil {
 		hint := ""
 		if !plaintext && status.Code(err) == codes.Unavailable {

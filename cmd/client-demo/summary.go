@@ -52,6 +52,14 @@ type Summary struct {
 	// credential over WatchToken (--watch; false in naive mode).
 	RevokePrevious bool `json:"revoke_previous"`
 	Watch          bool `json:"watch"`
+	// With --reauth: the grant was revoked mid-run, and re-authorized
+	// through the device flow; the outage lasted from the revocation to
+	// the AUTHORIZED event, of which the re-authorization took the time
+	// from the REAUTH_REQUIRED event on.
+	Revoked       bool    `json:"revoked,omitempty"`
+	Reauthorized  bool    `json:"reauthorized,omitempty"`
+	OutageSeconds float64 `json:"outage_seconds,omitempty"`
+	ReauthSeconds float64 `json:"reauth_seconds,omitempty"`
 }
 
 // tally counts the outcomes of requests as the workers make them. It is safe
@@ -188,6 +196,14 @@ func writeTable(w io.Writer, s *Summary) error {
 	}
 	if s.CredentialState != "" {
 		row("credential state", s.CredentialState)
+	}
+	if s.Revoked {
+		row("grant revoked", "mid-run")
+		row("reauthorized", strconv.FormatBool(s.Reauthorized))
+		if s.Reauthorized {
+			row("outage", fmt.Sprintf("%.2f s", s.OutageSeconds))
+			row("  re-authorization", fmt.Sprintf("%.2f s", s.ReauthSeconds))
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -57,7 +57,8 @@ type Broker struct {
 
 	unsubscribe func()
 
-	hubs hubs // WatchToken's per-credential fan-out (watch.go)
+	hubs  hubs  // WatchToken's per-credential fan-out (watch.go)
+	flows flows // authorization flows: the device pollers (authorize.go, device.go)
 }
 
 // slot is the local cache of one credential, made once its record was read.
@@ -225,6 +226,11 @@ func (b *Broker) onEvent(ev Event) {
 	if ev.Reset {
 		b.resets.Add(1)
 		b.wakeAll()
+		b.wakeWatchers() // changes may have been missed
+		return
+	}
+	if ev.Change > 0 {
+		b.wakeWatchers() // events.go
 		return
 	}
 	switch {
@@ -369,6 +375,9 @@ func (b *Broker) mark(id string) readMark {
 // a newer generation or a delete of the credential (or its slot was
 // evicted). It returns the entry either way.
 func (b *Broker) fill(rec *Record, m readMark) *entry {
+	if rec.Authorization != nil {
+		b.adopt(rec) // a device flow open: poll it too (device.go)
+	}
 	e := b.newEntry(rec)
 	e.resets = m.resets
 	e.unsure = e.revokes && m.s == nil && b.announces.Load() != m.announces

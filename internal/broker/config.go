@@ -77,8 +77,13 @@ type Config struct {
 	// beyond it, one not used for the longest time of a sample is dropped
 	// and read again on its next use.
 	MaxCached int // default 1<<20
-	// Observer is told about refreshes and cache hits; nil means none.
+	// Observer is told about refreshes and cache hits; nil means none. If
+	// it also implements AuthorizationObserver, it is told about
+	// authorization flows.
 	Observer Observer
+	// FlowTTL is how long the state of an authorization code flow
+	// (StartAuthorization) stays valid.
+	FlowTTL time.Duration // default 10m
 }
 
 // DefaultRevokeNotice is Config.RevokeNotice's default.
@@ -103,6 +108,7 @@ func (c *Config) setDefaults() {
 	def(&c.BackoffMaxRetryAfter, 10*time.Minute)
 	def(&c.DefaultLifetime, time.Hour)
 	def(&c.RevokeNotice, min(DefaultRevokeNotice, (c.LockTTL-c.RefreshTimeout)/4))
+	def(&c.FlowTTL, 10*time.Minute)
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -159,6 +165,7 @@ func (c Config) Validate() error {
 		{"BackoffMin", c.BackoffMin}, {"BackoffMax", c.BackoffMax},
 		{"BackoffMaxRetryAfter", c.BackoffMaxRetryAfter}, {"DefaultLifetime", c.DefaultLifetime},
 		{"RevokeNotice", c.RevokeNotice},
+		{"FlowTTL", c.FlowTTL},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("broker: %s must not be negative", d.name)

@@ -324,6 +324,9 @@ type attempt struct {
 
 	rec *Record // after done: the record as stored, or nil
 	err error   // after done
+
+	prev   *Record // the record the refresh was sent from; nil when resumed from the journal
+	caller string  // who caused it
 }
 
 func newAttempt(id string, p *Pending) *attempt {
@@ -402,6 +405,7 @@ func (a *attempt) stall(err error) {
 func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
 	a := newAttempt(rec.ID, p)
 	a.gen = rec.Generation
+	a.prev, a.caller = rec, f.caller
 	s := b.slotFor(rec.ID)
 	s.attempt.Store(a)
 	b.wg.Add(1)
@@ -639,6 +643,9 @@ func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, erro
 			stored := next.Clone()
 			stored.Generation = gen
 			b.fill(stored, m)
+			if a.prev != nil {
+				b.changed("", a.prev, stored, a.caller, "") // events.go
+			}
 			return stored, nil
 		}
 		if errors.Is(err, ErrConflict) {

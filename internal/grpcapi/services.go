@@ -93,7 +93,7 @@ func (s *adminService) PutCredential(ctx context.Context, req *pb.PutCredentialR
 	if err != nil {
 		return nil, err
 	}
-	rec, err := s.b.PutCredential(ctx, c, refreshToken)
+	rec, err := s.b.ReplaceCredential(ctx, c, refreshToken, req.GetClearAllowedClients())
 	if err != nil {
 		return nil, err
 	}
@@ -109,10 +109,15 @@ func (s *adminService) GetCredential(ctx context.Context, req *pb.GetCredentialR
 }
 
 func (s *adminService) ListCredentials(ctx context.Context, req *pb.ListCredentialsRequest) (*pb.ListCredentialsResponse, error) {
+	state, err := stateArg("state", req.GetState())
+	if err != nil {
+		return nil, err
+	}
 	recs, next, err := s.b.ListCredentials(ctx, int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
+	recs = filterState(recs, state)
 	resp := &pb.ListCredentialsResponse{
 		Credentials:   make([]*pb.Credential, 0, len(recs)),
 		NextPageToken: next,

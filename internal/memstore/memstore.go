@@ -25,6 +25,9 @@ type Store struct {
 	smu  sync.Mutex // guards subs
 	subs map[int]func(broker.Event)
 	next int
+
+	flows flowTable // authorization code flows (flows.go)
+	log   changeLog // the change log (changes.go)
 }
 
 type lockState struct {

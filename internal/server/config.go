@@ -18,6 +18,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
+	"github.com/tokenbroker/tokenbroker/internal/webhook"
 )
 
 // Config is everything a replica is built from: what cmd/broker's flags
@@ -37,9 +38,13 @@ type Config struct {
 	SealKeys            string // --seal-keys: keyring spec sealing records in Redis; secret
 	AllowPlaintext      bool   // --allow-plaintext: Redis mode without SealKeys
 	MetricsAddr         string // --metrics-addr; empty: no metrics listener
-	CredentialsFile     string // --credentials-file; empty: none
-	LogFormat           string // --log-format: text or json (NewLogger)
-	LogLevel            string // --log-level: debug, info, warn or error (NewLogger)
+	HTTPAddr            string // --http-addr: serves the authorization callback; empty: none
+
+	WebhookURLs     []string // --webhook-url, repeatable: endpoints that receive the credential events
+	WebhookSecret   string   // --webhook-secret: HMAC-SHA256 key signing them; secret
+	CredentialsFile string   // --credentials-file; empty: none
+	LogFormat       string   // --log-format: text or json (NewLogger)
+	LogLevel        string   // --log-level: debug, info, warn or error (NewLogger)
 
 	ClientsFile          string  // --clients-file: client registry; empty: no caller authentication
 	AllowUnauthenticated bool    // --allow-unauthenticated: Redis mode without a client registry
@@ -184,7 +189,7 @@ const (
 // file (New does, and reports what does not read or parse the same way)
 // and dials nothing.
 func (c *Config) Validate() error {
-	for _, check := range []func() error{c.checkListeners, c.checkRedis, c.checkLogging, c.checkTimings, c.checkSecurity, c.checkMetrics} {
+	for _, check := range []func() error{c.checkListeners, c.checkRedis, c.checkLogging, c.checkTimings, c.checkSecurity, c.checkMetrics, c.checkWebhooks} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -200,7 +205,12 @@ func (c *Config) checkListeners() error {
 		return err
 	}
 	if c.MetricsAddr != "" {
-		return checkAddr("--metrics-addr", c.MetricsAddr)
+		if err := checkAddr("--metrics-addr", c.MetricsAddr); err != nil {
+			return err
+		}
+	}
+	if c.HTTPAddr != "" {
+		return checkAddr("--http-addr", c.HTTPAddr)
 	}
 	return nil
 }
@@ -258,6 +268,29 @@ func (c *Config) checkTimings() error {
 func (c *Config) checkMetrics() error {
 	if c.MetricsStateInterval < minMetricsStateInterval || c.MetricsStateInterval > broker.MaxDuration {
 		return badConfig("--metrics-state-interval must be %s to %s (got %s)", minMetricsStateInterval, broker.MaxDuration, c.MetricsStateInterval)
+	}
+	return nil
+}
+
+// Limits of the webhook settings.
+const maxWebhooks = 16
+
+// checkWebhooks checks the webhook endpoints and their secret, never
+// echoing either (a URL may carry the receiver's token).
+func (c *Config) checkWebhooks() error {
+	if len(c.WebhookURLs) > maxWebhooks {
+		return badConfig("--webhook-url: at most %d endpoints", maxWebhooks)
+	}
+	for i, u := range c.WebhookURLs {
+		if err := webhook.CheckURL(u); err != nil {
+			return badConfig("--webhook-url #%d (%s): %v", i+1, webhook.Redact(u), err)
+		}
+	}
+	switch {
+	case len(c.WebhookURLs) > 0 && c.WebhookSecret == "":
+		return badConfig("--webhook-url needs --webhook-secret to sign the deliveries")
+	case c.WebhookSecret != "" && len(c.WebhookSecret) < webhook.MinSecretLen:
+		return badConfig("--webhook-secret must be at least %d bytes", webhook.MinSecretLen)
 	}
 	return nil
 }

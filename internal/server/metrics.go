@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -32,25 +33,32 @@ func newMetrics(cfg *Config) (*metrics.Metrics, *prometheus.Registry) {
 var metricsCaller = broker.Caller{ID: "tokenbroker-metrics", Admin: true}
 
 // countStates returns the source of the credentials-by-state gauge: it pages
-// through every credential as an admin and counts their states.
-func countStates(b *broker.Broker) metrics.StateSource {
-	return func(ctx context.Context) (map[broker.State]int, error) {
+// through every credential as an admin, counts their states as shown
+// (PENDING_AUTHORIZATION too) and names those in REAUTH_REQUIRED.
+func countStates(b *broker.Broker) metrics.StateListing {
+	return func(ctx context.Context) (map[broker.State]int, []string, error) {
 		ctx = broker.NewContext(ctx, metricsCaller)
 		counts := make(map[broker.State]int)
+		var reauth []string
 		page := ""
 		for {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			recs, next, err := b.ListCredentials(ctx, broker.MaxPageSize, page)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
+			now := time.Now()
 			for _, r := range recs {
-				counts[r.State]++
+				st := r.ViewState(now)
+				counts[st]++
+				if st == broker.StateReauthRequired {
+					reauth = append(reauth, r.ID)
+				}
 			}
 			if next == "" {
-				return counts, nil
+				return counts, reauth, nil
 			}
 			page = next
 		}

@@ -48,6 +48,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	"github.com/tokenbroker/tokenbroker/internal/webhook"
 )
 
 // ErrServerClosed is returned by Serve once the Server has served or has
@@ -67,7 +68,10 @@ type Server struct {
 	grpcLis  net.Listener
 	http     *http.Server // nil without MetricsAddr
 	httpLis  net.Listener
-	serving  atomic.Bool // what /healthz reports
+	callback *http.Server // nil without HTTPAddr
+	cbLis    net.Listener
+	webhooks *webhook.Dispatcher // nil without WebhookURLs
+	serving  atomic.Bool         // what /healthz reports
 	// closers release what the Broker is built on (Redis client, Store),
 	// in reverse order, after the Broker is closed.
 	closers []func() error
@@ -130,6 +134,14 @@ func (s *Server) build(ctx context.Context) error {
 	if err := s.newBroker(store, trail); err != nil {
 		return err
 	}
+	if len(s.cfg.WebhookURLs) > 0 {
+		s.webhooks, err = webhook.New(s.broker, store, webhook.Options{URLs: s.cfg.WebhookURLs, Secret: []byte(s.cfg.WebhookSecret), Logger: s.log})
+		if err != nil {
+			return badConfig("%v", err)
+		}
+	} else if s.cfg.WebhookSecret != "" {
+		s.log.Info("--webhook-secret unused without --webhook-url")
+	}
 	if err := s.seed(ctx, seeds); err != nil {
 		return err
 	}
@@ -139,6 +151,14 @@ func (s *Server) build(ctx context.Context) error {
 	s.grpc = grpcapi.NewServer(s.broker, s.grpcOptions(sec, trail))
 	if s.metrics != nil {
 		s.http = &http.Server{Handler: httpMux(&s.serving, metrics.Handler(s.registry)), ReadHeaderTimeout: 5 * time.Second}
+	}
+	if s.cbLis != nil {
+		s.callback = &http.Server{
+			Handler:           callbackHandler(s.broker, &s.cfg, s.log),
+			ReadHeaderTimeout: 5 * time.Second,
+			MaxHeaderBytes:    32 << 10,
+			IdleTimeout:       time.Minute,
+		}
 	}
 	return nil
 }
@@ -175,7 +195,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 		s.log.Info("journal open", "dir", s.cfg.JournalDir, "replica", bcfg.ReplicaID)
 	}
 	if s.metrics != nil {
-		s.metrics.SetStateSource(countStates(b))
+		s.metrics.SetStateListing(countStates(b))
 		s.metrics.SetBacklogSource(b.Backlog)
 	}
 	return nil
@@ -243,6 +263,11 @@ func (s *Server) listen() error {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 	}
+	if s.cfg.HTTPAddr != "" {
+		if s.cbLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -284,6 +309,15 @@ func (s *Server) MetricsAddr() string {
 	return s.httpLis.Addr().String()
 }
 
+// HTTPAddr is the address of the authorization callback's port
+// (--http-addr), or "" when there is none.
+func (s *Server) HTTPAddr() string {
+	if s.cbLis == nil {
+		return ""
+	}
+	return s.cbLis.Addr().String()
+}
+
 // Broker is the server's Broker, for in-process callers that put or read
 // credentials without a gRPC round trip. Calls on it need a caller in their
 // context (broker.NewContext) unless the server runs open.
@@ -310,6 +344,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer close(s.done)
 
 	s.serving.Store(true)
+	if s.webhooks != nil {
+		s.webhooks.Start() // before the first call: its changes are delivered
+		s.log.Info("webhooks on", "endpoints", len(s.cfg.WebhookURLs))
+	}
 	// grpcDone gets gRPC's Serve result and is then closed, so reading it
 	// again yields nil at once; so does httpDone, which stays nil (never
 	// ready) without a metrics listener.
@@ -327,6 +365,15 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 		s.log.Info("metrics listening", "addr", s.MetricsAddr())
 	}
+	var cbDone chan error
+	if s.callback != nil {
+		cbDone = make(chan error, 1)
+		go func() { // ends with Shutdown or Close in shutdown
+			cbDone <- s.callback.Serve(s.cbLis)
+			close(cbDone)
+		}()
+		s.log.Info("http listening", "addr", s.HTTPAddr(), "callback", broker.CallbackPath)
+	}
 	s.log.Info("listening", "addr", s.GRPCAddr(), "dev_mode", s.cfg.DevMode(),
 		"tls", s.cfg.TLS(), "mtls", s.cfg.TLSClientCA != "", "authentication", s.cfg.Authenticated())
 
@@ -338,15 +385,17 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = fmt.Errorf("gRPC server: %w", err)
 	case err = <-httpDone:
 		err = fmt.Errorf("metrics server: %w", err)
+	case err = <-cbDone:
+		err = fmt.Errorf("http server: %w", err)
 	}
-	s.shutdown(ctx, grpcDone, httpDone)
+	s.shutdown(ctx, grpcDone, httpDone, cbDone)
 	return err
 }
 
 // shutdown stops serving, in order: health NOT_SERVING and /healthz 503,
 // calls in flight finish until ShutdownTimeout, then the listeners close and
 // the Broker and Store are released.
-func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) {
+func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone, cbDone <-chan error) {
 	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
 	s.serving.Store(false)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
@@ -360,6 +409,15 @@ func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) 
 			_ = s.http.Close()
 		}
 		<-httpDone
+	}
+	if s.callback != nil {
+		if err := s.callback.Shutdown(sctx); err != nil {
+			_ = s.callback.Close()
+		}
+		<-cbDone
+	}
+	if s.webhooks != nil {
+		s.webhooks.Stop() // before the Broker, whose changes it reads
 	}
 	s.release(sctx)
 	s.log.Info("stopped")
@@ -392,7 +450,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // closeListeners closes the listeners of a Server that never served.
 func (s *Server) closeListeners() {
-	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.cbLis} {
 		if l != nil {
 			_ = l.Close()
 		}

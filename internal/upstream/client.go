@@ -73,7 +73,7 @@ var noSecret = []string{""}
 func (c *Client) Exchange(ctx context.Context, r broker.UpstreamRequest) (*broker.UpstreamToken, error) {
 	tok, e := c.exchange(ctx, r)
 	if e != nil {
-		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Err: e}
+		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Code: e.Code, Err: e}
 	}
 	return tok, nil
 }
