@@ -68,9 +68,10 @@ type slot struct {
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
 	used    atomic.Int64            // Unix second of the last lookup, for eviction
 	settled atomic.Pointer[settled] // the last outcome this Broker stored, for repairs
-	// regressedAt is when a flight first found the Store behind a
-	// generation seen (Unix ns; 0: not now).
+	// regressedAt is when the Store was first found behind a generation
+	// seen (Unix ns; 0: not now); repairing, that a repair is under way.
 	regressedAt atomic.Int64
+	repairing   atomic.Bool
 	mu          sync.Mutex // guards gen and epoch, and serializes stores to e
 	gen         uint64     // highest generation seen for the credential
 	epoch       uint64     // bumped by deletes: fills read before are void
@@ -412,27 +413,40 @@ func (b *Broker) fill(rec *Record, m readMark) *entry {
 }
 
 // regressed reports a Store that answered with generation rec.Generation of
-// a credential after seen was seen, once per regression, and writes back the
-// outcome this Broker stored if it is the one lost: fenced on the regressed
-// record's marker, or under the lease. It runs the repair in the background;
-// s.mu is held.
+// a credential after seen was seen, and writes back the outcome this Broker
+// stored if it is the one lost: fenced on the regressed record's marker, or
+// under the lease, in the background, one try at a time, on each read that
+// finds the regression until one lands. It is reported when first found
+// and when repaired. s.mu is held.
 func (b *Broker) regressed(s *slot, rec *Record, seen uint64) {
-	if !s.regressedAt.CompareAndSwap(0, time.Now().UnixNano()) {
-		return // reported, and a repair tried, when it was first found
-	}
+	first := s.regressedAt.CompareAndSwap(0, time.Now().UnixNano())
 	ev := RegressionEvent{CredentialID: rec.ID, Seen: seen, Stored: rec.Generation}
 	last := s.settled.Load()
-	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation || !b.enter() {
-		b.obs.Regressed(ev)
+	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation {
+		if first {
+			b.obs.Regressed(ev) // not this replica's outcome: reported once
+		}
+		return
+	}
+	// This replica stored the outcome the Store lost: it writes it back,
+	// trying again on later reads until a try lands.
+	if !s.repairing.CompareAndSwap(false, true) {
+		return
+	}
+	if !b.enter() {
+		s.repairing.Store(false)
 		return
 	}
 	go func() {
 		defer b.wg.Done()
+		defer s.repairing.Store(false)
 		ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
 		defer cancel()
 		ev.Err = b.repair(ctx, rec, last)
 		ev.Repaired = ev.Err == nil
-		b.obs.Regressed(ev)
+		if first || ev.Repaired {
+			b.obs.Regressed(ev)
+		}
 	}()
 }
 
