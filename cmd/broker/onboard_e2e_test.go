@@ -295,12 +295,18 @@ func TestBinaryDeviceFlowOneReplicaPolls(t *testing.T) {
 	if err != nil || !resourceAccepts(t, r.idp, tok.GetAccessToken()) {
 		t.Fatalf("GetToken after the device flow: %v", err)
 	}
+	// Two replicas, one poller at a time: the first poll is answered
+	// slow_down, and every later one comes at least the slowed interval
+	// after the one before (on a loaded machine the approval may miss a
+	// poll: then there are more than two, still spaced).
 	st := r.idp.AuthStats()
-	if st.DevicePolls != 2 || st.SlowDowns != 1 {
-		t.Fatalf("%d polls, %d slow_downs from two replicas; want 2 and the 1 asked for", st.DevicePolls, st.SlowDowns)
+	if st.DevicePolls < 2 || st.SlowDowns != 1 || len(st.PollTimes) != int(st.DevicePolls) {
+		t.Fatalf("%d polls, %d slow_downs from two replicas; want at least 2 and the 1 asked for", st.DevicePolls, st.SlowDowns)
 	}
-	if gap := st.PollTimes[1].Sub(st.PollTimes[0]); gap < 6*time.Second {
-		t.Fatalf("second poll %v after the slow_down, want at least 6s", gap)
+	for i := 1; i < len(st.PollTimes); i++ {
+		if gap := st.PollTimes[i].Sub(st.PollTimes[i-1]); gap < 6*time.Second {
+			t.Fatalf("poll %d came %v after the one before, with slow_down in effect; want at least 6s", i, gap)
+		}
 	}
 	if out := r.replicas[0].output() + r.replicas[1].output(); !strings.Contains(out, `"msg":"authorization"`) || !strings.Contains(out, `"action":"completed"`) {
 		t.Errorf("no audit line of the completed authorization")
