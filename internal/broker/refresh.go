@@ -53,6 +53,7 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		defer b.wg.Done()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.flightBound())
 		defer cancel()
+		defer context.AfterFunc(b.bg, cancel)() // Shutdown gave up: stop waiting for the lease too
 		return b.runFlight(fctx, f)
 	})
 	select {
@@ -63,6 +64,9 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		return r.Val.(*Record), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-b.bg.Done(): // Shutdown gave up on the refreshes in flight
+		return nil, &Error{Kind: ErrShuttingDown, CredentialID: f.id, RetryAfter: time.Second,
+			Detail: "this replica is shutting down; retry on another"}
 	}
 }
 

@@ -58,7 +58,16 @@ var limitedMethods = map[string]bool{
 func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	id := requestCredentialID(req)
-	ctx, caller, err := s.authenticate(ctx, info.FullMethod)
+	var caller broker.Caller
+	var err error
+	if tracked := !isPublic(info.FullMethod); tracked && !s.drain.enter() {
+		err = errShuttingDown
+	} else {
+		if tracked {
+			defer s.drain.leave()
+		}
+		ctx, caller, err = s.authenticate(ctx, info.FullMethod)
+	}
 	var resp any
 	if err == nil {
 		err = s.protect(ctx, info.FullMethod, func() error {
@@ -102,7 +111,12 @@ func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerIn
 		if ctx != ss.Context() {
 			ss = &serverStream{ServerStream: ss, ctx: ctx}
 		}
-		err = s.protect(ctx, info.FullMethod, func() error { return handler(srv, ss) })
+		err = s.protect(ctx, info.FullMethod, func() error {
+			if isPublic(info.FullMethod) {
+				return handler(srv, ss)
+			}
+			return s.drainStream(ss, func(ss grpc.ServerStream) error { return handler(srv, ss) })
+		})
 	}
 	st := toStatus(err, "")
 	s.logCall(ctx, info.FullMethod, start, st, err, "", caller)

@@ -110,10 +110,12 @@ type Server struct {
 	inner   []grpc.UnaryServerInterceptor
 	observe func(method string, code codes.Code, d time.Duration)
 	log     *slog.Logger
+	drain   drainState // health.go
 }
 
 // NewServer returns a Server of b's TokenService and AdminService, with
-// grpc.health.v1 (SERVING for "" and both services) and server reflection.
+// grpc.health.v1 (SERVING for "", both services and LivenessService; see
+// SetReady and Drain) and server reflection.
 func NewServer(b *broker.Broker, opts Options) *Server {
 	s := &Server{
 		health:  health.NewServer(),
@@ -147,7 +149,7 @@ func NewServer(b *broker.Broker, opts Options) *Server {
 	pb.RegisterAdminServiceServer(s.grpc, &adminService{b: b})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	for _, name := range []string{"", pb.TokenService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
+	for _, name := range append([]string{LivenessService}, readinessServices...) {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	return s
@@ -160,8 +162,9 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown stops the server: health turns NOT_SERVING for every service,
-// new calls are refused, and calls in flight may finish until ctx ends;
-// then the remaining connections are closed. It returns ctx's error when it
+// the listener closes, and calls in flight may finish until ctx ends;
+// then the remaining connections are closed. Drain first to keep the
+// listener answering while calls finish. It returns ctx's error when it
 // had to close calls in flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.health.Shutdown()
