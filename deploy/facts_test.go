@@ -161,8 +161,9 @@ func parseFlags(help, pattern string) map[string]bool {
 }
 
 // probedServices are the grpc.health.v1 service names the Kubernetes probes
-// ask for (deploy/k8s/deployment.yaml); "" is the server as a whole.
-var probedServices = []string{"", "tokenbroker.v1.TokenService", "tokenbroker.v1.AdminService"}
+// may ask for (deploy/k8s/deployment.yaml); "" is the server as a whole
+// (readiness: follows Redis and draining), "liveness" the process alone.
+var probedServices = []string{"", "tokenbroker.v1.TokenService", "tokenbroker.v1.AdminService", "liveness"}
 
 // runBroker starts the broker in dev mode on loopback ports it picks, asks
 // its health service (which is also the one gRPC call that makes the

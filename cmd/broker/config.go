@@ -36,7 +36,7 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 	fs.BoolVar(&c.AllowPlaintext, "allow-plaintext", d.AllowPlaintext,
 		"let Redis mode run without --seal-keys, storing refresh tokens and client secrets unencrypted")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", d.MetricsAddr,
-		"HTTP listen address for /healthz and /metrics (Prometheus), host:port; empty turns it off")
+		"HTTP listen address for /healthz (liveness), /readyz (readiness) and /metrics (Prometheus), host:port; empty turns it off")
 	fs.BoolVar(&c.MetricsPerCredential, "metrics-per-credential", d.MetricsPerCredential,
 		"add a credential_id label to the refresh metrics (about 60 series per credential: small fleets only)")
 	fs.DurationVar(&c.MetricsStateInterval, "metrics-state-interval", d.MetricsStateInterval,
@@ -80,7 +80,9 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 	fs.DurationVar(&c.ForceInterval, "force-interval", d.ForceInterval,
 		"least time between forced refreshes (InvalidateToken, RefreshCredential) of one credential")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", d.ShutdownTimeout,
-		"how long calls in flight may finish after SIGTERM before they are cut")
+		"after SIGTERM, how long calls and refreshes in flight may finish; the process exits within it")
+	fs.DurationVar(&c.UnreadyAfter, "unready-after", d.UnreadyAfter,
+		"readiness (grpc.health.v1 \"\" and each service, /readyz) turns NOT_SERVING once Redis has not answered for this long, and SERVING as soon as it answers; liveness (service \"liveness\", /healthz) stays up")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", d.MaxRecvMsgSize, "largest gRPC request accepted, in bytes")
 	return fs
 }
@@ -174,8 +176,18 @@ Flags:
 		fmt.Fprintf(w, "        env %s, default %s\n", envName(f.Name), def)
 	})
 	fmt.Fprintf(w, `
-Signals: SIGTERM or SIGINT turns health NOT_SERVING, lets calls in flight
-finish for --shutdown-timeout, then stops. Exit status: 0 after a clean stop,
-2 for bad configuration, 1 for any other failure.
+Health: grpc.health.v1 "" and each service report readiness (NOT_SERVING
+while Redis has not answered for --unready-after, and from SIGTERM on);
+"liveness" reports the process alone. --metrics-addr serves the same as
+/readyz and /healthz.
+
+Signals: SIGTERM or SIGINT turns readiness NOT_SERVING at once while the port
+still answers, refuses new calls with UNAVAILABLE (reason SHUTTING_DOWN), lets
+calls and refreshes in flight finish, and exits within --shutdown-timeout,
+logging what it abandoned. Exit status: 0 after a stop, 2 for bad
+configuration (also a Redis that refuses the URL's password or database, or
+is a Cluster node or not unlike the URL, and a --seal-keys that opens none of
+the stored records), 1 for any other failure. A Redis that does not answer
+at start is not fatal.
 `)
 }

@@ -62,7 +62,10 @@ type Config struct {
 	ForceInterval    time.Duration // --force-interval
 
 	ShutdownTimeout time.Duration // --shutdown-timeout: how long calls in flight may finish
-	MaxRecvMsgSize  int           // --max-recv-msg-size, bytes
+	// UnreadyAfter is --unready-after: readiness turns NOT_SERVING once the
+	// Store has not answered for this long (0: at the first failed check).
+	UnreadyAfter   time.Duration
+	MaxRecvMsgSize int // --max-recv-msg-size, bytes
 
 	JournalDir string // --journal-dir: refreshed tokens kept on disk until stored; empty: none
 	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
@@ -96,6 +99,7 @@ func DefaultConfig() Config {
 		RefreshTimeout:       10 * time.Second,
 		ForceInterval:        5 * time.Second,
 		ShutdownTimeout:      10 * time.Second,
+		UnreadyAfter:         5 * time.Second,
 		MaxRecvMsgSize:       grpcapi.DefaultMaxRecvMsgSize,
 	}
 }
@@ -216,6 +220,7 @@ func (c *Config) checkTimings() error {
 		{"--refresh-timeout", c.RefreshTimeout}, {"--refresh-reply-wait", c.RefreshReplyWait},
 		{"--lock-ttl", c.LockTTL}, {"--lock-wait", c.LockWait},
 		{"--force-interval", c.ForceInterval}, {"--shutdown-timeout", c.ShutdownTimeout},
+		{"--unready-after", c.UnreadyAfter},
 	} {
 		if d.v < 0 {
 			return badConfig("%s must not be negative (got %s)", d.name, d.v)

@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -71,20 +69,11 @@ func forgetDeleted(m *metrics.Metrics) grpc.UnaryServerInterceptor {
 	}
 }
 
-// httpMux serves the HTTP endpoints of MetricsAddr: /healthz, 200 while
-// the server serves and 503 once it shuts down, and /metrics, the
-// Prometheus page.
-func httpMux(serving *atomic.Bool, metricsPage http.Handler) *http.ServeMux {
+// httpMux serves the HTTP endpoints of MetricsAddr: /metrics, the
+// Prometheus page, and /healthz and /readyz (healthMux).
+func httpMux(h *health, metricsPage http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metricsPage)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !serving.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(w, "shutting down\n")
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
+	healthMux(mux, h)
 	return mux
 }
