@@ -32,12 +32,9 @@ import (
 // (issue 12) and that the deployment files may use: accepted although
 // `broker --help` does not list them yet. Remove a name once --help lists
 // it (the check logs which ones it does). (--journal-dir,
-// --redis-min-replica-acks and --refresh-reply-wait were here until they
-// landed.)
-var upcomingBrokerFlags = map[string]string{
-	"version": "build info (issue 12)",
-	"config":  "a config file (issue 12)",
-}
+// --redis-min-replica-acks, --refresh-reply-wait, --config and --version
+// were here until they landed.)
+var upcomingBrokerFlags = map[string]string{}
 
 // declaredNotExported are metric families the broker declares but that a
 // fresh dev-mode broker does not show on /metrics yet (a family that lands

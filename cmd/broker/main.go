@@ -46,6 +46,10 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		printUsage(stdout)
 		return err
 	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, versionLine())
+		return nil
+	}
 	if err != nil {
 		return err
 	}

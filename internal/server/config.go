@@ -38,8 +38,8 @@ type Config struct {
 	AllowPlaintext      bool   // --allow-plaintext: Redis mode without SealKeys
 	MetricsAddr         string // --metrics-addr; empty: no metrics listener
 	CredentialsFile     string // --credentials-file; empty: none
-	LogFormat           string // --log-format: text or json (NewLogger)
-	LogLevel            string // --log-level: debug, info, warn or error (NewLogger)
+	LogFormat           string // --log-format: text or json (NewLogger), in any case
+	LogLevel            string // --log-level: debug, info, warn or error (NewLogger), in any case
 
 	ClientsFile          string  // --clients-file: client registry; empty: no caller authentication
 	AllowUnauthenticated bool    // --allow-unauthenticated: Redis mode without a client registry
@@ -142,8 +142,8 @@ var logLevels = map[string]slog.Level{
 // for, writing to w. It is for the process's edge (cmd/broker logs to
 // stderr); New logs to whichever logger it is given.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: logLevels[c.LogLevel]}
-	if c.LogFormat == "json" {
+	opts := &slog.HandlerOptions{Level: logLevels[strings.ToLower(c.LogLevel)]}
+	if strings.EqualFold(c.LogFormat, "json") {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
@@ -200,13 +200,13 @@ func (c *Config) checkListeners() error {
 }
 
 func (c *Config) checkLogging() error {
-	switch c.LogFormat {
+	switch strings.ToLower(c.LogFormat) {
 	case "text", "json":
 	default:
 		return badConfig("--log-format must be text or json, not %q", c.LogFormat)
 	}
-	if _, ok := logLevels[c.LogLevel]; !ok {
-		return badConfig("--log-level must be debug, info, warn or error, not %q", c.LogLevel)
+	if _, ok := logLevels[strings.ToLower(c.LogLevel)]; !ok {
+		return badConfig("--log-level must be debug, info, warn or error (in any case), not %q", c.LogLevel)
 	}
 	return nil
 }
