@@ -63,6 +63,8 @@ type Config struct {
 	MaxCached int // default 1<<20
 	// Observer is told about refreshes and cache hits; nil means none.
 	Observer Observer
+	// Tracer, if set, traces the steps of each refresh (trace.go).
+	Tracer Tracer
 }
 
 func (c *Config) setDefaults() {
