@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
@@ -80,6 +81,12 @@ type Config struct {
 	// RedisHook, when set, is added to the go-redis client in Redis mode,
 	// for instance to count the commands a replica sends.
 	RedisHook redis.Hook
+	// TracerProvider, when set, turns tracing on (tracing.go); cmd/broker
+	// sets it when the OTEL_EXPORTER_OTLP_* variables ask for export.
+	TracerProvider trace.TracerProvider
+	// Version and Revision label tokenbroker_build_info (cmd/broker's
+	// stamped main.version and main.revision); empty: "unknown".
+	Version, Revision string
 }
 
 // DefaultConfig returns the defaults of cmd/broker's flags: dev mode on

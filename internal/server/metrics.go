@@ -21,6 +21,7 @@ func newMetrics(cfg *Config) (*metrics.Metrics, *prometheus.Registry) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, cfg)
 	m := metrics.New(reg, metrics.Options{PerCredentialLabels: cfg.MetricsPerCredential, StateInterval: cfg.MetricsStateInterval})
 	return m, reg
 }

@@ -50,7 +50,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/journal"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
 )
 
 // ErrServerClosed is returned by Serve once the Server has served or has
@@ -101,7 +100,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Server{cfg: cfg, stop: make(chan struct{}), done: make(chan struct{})}
+	s.log = s.traced(log)
 	if err := s.build(ctx); err != nil {
 		s.closeListeners()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
@@ -168,6 +168,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	}
 	bcfg := s.cfg.Broker()
 	bcfg.Observer = audit.Tee(observers...)
+	bcfg.Tracer = s.tracer()
 	if bcfg.ReplicaID == "" {
 		bcfg.ReplicaID = defaultReplicaID()
 	}
@@ -178,7 +179,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	if j != nil {
 		bcfg.Journal = j
 	}
-	b, err := broker.New(store, &upstream.Client{}, bcfg)
+	b, err := broker.New(store, s.upstreamClient(), bcfg)
 	if err != nil {
 		return badConfig("%v", err)
 	}
@@ -266,6 +267,7 @@ func (s *Server) grpcOptions(sec *security, trail *audit.Log) grpcapi.Options {
 	if sec.tls != nil {
 		opts.ServerOptions = append(opts.ServerOptions, grpc.Creds(credentials.NewTLS(sec.tls)))
 	}
+	opts.ServerOptions = append(opts.ServerOptions, s.tracingOptions()...)
 	if s.metrics != nil {
 		opts.ObserveCall = s.metrics.ObserveRPC
 		if s.cfg.MetricsPerCredential {
