@@ -215,7 +215,7 @@ func (b *Broker) RefreshCredential(ctx context.Context, id string) (*Record, err
 	start := time.Now()
 	return b.refresh(ctx, "force\x00"+id, flight{
 		id:     id,
-		caller: caller.ID,
+		caller: caller.Name(),
 		reason: ReasonForced,
 		forced: true,
 		need:   func(r *Record, _ time.Time) bool { return r.LastRefreshAt.Before(start) },

@@ -111,6 +111,8 @@ type Server struct {
 	observe func(method string, code codes.Code, d time.Duration)
 	log     *slog.Logger
 	drain   drainState // health.go
+	// failures limits the WARN lines about failed calls (calllog.go).
+	failures logLimiter
 }
 
 // NewServer returns a Server of b's TokenService and AdminService, with
