@@ -425,7 +425,7 @@ func TestAccessLog(t *testing.T) {
 
 	type line struct {
 		Level, Msg, Method, Code, Reason, Error string
-		CredentialID                            string `json:"credential_id"`
+		CredentialID                            string   `json:"credential_id"`
 		Duration                                *float64 `json:"duration_ms"`
 	}
 	var lines []line
