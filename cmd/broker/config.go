@@ -83,6 +83,10 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"after SIGTERM, how long calls and refreshes in flight may finish; the process exits within it")
 	durationVar(fs, &c.UnreadyAfter, "unready-after", d.UnreadyAfter,
 		"readiness (grpc.health.v1 \"\" and each service, /readyz) turns NOT_SERVING once Redis has not answered for this long, and SERVING as soon as it answers; liveness (service \"liveness\", /healthz) stays up")
+	fs.BoolVar(&c.AllowInsecureTokenURLs, "allow-insecure-token-urls", d.AllowInsecureTokenURLs,
+		"let credentials name http:// token URLs on any host (without it: https, or http to a loopback host); link-local and cloud metadata addresses are refused either way")
+	fs.StringVar(&c.TokenURLAllow, "token-url-allow", d.TokenURLAllow,
+		"comma-separated host patterns (idp.example.com, *.example.com) that credentials' token URLs must match; empty allows any host")
 	fs.IntVar(&c.MaxRecvMsgSize, "max-recv-msg-size", d.MaxRecvMsgSize, "largest gRPC request accepted, in bytes")
 	fs.String(configFlag, "",
 		"YAML or JSON file of settings by flag name (grpc-addr: 127.0.0.1:7070); a flag or its environment twin wins over the file")

@@ -93,6 +93,7 @@ func TestConfigValues(t *testing.T) {
 		{"broken JSON", []string{"--config", writeConfig(t, "c.json", `{"seal-keys": "hunter2`)}, nil, "not valid JSON"},
 		{"missing file", []string{"--config", "/nonexistent/broker.yaml"}, nil, "--config: open /nonexistent/broker.yaml"},
 		{"bad seconds", nil, map[string]string{"TOKENBROKER_LOCK_WAIT": "1e400"}, `invalid value "1e400" for TOKENBROKER_LOCK_WAIT`},
+		{"bad host pattern", []string{"--token-url-allow", "idp.example.com,https://x"}, nil, `--token-url-allow: host pattern "https://x"`},
 		{"config in the file", []string{"--config", writeConfig(t, "c.yaml", "config: other.yaml\n")}, nil, `unknown setting "config"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -43,6 +43,9 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 	if err := validateCredential(&c, refreshToken, false); err != nil {
 		return nil, err
 	}
+	if err := b.cfg.TokenURLs.Check("credential.token_url", c.TokenURL); err != nil {
+		return nil, err
+	}
 	lease, err := b.acquire(ctx, c.ID, nil)
 	if err != nil {
 		return nil, err

@@ -65,6 +65,9 @@ type Config struct {
 	Observer Observer
 	// Tracer, if set, traces the steps of each refresh (trace.go).
 	Tracer Tracer
+	// TokenURLs says which token URLs credentials may name; the zero value
+	// is https (http to loopback), never link-local or metadata addresses.
+	TokenURLs TokenURLPolicy
 }
 
 func (c *Config) setDefaults() {

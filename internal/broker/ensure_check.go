@@ -18,6 +18,9 @@ func (b *Broker) CheckEnsureCredential(ctx context.Context, c Credential, refres
 	if err := validateCredential(&c, refreshToken, false); err != nil {
 		return err
 	}
+	if err := b.cfg.TokenURLs.Check("credential.token_url", c.TokenURL); err != nil {
+		return err
+	}
 	cur, err := b.store.Get(ctx, c.ID)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		return storeErr(c.ID, err)

@@ -69,6 +69,9 @@ type Config struct {
 	MaxRecvMsgSize int // --max-recv-msg-size, bytes
 
 	JournalDir string // --journal-dir: refreshed tokens kept on disk until stored; empty: none
+
+	AllowInsecureTokenURLs bool   // --allow-insecure-token-urls: http:// token URLs to any host
+	TokenURLAllow          string // --token-url-allow: comma-separated host patterns token URLs must match; empty: any
 	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
 
 	// Authenticator, when set, is the client registry, held in memory,
@@ -134,7 +137,15 @@ func (c *Config) Broker() broker.Config {
 		ForceInterval:       c.ForceInterval,
 		Open:                !c.Authenticated(),
 		ReplicaID:           c.ReplicaID,
+		TokenURLs:           c.tokenURLPolicy(),
 	}
+}
+
+// tokenURLPolicy is the broker's TokenURLPolicy of AllowInsecureTokenURLs
+// and TokenURLAllow (whose patterns Validate checks).
+func (c *Config) tokenURLPolicy() broker.TokenURLPolicy {
+	allow, _ := broker.ParseHostPatterns(c.TokenURLAllow)
+	return broker.TokenURLPolicy{AllowInsecure: c.AllowInsecureTokenURLs, Allow: allow}
 }
 
 // logLevels are the values of LogLevel.
@@ -189,6 +200,9 @@ func (c *Config) Validate() error {
 		if err := check(); err != nil {
 			return err
 		}
+	}
+	if _, err := broker.ParseHostPatterns(c.TokenURLAllow); err != nil {
+		return badConfig("--token-url-allow: %v", err)
 	}
 	if err := c.Broker().Validate(); err != nil {
 		return badConfig("%v", err)

@@ -120,6 +120,12 @@ func (s *Server) build(ctx context.Context) error {
 		if seeds, err = loadCredentials(s.cfg.CredentialsFile); err != nil {
 			return err
 		}
+		policy := s.cfg.tokenURLPolicy()
+		for i, seed := range seeds {
+			if err := policy.Check("credential.token_url", seed.cred.TokenURL); err != nil {
+				return badConfig("--credentials-file %s: credentials[%d] (id %q): %v", s.cfg.CredentialsFile, i, seed.cred.ID, err)
+			}
+		}
 	}
 	sec, err := loadSecurity(&s.cfg, s.log)
 	if err != nil {
