@@ -103,7 +103,7 @@ func (m *storeMonitor) run(ctx context.Context) {
 		if err == nil {
 			lastOK = now
 			if !downSince.IsZero() {
-				m.s.log.Info("redis answers again; ready", "unreachable_s", seconds(now.Sub(downSince)))
+				m.s.log.Info("redis answers; ready", "unreachable_s", seconds(now.Sub(downSince)))
 				downSince = time.Time{}
 			}
 			if !h.storeUp.Swap(true) {

@@ -100,7 +100,7 @@ func TestReadinessFollowsRedis(t *testing.T) {
 	}
 	s.stop(t)
 	out := s.logs.String()
-	for _, want := range []string{"redis does not answer; readiness NOT_SERVING", "redis answers again; ready"} {
+	for _, want := range []string{"redis does not answer; readiness NOT_SERVING", "redis answers; ready"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in the log:\n%s", want, out)
 		}
