@@ -72,7 +72,7 @@ type Config struct {
 
 	AllowInsecureTokenURLs bool   // --allow-insecure-token-urls: http:// token URLs to any host
 	TokenURLAllow          string // --token-url-allow: comma-separated host patterns token URLs must match; empty: any
-	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
+	ReplicaID              string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
 
 	// Authenticator, when set, is the client registry, held in memory,
 	// instead of ClientsFile's: callers authenticate and are authorized as

@@ -103,7 +103,7 @@ func TestTracedGetToken(t *testing.T) {
 	}
 	attrs := map[string]string{}
 	for _, kv := range idpCall.Attributes {
-		attrs[string(kv.Key)] = kv.Value.Emit()
+		attrs[string(kv.Key)] = kv.Value.String()
 	}
 	if attrs["tokenbroker.credential_id"] != "traced" || attrs["tokenbroker.outcome"] != "ok" || attrs["tokenbroker.generation"] == "" {
 		t.Errorf("IdP span attributes = %v", attrs)
@@ -116,7 +116,7 @@ func TestTracedGetToken(t *testing.T) {
 	for _, sp := range exp.GetSpans() {
 		for _, kv := range sp.Attributes {
 			for _, secret := range []string{tok.AccessToken, seed, idpClientSecret} {
-				if strings.Contains(kv.Value.Emit(), secret) {
+				if strings.Contains(kv.Value.String(), secret) {
 					t.Errorf("span %s attribute %s holds a secret", sp.Name, kv.Key)
 				}
 			}
