@@ -69,10 +69,10 @@ type Config struct {
 	MaxRecvMsgSize int // --max-recv-msg-size, bytes
 
 	JournalDir string // --journal-dir: refreshed tokens kept on disk until stored; empty: none
+	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
 
 	AllowInsecureTokenURLs bool   // --allow-insecure-token-urls: http:// token URLs to any host
 	TokenURLAllow          string // --token-url-allow: comma-separated host patterns token URLs must match; empty: any
-	ReplicaID              string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
 
 	// Authenticator, when set, is the client registry, held in memory,
 	// instead of ClientsFile's: callers authenticate and are authorized as
