@@ -4,6 +4,7 @@ import (
 	"log/slog"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc/filters"
 	"google.golang.org/grpc"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
@@ -48,5 +49,7 @@ func (s *Server) tracingOptions() []grpc.ServerOption {
 		return nil
 	}
 	return []grpc.ServerOption{grpc.StatsHandler(otelgrpc.NewServerHandler(
-		otelgrpc.WithTracerProvider(s.cfg.TracerProvider), otelgrpc.WithPropagators(tracing.Propagator)))}
+		otelgrpc.WithTracerProvider(s.cfg.TracerProvider), otelgrpc.WithPropagators(tracing.Propagator),
+		otelgrpc.WithFilter(filters.Not(filters.HealthCheck())), // probes every few seconds are not worth a trace
+	))}
 }

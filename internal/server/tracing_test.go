@@ -14,6 +14,7 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/tokenbroker/tokenbroker/clientsdk"
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
@@ -131,7 +132,17 @@ func TestTracedGetToken(t *testing.T) {
 		t.Errorf("the IdP got traceparent %q; want %q", tps, want)
 	}
 
-	s.stop(t)
+	// Health probes are not traced.
+	if _, err := healthpb.NewHealthClient(dial(t, s.GRPCAddr())).Check(ctxFor(t), &healthpb.HealthCheckRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
+	s.stop(t) // every server span has ended
+	for _, sp := range exp.GetSpans() {
+		if strings.HasPrefix(sp.Name, "grpc.health.v1.Health/") && sp.SpanKind == trace.SpanKindServer {
+			t.Errorf("a health check was traced: %s", sp.Name)
+		}
+	}
 	found := false
 	for _, line := range strings.Split(s.logs.String(), "\n") {
 		var m map[string]any
