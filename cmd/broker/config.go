@@ -69,6 +69,10 @@ func newFlagSet(c *server.Config) *flag.FlagSet {
 		"hard bound on one call to the IdP: a later answer is lost and the refresh's outcome unknown; 0 means 60s (at least --refresh-timeout)")
 	fs.StringVar(&c.RedisMinReplicaAcks, "redis-min-replica-acks", d.RedisMinReplicaAcks,
 		"replicas that must acknowledge each write (Redis WAIT) before a refreshed token is handed out: auto (1 when the master has a replica, else 0) or a number")
+	fs.IntVar(&c.IdPRate, "idp-rate", d.IdPRate,
+		"most calls per second to one IdP token host, counted across every replica sharing the Redis; refreshes ahead of expiry give way to callers; 0 means no limit")
+	fs.IntVar(&c.IdPMaxConcurrency, "idp-max-concurrency", d.IdPMaxConcurrency,
+		"most calls at once to one IdP token host, across every replica; 0 means no limit")
 	fs.StringVar(&c.JournalDir, "journal-dir", d.JournalDir,
 		"directory where refreshed tokens are kept, sealed, until Redis stores them, so a killed or restarted replica still stores them; put it on a volume that outlives the process")
 	fs.StringVar(&c.ReplicaID, "replica-id", d.ReplicaID,

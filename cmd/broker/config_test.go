@@ -27,7 +27,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := server.Config{
-		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", LogFormat: "text", LogLevel: "info",
+		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", IdPMaxConcurrency: 32, LogFormat: "text", LogLevel: "info",
 		DefaultMinValid: 30 * time.Second, RefreshAhead: 5 * time.Minute, RefreshTimeout: 10 * time.Second,
 		ForceInterval: 5 * time.Second, ShutdownTimeout: 10 * time.Second, MaxRecvMsgSize: 1 << 20,
 		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second, UnreadyAfter: 5 * time.Second,
@@ -88,7 +88,7 @@ func TestParseConfigEnvTwins(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := server.Config{
-		GRPCAddr: "127.0.0.1:9999", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", MetricsAddr: "127.0.0.1:0", CredentialsFile: "/etc/creds.json",
+		GRPCAddr: "127.0.0.1:9999", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", IdPMaxConcurrency: 32, MetricsAddr: "127.0.0.1:0", CredentialsFile: "/etc/creds.json",
 		LogFormat: "json", LogLevel: "debug",
 		DefaultMinValid: time.Minute, RefreshAhead: 2 * time.Minute, RefreshTimeout: 15 * time.Second,
 		LockTTL: 20 * time.Second, LockWait: 40 * time.Second, ForceInterval: time.Second,

@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"strings"
 	"sync"
@@ -39,6 +41,8 @@ type Broker struct {
 
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
+
+	ahead aheadWorkers // refreshes ahead of expiry, soonest expiry first
 
 	life   sync.Mutex // guards closed, and orders wg.Add before wg.Wait
 	closed bool
@@ -74,7 +78,8 @@ type entry struct {
 	aheadAt   time.Time   // when to start a background refresh
 	triggered atomic.Bool // a background refresh was started from this entry
 	lastError string
-	unknown   bool // with StateReauthRequired: Record.OutcomeUnknown
+	unknown   bool   // with StateReauthRequired: Record.OutcomeUnknown
+	host      string // of the token URL: the unit of IdP pacing
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -115,6 +120,7 @@ func New(store Store, up Upstream, cfg Config) (*Broker, error) {
 		slots:   make(map[string]*slot),
 		waiters: make(map[string]map[chan struct{}]struct{}),
 		closing: make(chan struct{}),
+		ahead:   aheadWorkers{queued: make(map[string]*aheadJob)},
 	}
 	b.bg, b.giveUp = context.WithCancel(context.Background())
 	b.unsubscribe = store.Subscribe(b.onEvent)
@@ -460,6 +466,7 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		allowed:   rec.AllowedClients,
 		lastError: rec.LastError,
 		unknown:   rec.OutcomeUnknown,
+		host:      tokenHost(rec.TokenURL),
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e
@@ -468,11 +475,28 @@ func (b *Broker) newEntry(rec *Record) *entry {
 // aheadAt is when a background refresh of rec's token should start: the
 // refresh-ahead window before expiry, but not before a backoff ends.
 func (b *Broker) aheadAt(rec *Record) time.Time {
-	at := rec.Token.Expiry.Add(-b.aheadWindow(rec))
+	ahead := b.aheadWindow(rec)
+	at := rec.Token.Expiry.Add(-ahead + jitter(rec.ID, rec.Generation, ahead/4))
 	if rec.NextAttemptAt.After(at) {
 		at = rec.NextAttemptAt
 	}
 	return at
+}
+
+// jitter is a fraction of span, the same on every replica for one
+// generation of a credential: credentials whose tokens expire together start
+// their refreshes spread over the first quarter of the ahead window, not
+// all at once.
+func jitter(id string, gen uint64, span time.Duration) time.Duration {
+	if span <= 0 {
+		return 0
+	}
+	h := fnv.New64a()
+	_, _ = h.Write([]byte(id))
+	var g [8]byte
+	binary.LittleEndian.PutUint64(g[:], gen)
+	_, _ = h.Write(g[:])
+	return time.Duration(h.Sum64() % uint64(span))
 }
 
 // aheadWindow is how long before expiry a background refresh starts: the

@@ -57,6 +57,12 @@ type Config struct {
 	// Journal, if set, keeps each refresh's outcome on local disk until it
 	// is stored, and New stores what a previous run left there.
 	Journal Journal
+	// Pacer, if set, paces IdP calls per token host across every Broker
+	// sharing it (concurrency, rate, a host's Retry-After).
+	Pacer Pacer
+	// AheadWorkers is how many refreshes ahead of expiry run at once on
+	// this Broker; the others wait, soonest expiry first.
+	AheadWorkers int // default 16
 	// MaxCached bounds how many credentials the Broker keeps in memory;
 	// beyond it, one not used for the longest time of a sample is dropped
 	// and read again on its next use.
@@ -90,6 +96,9 @@ func (c *Config) setDefaults() {
 	def(&c.DefaultLifetime, time.Hour)
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
+	}
+	if c.AheadWorkers <= 0 {
+		c.AheadWorkers = 16
 	}
 	if c.MaxCached <= 0 {
 		c.MaxCached = 1 << 20

@@ -11,18 +11,20 @@ import (
 // The refresh of one credential, from a stale token to its stored outcome:
 //
 //   - refresh: one flight per key in this process (singleflight); a caller
-//     waits for it at most Config.LockWait.
+//     waits for it at most LockWait for the lease plus RefreshTimeout for
+//     the IdP (Config.flightBound).
 //   - runFlight: waits for the credential's lease (acquire), or joins this
 //     Broker's attempt already under way, or finds that another replica's
 //     refresh made the call unnecessary.
 //   - refreshLocked: under the lease, re-reads the record, respects another
 //     holder's pending refresh, makes sure the lease outlives the call,
 //     writes the pending marker and starts an attempt.
-//   - attempt.run: sends the request and keeps the lease alive; reads a late
-//     answer for up to RefreshReplyWait; within the credential's reuse grace
-//     resends a request whose answer was lost; journals the outcome; and
-//     settles it, retrying the fenced write until it lands or the fence
-//     proves the record moved on.
+//   - the attempt (startAttempt, on a goroutine of its own): keeps the lease
+//     alive (keepAlive); send waits for the IdP's turn (Pacer), calls it,
+//     reads a late answer for up to RefreshReplyWait and, within the
+//     credential's reuse grace, resends a request whose answer was lost;
+//     finish journals the outcome and settle stores it, retrying the fenced
+//     write until it lands or the fence proves the record moved on.
 //
 // Once the IdP has answered, its answer is never dropped because the Store
 // is slow, unreachable or restarting, or because the lease ran out: only the
@@ -38,6 +40,7 @@ type flight struct {
 	reason string
 	forced bool // rate-limited by Config.ForceInterval
 	need   func(r *Record, now time.Time) bool
+	turn   *paceTurn       // a turn at the IdP taken before the flight, or nil
 	trace  context.Context // the flight's context, whose trace its attempt continues (Config.Tracer)
 }
 
@@ -401,12 +404,18 @@ func (b *Broker) send(bg context.Context, rec *Record, p *Pending, f flight, orp
 	ev := RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason}
 	var lost time.Time // when the answer to a request sent was first lost
 	for replays := 0; ; replays++ {
+		release, err := b.pace(bg, rec, f)
+		f.turn = nil // used up by the first call
+		if err != nil {
+			return nil, ev // the Broker gave up at Close while waiting for the IdP's turn
+		}
 		ctx, cancel := context.WithTimeout(bg, b.cfg.RefreshReplyWait)
 		ctx, span := b.span(ctx, "idp.token", rec.ID, rec.Generation)
 		t0 := time.Now()
 		tok, err := b.up.Exchange(ctx, req)
 		span.End(exchangeOutcome(err), rec.Generation, err)
 		cancel()
+		release()
 		ev.Duration = time.Since(t0)
 		now := time.Now()
 		next := rec.Clone()
@@ -457,6 +466,7 @@ func (b *Broker) send(bg context.Context, rec *Record, p *Pending, f flight, orp
 			ev.Outcome = OutcomeUnknown
 		default:
 			b.backOff(next, err, retryAfter, now)
+			b.holdHost(rec, retryAfter) // the host asked every credential to wait
 			ev.Outcome = OutcomeTransient
 		}
 		return next, ev

@@ -34,7 +34,7 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 			return Token{}, err
 		} else if e.token.Valid(now, m) {
 			if !now.Before(e.aheadAt) && e.triggered.CompareAndSwap(false, true) {
-				b.refreshAhead(id)
+				b.refreshAhead(id, e.token.Expiry)
 			}
 			b.obs.TokenServed(FromCache)
 			return e.token, nil
@@ -150,7 +150,7 @@ func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid
 		now := time.Now()
 		if rec.Token.Valid(now, m) {
 			if !now.Before(b.aheadAt(rec)) {
-				b.refreshAhead(rec.ID)
+				b.refreshAhead(rec.ID, rec.Token.Expiry)
 			}
 			if i == 0 && !refreshed {
 				b.obs.TokenServed(FromStore)
@@ -203,25 +203,4 @@ func (b *Broker) minValid(id string, requested time.Duration, t *Token) (time.Du
 			Detail: "min_valid " + requested.String() + " is over half the token lifetime " + lt.Round(time.Millisecond).String()}
 	}
 	return requested, nil
-}
-
-// refreshAhead refreshes a credential in the background.
-func (b *Broker) refreshAhead(id string) {
-	if !b.enter() {
-		return
-	}
-	go func() {
-		defer b.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), b.cfg.LockWait+b.cfg.LockTTL)
-		defer cancel()
-		_, _ = b.refresh(ctx, id, flight{
-			id:     id,
-			reason: ReasonAhead,
-			// The same test as the trigger's, so a refresh started at the
-			// very instant the window opens is not dropped as unneeded.
-			need: func(r *Record, now time.Time) bool {
-				return r.Token.AccessToken == "" || !now.Before(b.aheadAt(r))
-			},
-		})
-	}()
 }

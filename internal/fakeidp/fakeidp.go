@@ -196,6 +196,9 @@ type Server struct {
 	failStatus    int
 	rateNext      int
 	retryAfter    time.Duration
+	maxRate       int       // requests allowed per second; 0: no limit
+	rateSec       time.Time // the second rateCount counts
+	rateCount     int
 	loseNext      int
 	failureRate   float64
 	rng           *rand.Rand

@@ -195,7 +195,27 @@ func (s *Server) takeFault() (injected, bool) {
 	case s.failureRate > 0 && s.rng.Float64() < s.failureRate:
 		return injected{kind: FaultStatus, status: http.StatusServiceUnavailable}, true
 	}
+	if s.maxRate > 0 {
+		sec := s.now().Truncate(time.Second)
+		if !sec.Equal(s.rateSec) {
+			s.rateSec, s.rateCount = sec, 0
+		}
+		if s.rateCount >= s.maxRate {
+			return injected{kind: FaultRateLimit, status: http.StatusTooManyRequests, retryAfter: time.Second}, true
+		}
+		s.rateCount++
+	}
 	return injected{}, false
+}
+
+// SetMaxRate makes the token endpoint answer 429 with a Retry-After of one
+// second to every request beyond perSecond in one second of the Server's
+// clock (Options.Now), as an IdP's per-client rate limit does; 0 turns the
+// limit off. Requests it answers 429 are not looked at.
+func (s *Server) SetMaxRate(perSecond int) {
+	s.kmu.Lock()
+	s.maxRate = max(perSecond, 0)
+	s.kmu.Unlock()
 }
 
 // takeLoseReply consumes one pending lost reply, if any.

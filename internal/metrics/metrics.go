@@ -87,7 +87,8 @@ type Metrics struct {
 	rmu      sync.RWMutex          // guards rpcs
 	rpcs     map[string]*rpcSeries // resolved series by full method name
 
-	state *stateCollector
+	state   *stateCollector
+	backlog *backlogCollector
 }
 
 // New returns a Metrics with its collectors registered with reg; a nil reg
@@ -166,9 +167,10 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 	m.regressions[1] = regressions.WithLabelValues("true")
 
 	m.state = newStateCollector(opts.StateInterval, opts.StateTimeout)
+	m.backlog = newBacklogCollector()
 
 	if reg != nil {
-		reg.MustRegister(served, lockWaits, m.refreshes, m.idp, m.requests, m.latency, regressions, m.state)
+		reg.MustRegister(served, lockWaits, m.refreshes, m.idp, m.requests, m.latency, regressions, m.state, m.backlog)
 	}
 	return m
 }

@@ -68,6 +68,9 @@ type Config struct {
 	UnreadyAfter   time.Duration
 	MaxRecvMsgSize int // --max-recv-msg-size, bytes
 
+	IdPRate           int // --idp-rate: calls per second to one token host, fleet-wide; 0: no limit
+	IdPMaxConcurrency int // --idp-max-concurrency: calls at once to one token host, fleet-wide; 0: no limit
+
 	JournalDir string // --journal-dir: refreshed tokens kept on disk until stored; empty: none
 	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
 
@@ -99,6 +102,7 @@ func DefaultConfig() Config {
 		GRPCAddr:             "127.0.0.1:7070",
 		RedisPrefix:          redisstore.DefaultPrefix,
 		RedisMinReplicaAcks:  "auto",
+		IdPMaxConcurrency:    32,
 		LogFormat:            "text",
 		LogLevel:             "info",
 		ClientRate:           10,
@@ -185,6 +189,12 @@ const (
 	maxRecvMsgSize = 64 << 20
 )
 
+// Limits of IdPRate and IdPMaxConcurrency.
+const (
+	maxIdPRate        = 100000
+	maxIdPConcurrency = 10000
+)
+
 // Limits of ClientRate, ClientBurst and MetricsStateInterval.
 const (
 	maxClientRate           = 1e6
@@ -258,6 +268,12 @@ func (c *Config) checkTimings() error {
 	}
 	if c.LockTTL != 0 && c.LockTTL <= c.RefreshTimeout {
 		return badConfig("--lock-ttl (%s) must exceed --refresh-timeout (%s), so a refresh gives up before its lock expires", c.LockTTL, c.RefreshTimeout)
+	}
+	if c.IdPRate < 0 || c.IdPRate > maxIdPRate {
+		return badConfig("--idp-rate must be 0 (no limit) to %d calls per second (got %d)", maxIdPRate, c.IdPRate)
+	}
+	if c.IdPMaxConcurrency < 0 || c.IdPMaxConcurrency > maxIdPConcurrency {
+		return badConfig("--idp-max-concurrency must be 0 (no limit) to %d (got %d)", maxIdPConcurrency, c.IdPMaxConcurrency)
 	}
 	if c.MaxRecvMsgSize < minRecvMsgSize || c.MaxRecvMsgSize > maxRecvMsgSize {
 		return badConfig("--max-recv-msg-size must be %d to %d bytes (got %d)", minRecvMsgSize, maxRecvMsgSize, c.MaxRecvMsgSize)

@@ -48,7 +48,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/journal"
+	"github.com/tokenbroker/tokenbroker/internal/memstore"
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
+	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
 )
 
@@ -175,6 +177,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	bcfg := s.cfg.Broker()
 	bcfg.Observer = audit.Tee(observers...)
 	bcfg.Tracer = s.tracer()
+	bcfg.Pacer = s.pacer(store)
 	if bcfg.ReplicaID == "" {
 		bcfg.ReplicaID = defaultReplicaID()
 	}
@@ -198,8 +201,19 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	}
 	if s.metrics != nil {
 		s.metrics.SetStateSource(countStates(b))
+		s.metrics.SetBacklogSource(b.Backlog)
 	}
 	return nil
+}
+
+// pacer paces the IdP calls of every replica sharing the store: through
+// Redis in Redis mode, in the process in dev mode.
+func (s *Server) pacer(store broker.Store) broker.Pacer {
+	if rs, ok := store.(*redisstore.Store); ok {
+		return rs.Pacer(redisstore.PacerOptions{Rate: s.cfg.IdPRate, MaxConcurrent: s.cfg.IdPMaxConcurrency,
+			TurnTTL: max(s.cfg.RefreshReplyWait, time.Minute) + s.cfg.RefreshTimeout})
+	}
+	return &memstore.Pacer{Rate: float64(s.cfg.IdPRate), MaxConcurrent: s.cfg.IdPMaxConcurrency}
 }
 
 // openJournal opens --journal-dir, sealed with the first of --seal-keys;
