@@ -30,6 +30,8 @@ func serveIdP(ctx context.Context, cfg config, stdout io.Writer) error {
 	idp := fakeidp.New(fakeidp.Options{
 		Clients:        map[string]string{demoClientID: secret},
 		AccessTokenTTL: cfg.tokenTTL,
+
+		RevokePreviousAccessToken: cfg.revokePrevious,
 	})
 	defer idp.Close()
 	ln, err := net.Listen("tcp", addr)
@@ -38,14 +40,18 @@ func serveIdP(ctx context.Context, cfg config, stdout io.Writer) error {
 	}
 	base := "http://" + ln.Addr().String()
 	putRequest := func() ([]byte, error) {
-		return json.Marshal(map[string]any{"credential": map[string]any{
+		cred := map[string]any{
 			"id":            "demo",
 			"token_url":     base + fakeidp.TokenPath,
 			"client_id":     demoClientID,
 			"client_secret": secret,
 			"scopes":        []string{demoScope},
 			"refresh_token": idp.Seed(demoClientID, demoScope),
-		}})
+		}
+		if cfg.revokePrevious {
+			cred["revokes_previous_access_token"] = true
+		}
+		return json.Marshal(map[string]any{"credential": cred})
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", idp.Handler())

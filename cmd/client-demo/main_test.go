@@ -29,6 +29,7 @@ var summaryKeys = []string{
 	"mode", "workers", "duration_seconds", "requests", "succeeded", "failed",
 	"failures_by_reason", "recovered_401", "idp_refreshes", "reuses", "revocations",
 	"latency_p50_ms", "latency_p99_ms", "replicas", "requests_by_replica",
+	"revoke_previous", "watch",
 }
 
 // runJSON runs realMain with args plus --json, expects exit status 0 and
@@ -95,6 +96,35 @@ func TestBrokerNoReuseNoFailure(t *testing.T) {
 	}
 	if s.CredentialState != "ACTIVE" {
 		t.Errorf("credential_state %q; want ACTIVE", s.CredentialState)
+	}
+}
+
+// Against an IdP that revokes the previous access token on every refresh,
+// the workers' SDK watching the credential drops the old token when the
+// broker announces a refresh and gets no 401 over many rotations; without
+// watching, tokens cached in the SDK die early and the workers recover from
+// 401s (which shows the first run could have seen them).
+func TestRevokePreviousWatchAvoids401(t *testing.T) {
+	args := []string{"--revoke-previous", "--duration", "5s", "--workers", "20", "--token-ttl", "1s"}
+	on := runJSON(t, context.Background(), args...)
+	if !on.RevokePrevious || !on.Watch {
+		t.Errorf("revoke_previous %v, watch %v; want both", on.RevokePrevious, on.Watch)
+	}
+	if on.IdPRefreshes < 5 || on.Reuses != 0 {
+		t.Errorf("idp_refreshes %d, reuses %d; want at least 5 rotations and no reuse", on.IdPRefreshes, on.Reuses)
+	}
+	if on.Recovered401 != 0 || on.Failed != 0 || on.Succeeded != on.Requests {
+		t.Errorf("watching: recovered_401 %d, failed %d %v; want none", on.Recovered401, on.Failed, on.FailuresByReason)
+	}
+	off := runJSON(t, context.Background(), append(args, "--watch=false")...)
+	if off.Watch || off.IdPRefreshes < 5 {
+		t.Errorf("watch %v, idp_refreshes %d; want false and at least 5 rotations", off.Watch, off.IdPRefreshes)
+	}
+	if off.Recovered401 == 0 {
+		t.Errorf("not watching: recovered_401 0; want the 401s of tokens cached past their revocation")
+	}
+	if off.Failed != 0 {
+		t.Errorf("not watching: failed %d %v; want every 401 recovered", off.Failed, off.FailuresByReason)
 	}
 }
 
@@ -290,6 +320,8 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--allowed-client", "c"}, "--allowed-client"},
 		{[]string{"--idp-only", "--naive"}, "--idp-only"},
 		{[]string{"--idp-addr", "9090"}, "--idp-addr"},
+		{[]string{"--naive", "--watch=false"}, "--naive"},
+		{[]string{"--idp-only", "--watch=false"}, "--idp-only"},
 		{[]string{"--bogus"}, "bogus"},
 		{[]string{"extra"}, "unexpected argument"},
 	} {

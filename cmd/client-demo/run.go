@@ -73,7 +73,8 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		return nil, err
 	}
 
-	sum := &Summary{Mode: cfg.mode(), Workers: cfg.workers, TokenTTLSeconds: cfg.tokenTTL.Seconds()}
+	sum := &Summary{Mode: cfg.mode(), Workers: cfg.workers, TokenTTLSeconds: cfg.tokenTTL.Seconds(),
+		RevokePrevious: cfg.revokePrevious, Watch: cfg.watch && !cfg.naive}
 	var (
 		t       *tally
 		workers []*worker
@@ -136,6 +137,7 @@ func (d *demo) startIdP(ctx context.Context) error {
 		AccessTokenTTL: d.cfg.tokenTTL,
 		// Rotation and reuse policy keep their strict defaults: Rotate,
 		// RevokeFamily.
+		RevokePreviousAccessToken: d.cfg.revokePrevious,
 	})
 	if err := d.idp.Start(); err != nil {
 		return fmt.Errorf("starting the test IdP on %s: %w", addr, err)
@@ -243,6 +245,8 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 		RefreshToken:   d.login.RefreshToken,
 		AuthStyle:      pb.AuthStyle_AUTH_STYLE_BASIC,
 		AllowedClients: allowed,
+
+		RevokesPreviousAccessToken: d.cfg.revokePrevious,
 	})
 	if err != nil {
 		hint := ""
@@ -263,9 +267,13 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 // its own process.
 func (d *demo) brokerWorkers(addrs []string, t *tally) ([]*worker, error) {
 	workers := make([]*worker, 0, d.cfg.workers)
+	opts := d.bc.dialOpts
+	if !d.cfg.watch {
+		opts = append(opts[:len(opts):len(opts)], clientsdk.WithoutWatch())
+	}
 	for i := range d.cfg.workers {
 		rep := i % len(addrs)
-		c, err := clientsdk.Dial(addrs[rep], d.bc.dialOpts...)
+		c, err := clientsdk.Dial(addrs[rep], opts...)
 		if err != nil {
 			return nil, fmt.Errorf("dialling the broker at %s: %w", addrs[rep], err)
 		}

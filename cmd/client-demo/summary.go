@@ -47,6 +47,11 @@ type Summary struct {
 	// CredentialState is the broker's view of the credential at the end
 	// (ACTIVE, REAUTH_REQUIRED); empty without a broker.
 	CredentialState string `json:"credential_state,omitempty"`
+	// RevokePrevious: the IdP revoked the previous access token on every
+	// refresh (--revoke-previous). Watch: the workers' SDK followed the
+	// credential over WatchToken (--watch; false in naive mode).
+	RevokePrevious bool `json:"revoke_previous"`
+	Watch          bool `json:"watch"`
 }
 
 // tally counts the outcomes of requests as the workers make them. It is safe
@@ -154,6 +159,12 @@ func writeTable(w io.Writer, s *Summary) error {
 	end := ""
 	if s.Interrupted {
 		end = ", interrupted"
+	}
+	if s.RevokePrevious {
+		end += ", each refresh revokes the previous access token"
+	}
+	if s.Mode != modeNaive && !s.Watch {
+		end += ", SDK not watching"
 	}
 	fmt.Fprintf(&b, "\nclient-demo summary: %s\n%d workers, %.1fs%s, access tokens live %gs\n\n",
 		modeTitle(s), s.Workers, s.DurationSeconds, end, s.TokenTTLSeconds)

@@ -38,6 +38,9 @@ type Broker struct {
 	// that began before the last one may have missed events, and are
 	// served (while valid) but verified again.
 	resets atomic.Uint64
+	// announces counts the refreshes announced (Event.PendingFrom) of
+	// credentials without a slot: see entry.unsure.
+	announces atomic.Uint64
 
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
@@ -55,6 +58,8 @@ type Broker struct {
 	closing chan struct{} // closed when Close begins
 
 	unsubscribe func()
+
+	hubs hubs // WatchToken's per-credential fan-out (watch.go)
 }
 
 // slot is the local cache of one credential, made once its record was read.
@@ -64,9 +69,17 @@ type slot struct {
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
 	used    atomic.Int64            // Unix second of the last lookup, for eviction
 	settled atomic.Pointer[settled] // the last outcome this Broker stored, for repairs
-	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
-	gen     uint64                  // highest generation seen for the credential
-	epoch   uint64                  // bumped by deletes: fills read before are void
+	// regressedAt is when a flight first found the Store behind a
+	// generation seen (Unix ns; 0: not now).
+	regressedAt atomic.Int64
+	mu          sync.Mutex // guards gen and epoch, and serializes stores to e
+	gen         uint64     // highest generation seen for the credential
+	epoch       uint64     // bumped by deletes: fills read before are void
+
+	// pendingFrom is the highest generation a refresh was announced from
+	// (Event.PendingFrom): with a credential that revokes the previous
+	// access token, the token of that generation is not handed out.
+	pendingFrom atomic.Uint64
 }
 
 // entry is an immutable cached view of a record, but for triggered.
@@ -80,6 +93,12 @@ type entry struct {
 	lastError string
 	unknown   bool   // with StateReauthRequired: Record.OutcomeUnknown
 	host      string // of the token URL: the unit of IdP pacing
+	revokes   bool   // Credential.RevokesPreviousAccessToken
+	pending   bool   // the record had a pending refresh when read
+	// unsure: with revokes, a refresh was announced of a credential without
+	// a slot while the read that made the entry was under way: it is read
+	// again before its token is handed out (revoke.go).
+	unsure bool
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -205,12 +224,16 @@ func (b *Broker) enter() bool {
 // serving tokens that are still valid, but each is read again on its next
 // use: a Store outage does not fail calls that a cached token can answer.
 func (b *Broker) onEvent(ev Event) {
+	defer b.kickHubs(ev) // WatchToken's fan-out (watch.go)
 	if ev.Reset {
 		b.resets.Add(1)
 		b.wakeAll()
 		return
 	}
 	switch {
+	case ev.PendingFrom > 0:
+		b.announced(ev.ID, ev.PendingFrom) // revoke.go; nobody waits for it
+		return
 	case ev.Deleted:
 		b.drop(ev.ID)
 	case ev.Generation > 0:
@@ -327,11 +350,13 @@ type readMark struct {
 	gen    uint64 // the slot's generation then
 	invals uint64
 	resets uint64
+
+	announces uint64 // Broker.announces then
 }
 
 // mark is taken before a Store read whose record is then passed to fill.
 func (b *Broker) mark(id string) readMark {
-	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load()}
+	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load(), announces: b.announces.Load()}
 	b.mu.RLock()
 	s := b.slots[id]
 	b.mu.RUnlock()
@@ -349,6 +374,7 @@ func (b *Broker) mark(id string) readMark {
 func (b *Broker) fill(rec *Record, m readMark) *entry {
 	e := b.newEntry(rec)
 	e.resets = m.resets
+	e.unsure = e.revokes && m.s == nil && b.announces.Load() != m.announces
 	var s *slot
 	if m.s != nil {
 		b.mu.RLock()
@@ -375,14 +401,19 @@ func (b *Broker) fill(rec *Record, m readMark) *entry {
 	}
 	s.gen = rec.Generation
 	s.e.Store(e)
+	s.regressedAt.Store(0)
 	return e
 }
 
 // regressed reports a Store that answered with generation rec.Generation of
-// a credential after seen was seen, and writes back the outcome this Broker
-// stored if it is the one lost: fenced on the regressed record's marker, or
-// under the lease. It runs the repair in the background; s.mu is held.
+// a credential after seen was seen, once per regression, and writes back the
+// outcome this Broker stored if it is the one lost: fenced on the regressed
+// record's marker, or under the lease. It runs the repair in the background;
+// s.mu is held.
 func (b *Broker) regressed(s *slot, rec *Record, seen uint64) {
+	if !s.regressedAt.CompareAndSwap(0, time.Now().UnixNano()) {
+		return // reported, and a repair tried, when it was first found
+	}
 	ev := RegressionEvent{CredentialID: rec.ID, Seen: seen, Stored: rec.Generation}
 	last := s.settled.Load()
 	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation || !b.enter() {
@@ -467,6 +498,8 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		lastError: rec.LastError,
 		unknown:   rec.OutcomeUnknown,
 		host:      tokenHost(rec.TokenURL),
+		revokes:   rec.RevokesPreviousAccessToken,
+		pending:   rec.Pending != nil,
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e

@@ -67,6 +67,11 @@ type Credential struct {
 	// reply was lost is sent again with the same refresh token; past it, the
 	// credential goes to REAUTH_REQUIRED with ErrOutcomeUnknown.
 	ReuseGrace time.Duration `json:"reuse_grace,omitempty"`
+	// RevokesPreviousAccessToken says that the IdP revokes the previous
+	// access token when it answers a refresh (Ory Hydra does). The broker
+	// then never hands out the old token once a refresh of it is announced:
+	// callers wait for its successor (see Config.RevokeNotice).
+	RevokesPreviousAccessToken bool `json:"revokes_previous_access_token,omitempty"`
 }
 
 // Token is an access token as handed to clients.

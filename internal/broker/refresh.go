@@ -185,10 +185,20 @@ func reauthErr(rec *Record) error {
 // refreshLocked decides under lease whether to call the IdP, and if so
 // announces the refresh and starts an attempt, which takes the lease over.
 func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Record, error) {
+	m := b.mark(f.id)
 	rec, err := b.store.Get(ctx, f.id) // the freshest record, read under the lease
 	if err != nil {
 		b.release(ctx, lease)
 		return nil, storeErr(f.id, err)
+	}
+	if rec.Generation < m.gen && m.s != nil {
+		// The Store went back to a generation older than one this replica
+		// saw stored (a failover to a replica that missed writes): its
+		// refresh token was spent by the refresh that made the newer one.
+		// It is never presented; the replica that stored the newer one
+		// writes it back, or, past the bound, the credential says so.
+		b.fill(rec, m) // reports the regression, and repairs it if the outcome is here
+		return nil, b.superseded(ctx, lease, rec, m)
 	}
 	if done, err := b.settled(rec, f); done || err != nil {
 		b.release(ctx, lease)
@@ -228,6 +238,46 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 	f.trace = ctx
 	a := b.startAttempt(lease, rec, p, f, orphan)
 	return a.await(ctx, b.cfg)
+}
+
+// superseded answers a flight that found the stored generation older than
+// one seen: STORE_UNAVAILABLE while a repair may still come, and once the
+// regression is older than the pending bound, REAUTH_REQUIRED with
+// ErrOutcomeUnknown, written under lease, without presenting the spent
+// refresh token. It releases lease.
+func (b *Broker) superseded(ctx context.Context, lease Lease, rec *Record, m readMark) error {
+	defer b.release(ctx, lease)
+	s := m.s
+	first := s.regressedAt.Load()
+	if first == 0 {
+		now := time.Now().UnixNano()
+		if s.regressedAt.CompareAndSwap(0, now) {
+			first = now
+		} else {
+			first = s.regressedAt.Load()
+		}
+	}
+	since := time.Since(time.Unix(0, first))
+	if since < b.cfg.pendingBound() {
+		return &Error{Kind: ErrStoreUnavailable, CredentialID: rec.ID, RetryAfter: max(b.cfg.PollInterval, time.Second),
+			Detail: fmt.Sprintf("the store went back to generation %d after generation %d was stored; waiting for the replica that stored it to write it again", rec.Generation, m.gen)}
+	}
+	next := rec.Clone()
+	next.Pending = nil
+	b.unknown(next, fmt.Sprintf("the store went back to generation %d after generation %d was stored (a failover that lost writes); the refresh token of generation %d is spent and its successor was not written back", rec.Generation, m.gen, rec.Generation), time.Now())
+	gen, err := b.store.Commit(ctx, lease, next)
+	if err != nil {
+		return storeErr(rec.ID, err)
+	}
+	next.Generation = gen
+	s.mu.Lock()
+	s.gen = 0 // the credential's history restarts from what is stored now
+	s.mu.Unlock()
+	b.fill(next, b.mark(rec.ID))
+	s.regressedAt.Store(0)
+	b.obs.Refreshed(RefreshEvent{CredentialID: rec.ID, Reason: ReasonExpired, Outcome: OutcomeUnknown, Generation: gen,
+		Err: errors.New(next.LastError)})
+	return reauthErr(next)
 }
 
 // mayTakeOver says whether a holder may present the refresh token of a
@@ -271,6 +321,7 @@ func (b *Broker) ensureLease(ctx context.Context, lease Lease) error {
 // started it.
 type attempt struct {
 	id       string
+	gen      uint64 // the generation of the record it refreshes
 	p        *Pending
 	done     chan struct{} // closed when the attempt is over
 	answered chan struct{} // closed when the outcome is known (the IdP answered, or did not in time)
@@ -359,6 +410,7 @@ func (a *attempt) stall(err error) {
 // Add cannot race Close's Wait.
 func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
 	a := newAttempt(rec.ID, p)
+	a.gen = rec.Generation
 	s := b.slotFor(rec.ID)
 	s.attempt.Store(a)
 	b.wg.Add(1)
@@ -366,6 +418,7 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 		defer b.wg.Done()
 		keep := b.keepAlive(lease)
 		ctx, span := b.span(b.carry(f.trace), "refresh", rec.ID, rec.Generation)
+		b.noticeRevocation(rec) // revoke.go: the old token's holders stop using it first
 		next, ev := b.send(ctx, rec, p, f, orphan)
 		close(a.answered)
 		a.rec, a.err = b.finish(ctx, a, next, &ev)
@@ -380,6 +433,7 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 // resume stores the outcome a previous run of this replica journaled.
 func (b *Broker) resume(e JournalEntry) {
 	a := newAttempt(e.Record.ID, e.Pending)
+	a.gen = e.Record.Generation
 	close(a.answered)
 	s := b.slotFor(a.id)
 	s.attempt.Store(a)

@@ -53,7 +53,8 @@ type Store interface {
 
 	// MarkPending stores p as the pending refresh of the record, under lease,
 	// fenced on rec.Generation, without changing the record or its
-	// generation. It returns ErrLockLost or ErrConflict as Commit does.
+	// generation, and publishes Event{ID, PendingFrom: rec.Generation}. It
+	// returns ErrLockLost or ErrConflict as Commit does.
 	MarkPending(ctx context.Context, lease Lease, rec *Record, p *Pending) error
 
 	// Settle stores rec, the outcome of the refresh that p announced, if the
@@ -138,4 +139,10 @@ type Event struct {
 	Deleted    bool   // the credential was deleted
 	Released   bool   // a lease was released (with or without a Commit)
 	Reset      bool   // events may have been lost: forget everything cached
+
+	// PendingFrom is set by MarkPending: a refresh of the record at this
+	// generation is about to be sent. With a credential whose IdP revokes
+	// the previous access token, that generation's token must not be handed
+	// out any more.
+	PendingFrom uint64
 }

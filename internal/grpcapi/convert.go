@@ -86,6 +86,7 @@ func CredentialFromProto(c *pb.Credential) (broker.Credential, string, error) {
 		return out, "", invalidArg("credential.reuse_grace", "must be at most %s", broker.MaxDuration)
 	}
 	out.ReuseGrace = grace
+	out.RevokesPreviousAccessToken = c.GetRevokesPreviousAccessToken()
 	return out, c.GetRefreshToken(), nil
 }
 
@@ -110,6 +111,8 @@ func publicView(r *broker.Record) *pb.Credential {
 		CreateTime:        timestamp(r.CreatedAt),
 		UpdateTime:        timestamp(r.UpdatedAt),
 		NextAttemptAt:     timestamp(r.NextAttemptAt),
+
+		RevokesPreviousAccessToken: r.RevokesPreviousAccessToken,
 	}
 	if r.RefreshAhead != 0 {
 		c.RefreshAhead = durationpb.New(r.RefreshAhead)

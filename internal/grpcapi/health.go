@@ -2,7 +2,6 @@ package grpcapi
 
 import (
 	"context"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -30,17 +29,6 @@ var readinessServices = []string{"", pb.TokenService_ServiceDesc.ServiceName, pb
 type drainState struct {
 	draining atomic.Bool
 	inFlight atomic.Int64 // unary calls in flight
-	// ctx ends when Drain begins: streams (but health's and reflection's)
-	// run under it and end with SHUTTING_DOWN. Made on first use.
-	once   sync.Once
-	ctx    context.Context
-	cancel context.CancelFunc
-}
-
-// context returns the context that ends when Drain begins.
-func (d *drainState) context() context.Context {
-	d.once.Do(func() { d.ctx, d.cancel = context.WithCancel(context.Background()) })
-	return d.ctx
 }
 
 // enter counts a call in, or returns false once Drain has begun. The count
@@ -86,8 +74,9 @@ func (s *Server) SetReady(ready bool) {
 // the listener.
 func (s *Server) Drain(ctx context.Context) int {
 	if !s.drain.draining.Swap(true) {
-		s.drain.context()
-		s.drain.cancel()
+		if s.stop != nil {
+			s.stop() // streams end with SHUTTING_DOWN (WatchToken, drainStream)
+		}
 		for _, name := range readinessServices {
 			s.health.SetServingStatus(name, healthpb.HealthCheckResponse_NOT_SERVING)
 		}
@@ -108,18 +97,20 @@ func (s *Server) Drain(ctx context.Context) int {
 }
 
 // drainStream runs a stream handler that is not health's or reflection's:
-// refused during a drain, and ended with SHUTTING_DOWN when a drain begins.
+// refused during a drain, and ended with SHUTTING_DOWN when a drain (or
+// Shutdown) begins.
 func (s *Server) drainStream(ss grpc.ServerStream, run func(grpc.ServerStream) error) error {
 	if s.drain.draining.Load() {
 		return errShuttingDown
 	}
+	if s.stopping == nil {
+		return run(ss)
+	}
 	ctx, cancel := context.WithCancel(ss.Context())
 	defer cancel()
-	dctx := s.drain.context()
-	stop := context.AfterFunc(dctx, cancel)
-	defer stop()
+	defer context.AfterFunc(s.stopping, cancel)()
 	err := run(&serverStream{ServerStream: ss, ctx: ctx})
-	if err != nil && dctx.Err() != nil {
+	if err != nil && s.stopping.Err() != nil {
 		return errShuttingDown
 	}
 	return err

@@ -103,36 +103,55 @@ func (s *Server) call(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	return handler(ctx, req)
 }
 
-// stream is the stream counterpart of unary.
+// stream is the stream counterpart of unary: authenticate, then, with panic
+// recovery, apply the per-client limit (no streaming method is in
+// limitedMethods today) and call the handler; convert the error through
+// errorTable, log one line (with the credential the request names) and
+// observe the call, once the stream is over. UnaryInterceptors are not run:
+// the audit trail covers AdminService, which has no streaming method.
 func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
 	ctx, caller, err := s.authenticate(ss.Context(), info.FullMethod)
+	rs := &serverStream{ServerStream: ss, ctx: ctx}
 	if err == nil {
-		if ctx != ss.Context() {
-			ss = &serverStream{ServerStream: ss, ctx: ctx}
-		}
 		err = s.protect(ctx, info.FullMethod, func() error {
-			if isPublic(info.FullMethod) {
-				return handler(srv, ss)
+			if s.limit != nil && limitedMethods[info.FullMethod] {
+				if ok, wait := s.limit.Allow(caller.ID); !ok {
+					return &broker.Error{Kind: broker.ErrRateLimited, RetryAfter: wait, Detail: "too many calls from this client"}
+				}
 			}
-			return s.drainStream(ss, func(ss grpc.ServerStream) error { return handler(srv, ss) })
+			if isPublic(info.FullMethod) {
+				return handler(srv, rs)
+			}
+			return s.drainStream(rs, func(ss grpc.ServerStream) error { return handler(srv, ss) })
 		})
 	}
-	st := toStatus(err, "")
-	s.logCall(ctx, info.FullMethod, start, st, err, "", caller)
+	st := toStatus(err, rs.id)
+	s.logCall(ctx, info.FullMethod, start, st, err, rs.id, caller)
 	if s.observe != nil {
 		s.observe(info.FullMethod, st.Code(), time.Since(start))
 	}
 	return forCaller(st, caller.Admin).Err()
 }
 
-// serverStream is a ServerStream whose context carries the caller.
+// serverStream is a ServerStream whose context carries the caller, and
+// which keeps the credential the (first) request names, for the log line
+// and the error.
 type serverStream struct {
 	grpc.ServerStream
 	ctx context.Context
+	id  string // only the handler's goroutine touches it
 }
 
 func (s *serverStream) Context() context.Context { return s.ctx }
+
+func (s *serverStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil && s.id == "" {
+		s.id = requestCredentialID(m)
+	}
+	return err
+}
 
 // authenticate returns ctx carrying the caller of a call to fullMethod.
 // Public services are not authenticated; without an Authenticator every

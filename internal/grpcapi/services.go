@@ -2,6 +2,7 @@ package grpcapi
 
 import (
 	"context"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
@@ -16,6 +17,11 @@ import (
 type tokenService struct {
 	pb.UnimplementedTokenServiceServer
 	b *broker.Broker
+	// stopping ends when the Server begins to shut down: watch streams,
+	// which never end on their own, end then with SHUTTING_DOWN, so that
+	// their clients reconnect to another replica and GracefulStop need not
+	// wait for them.
+	stopping context.Context
 }
 
 func (s *tokenService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*pb.GetTokenResponse, error) {
@@ -48,6 +54,31 @@ func (s *tokenService) InvalidateToken(ctx context.Context, req *pb.InvalidateTo
 		TokenType:   tok.TokenType,
 		ExpiresAt:   timestamp(tok.Expiry),
 	}, nil
+}
+
+// WatchToken streams the credential's tokens until the broker ends the watch
+// (the error table then gives the status), the client goes away, or the
+// Server shuts down (UNAVAILABLE, SHUTTING_DOWN).
+func (s *tokenService) WatchToken(req *pb.WatchTokenRequest, stream pb.TokenService_WatchTokenServer) error {
+	minValid, err := durationArg("min_valid", req.GetMinValid())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer context.AfterFunc(s.stopping, cancel)()
+	err = s.b.WatchToken(ctx, req.GetCredentialId(), minValid, func(u broker.TokenUpdate) error {
+		m := &pb.WatchTokenResponse{Generation: u.Generation, Rotating: u.Rotating}
+		if !u.Rotating {
+			m.AccessToken, m.TokenType, m.ExpiresAt = u.Token.AccessToken, u.Token.TokenType, timestamp(u.Token.Expiry)
+		}
+		return stream.Send(m)
+	})
+	if s.stopping.Err() != nil && stream.Context().Err() == nil {
+		return &broker.Error{Kind: broker.ErrShuttingDown, CredentialID: req.GetCredentialId(),
+			Detail: "the replica is shutting down; watch again", RetryAfter: 100 * time.Millisecond}
+	}
+	return err
 }
 
 // adminService implements tokenbroker.v1.AdminService over a Broker. It

@@ -81,19 +81,40 @@ func TestTracedGetToken(t *testing.T) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	const method = "tokenbroker.v1.TokenService/GetToken"
-	sdkSpan := byName(method, trace.SpanKindClient)
-	srvSpan := byName(method, trace.SpanKindServer)
+	// The refresh runs under the first broker call of the SDK: GetToken, or
+	// the WatchToken stream its TokenSource opens (whichever reached the
+	// broker first); either way SDK client span -> broker server span.
 	refresh := byName("tokenbroker.refresh", trace.SpanKindInternal)
 	idpCall := byName("tokenbroker.idp.token", trace.SpanKindInternal)
 	mark := byName("tokenbroker.store.mark_pending", trace.SpanKindInternal)
 	settle := byName("tokenbroker.store.settle", trace.SpanKindInternal)
+	spanByID := func(id trace.SpanID) (tracetest.SpanStub, bool) {
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			for _, sp := range exp.GetSpans() {
+				if sp.SpanContext.SpanID() == id {
+					return sp, true
+				}
+			}
+			if time.Now().After(deadline) {
+				return tracetest.SpanStub{}, false
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	srvSpan, ok := spanByID(refresh.Parent.SpanID())
+	if !ok || srvSpan.SpanKind != trace.SpanKindServer || !strings.HasPrefix(srvSpan.Name, "tokenbroker.v1.TokenService/") {
+		t.Fatalf("the refresh's parent %q (%v) is not a broker server span", srvSpan.Name, srvSpan.SpanKind)
+	}
+	sdkSpan, ok := spanByID(srvSpan.Parent.SpanID())
+	if !ok || sdkSpan.SpanKind != trace.SpanKindClient || sdkSpan.Name != srvSpan.Name {
+		t.Fatalf("the broker span's parent %q (%v) is not the SDK's client span of %s", sdkSpan.Name, sdkSpan.SpanKind, srvSpan.Name)
+	}
+	t.Logf("span tree: SDK %s -> broker %s -> %s -> %s", sdkSpan.Name, srvSpan.Name, refresh.Name, idpCall.Name)
 	for _, c := range []struct {
 		name          string
 		child, parent tracetest.SpanStub
 	}{
-		{"broker server <- SDK client", srvSpan, sdkSpan},
-		{"refresh <- broker server", refresh, srvSpan},
 		{"IdP call <- refresh", idpCall, refresh},
 		{"mark pending <- broker server", mark, srvSpan},
 		{"settle <- refresh", settle, refresh},
@@ -138,6 +159,7 @@ func TestTracedGetToken(t *testing.T) {
 	}
 
 	s.stop(t) // every server span has ended
+	getSpan := byName("tokenbroker.v1.TokenService/GetToken", trace.SpanKindServer)
 	for _, sp := range exp.GetSpans() {
 		if strings.HasPrefix(sp.Name, "grpc.health.v1.Health/") && sp.SpanKind == trace.SpanKindServer {
 			t.Errorf("a health check was traced: %s", sp.Name)
@@ -146,12 +168,12 @@ func TestTracedGetToken(t *testing.T) {
 	found := false
 	for _, line := range strings.Split(s.logs.String(), "\n") {
 		var m map[string]any
-		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "grpc call" || m["method"] != "/"+method {
+		if json.Unmarshal([]byte(line), &m) != nil || m["msg"] != "grpc call" || m["method"] != "/tokenbroker.v1.TokenService/GetToken" {
 			continue
 		}
 		found = true
-		if m["trace_id"] != srvSpan.SpanContext.TraceID().String() || m["span_id"] != srvSpan.SpanContext.SpanID().String() {
-			t.Errorf("access log line %s: want trace_id %s, span_id %s", line, srvSpan.SpanContext.TraceID(), srvSpan.SpanContext.SpanID())
+		if m["trace_id"] != getSpan.SpanContext.TraceID().String() || m["span_id"] != getSpan.SpanContext.SpanID().String() {
+			t.Errorf("access log line %s: want trace_id %s, span_id %s", line, getSpan.SpanContext.TraceID(), getSpan.SpanContext.SpanID())
 		}
 	}
 	if !found {

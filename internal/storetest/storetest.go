@@ -8,6 +8,7 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -22,6 +23,7 @@ func Contract(t *testing.T, newStore func(t *testing.T) broker.Store) {
 	t.Run("settle fenced", func(t *testing.T) { settleFenced(t, newStore(t)) })
 	t.Run("commit clears the marker", func(t *testing.T) { commitClears(t, newStore(t)) })
 	t.Run("extend", func(t *testing.T) { extend(t, newStore(t)) })
+	t.Run("mark announces", func(t *testing.T) { markAnnounces(t, newStore(t)) })
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -242,5 +244,62 @@ func extend(t *testing.T, s broker.Store) {
 	}
 	if err := l.Extend(ctx, time.Minute); !errors.Is(err, broker.ErrLockLost) {
 		t.Fatalf("Extend after Release: %v, want ErrLockLost", err)
+	}
+}
+
+// markAnnounces checks that MarkPending publishes Event{ID, PendingFrom}:
+// replicas of a credential whose IdP revokes the previous access token stop
+// handing that token out on it.
+func markAnnounces(t *testing.T, s broker.Store) {
+	ctx := ctxT(t)
+	rec := seed(t, s, "a")
+	events := make(chan broker.Event, 256)
+	stop := s.Subscribe(func(ev broker.Event) {
+		select {
+		case events <- ev:
+		default:
+		}
+	})
+	defer stop()
+	// A Store may deliver events only once its subscription is live:
+	// commit probes until one is seen.
+	live := false
+	for i := 0; !live; i++ {
+		probe := fmt.Sprintf("probe-%d", i)
+		seed(t, s, probe)
+		timeout := time.After(100 * time.Millisecond)
+		for waiting := true; waiting; {
+			select {
+			case ev := <-events:
+				live = live || ev.ID == probe
+				waiting = !live
+			case <-timeout:
+				waiting = false
+			case <-ctx.Done():
+				t.Fatal("no event from the Store")
+			}
+		}
+	}
+	l, err := s.TryLock(ctx, "a", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Release(ctx)
+	if err := s.MarkPending(ctx, l, rec, marker("p1")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		select {
+		case ev := <-events:
+			if ev.ID != "a" {
+				continue
+			}
+			if want := (broker.Event{ID: "a", PendingFrom: rec.Generation}); ev != want {
+				t.Fatalf("event after MarkPending: %+v, want %+v", ev, want)
+			}
+			return
+		case <-ctx.Done():
+			t.Fatal("MarkPending published no event")
+		}
 	}
 }

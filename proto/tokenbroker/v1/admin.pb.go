@@ -243,6 +243,12 @@ type Credential struct {
 	// to REAUTH_REQUIRED with reauth_reason REFRESH_OUTCOME_UNKNOWN. Set it no
 	// longer than the IdP's own setting. Shown only when not zero.
 	ReuseGrace *durationpb.Duration `protobuf:"bytes,12,opt,name=reuse_grace,json=reuseGrace,proto3" json:"reuse_grace,omitempty"`
+	// Whether the IdP revokes the previous access token when it answers a
+	// refresh (Ory Hydra does; Okta, Auth0, Dex and Keycloak by default do
+	// not). When set, the broker never hands out the old access token once a
+	// refresh of it is announced: callers wait for the new one (one IdP round
+	// trip), and WatchToken streams tell their clients to stop using it.
+	RevokesPreviousAccessToken bool `protobuf:"varint,13,opt,name=revokes_previous_access_token,json=revokesPreviousAccessToken,proto3" json:"revokes_previous_access_token,omitempty"`
 	// Output only. Where the credential stands.
 	State State `protobuf:"varint,20,opt,name=state,proto3,enum=tokenbroker.v1.State" json:"state,omitempty"`
 	// Output only. Version of the stored record; it grows by one with every
@@ -393,6 +399,13 @@ func (x *Credential) GetReuseGrace() *durationpb.Duration {
 		return x.ReuseGrace
 	}
 	return nil
+}
+
+func (x *Credential) GetRevokesPreviousAccessToken() bool {
+	if x != nil {
+		return x.RevokesPreviousAccessToken
+	}
+	return false
 }
 
 func (x *Credential) GetState() State {
@@ -1081,7 +1094,7 @@ var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\b\n" +
+	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb6\t\n" +
 	"\n" +
 	"Credential\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -1099,7 +1112,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"grant_type\x18\v \x01(\x0e2\x19.tokenbroker.v1.GrantTypeR\tgrantType\x12:\n" +
 	"\vreuse_grace\x18\f \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"reuseGrace\x12+\n" +
+	"reuseGrace\x12A\n" +
+	"\x1drevokes_previous_access_token\x18\r \x01(\bR\x1arevokesPreviousAccessToken\x12+\n" +
 	"\x05state\x18\x14 \x01(\x0e2\x15.tokenbroker.v1.StateR\x05state\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x15 \x01(\x04R\n" +
