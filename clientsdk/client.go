@@ -6,6 +6,7 @@ import (
 	"errors"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -143,6 +144,10 @@ func Dial(target string, opts ...DialOption) (*Client, error) {
 		grpc.WithKeepaliveParams(cfg.keepalive),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithUserAgent("tokenbroker-clientsdk"),
+		// OpenTelemetry: a client span per broker call, with the W3C trace
+		// context sent along, through the process's global TracerProvider
+		// and propagator (no-ops until the application sets them).
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
 	}
 	if cfg.apiKeySet {
 		dopts = append(dopts, grpc.WithPerRPCCredentials(apiKey{

@@ -31,7 +31,7 @@ func TestParseConfigDefaults(t *testing.T) {
 		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", IdPMaxConcurrency: 32, LogFormat: "text", LogLevel: "info",
 		DefaultMinValid: 30 * time.Second, RefreshAhead: 5 * time.Minute, RefreshTimeout: 10 * time.Second,
 		ForceInterval: 5 * time.Second, ShutdownTimeout: 10 * time.Second, MaxRecvMsgSize: 1 << 20,
-		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second,
+		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second, UnreadyAfter: 5 * time.Second,
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("defaults = %+v; want %+v", *c, want)
@@ -95,7 +95,7 @@ func TestParseConfigEnvTwins(t *testing.T) {
 		LockTTL: 20 * time.Second, LockWait: 40 * time.Second, ForceInterval: time.Second,
 		ShutdownTimeout: 3 * time.Second, MaxRecvMsgSize: 65536,
 		ClientsFile: "/etc/clients.json", TLSCert: "/etc/tls/tls.crt", TLSKey: "/etc/tls/tls.key", TLSClientCA: "/etc/tls/ca.crt",
-		TLSRequireClientCert: true, ClientRate: 2.5, ClientBurst: 7, MetricsPerCredential: true, MetricsStateInterval: 5 * time.Second,
+		TLSRequireClientCert: true, ClientRate: 2.5, ClientBurst: 7, MetricsPerCredential: true, MetricsStateInterval: 5 * time.Second, UnreadyAfter: 5 * time.Second,
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("config = %+v\nwant %+v", *c, want)
@@ -204,7 +204,10 @@ func TestHelp(t *testing.T) {
 	}
 	fs := newFlagSet(&server.Config{})
 	fs.VisitAll(func(f *flag.Flag) {
-		if !strings.Contains(out.String(), "--"+f.Name+" ") || !strings.Contains(out.String(), envName(f.Name)+",") {
+		if f.Name == versionFlag {
+			return
+		}
+		if !strings.Contains(out.String(), "  --"+f.Name+" ") && !strings.Contains(out.String(), "  --"+f.Name+", --"+f.Name+"=true|false\n") || !strings.Contains(out.String(), envName(f.Name)+",") {
 			t.Errorf("--help does not document --%s and %s", f.Name, envName(f.Name))
 		}
 	})

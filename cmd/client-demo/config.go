@@ -122,6 +122,9 @@ Modes:
   --idp-only           only run the test IdP on --idp-addr (default
                        127.0.0.1:9090), print its token URL, client and a
                        fresh refresh token, and serve until interrupted.
+                       That refresh token seeds one broker once (a reuse
+                       revokes its family); GET /seed on the IdP answers a
+                       PutCredential request with a fresh one each time.
 
 Durations take Go syntax (20s, 1m30s) or a number of seconds.
 Interrupting (Ctrl-C) ends the run early and still prints the summary.

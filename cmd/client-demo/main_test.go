@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -428,6 +429,34 @@ func TestIdPOnly(t *testing.T) {
 	}
 	if tok.AccessToken == "" || tok.RefreshToken == fields["refresh token"] {
 		t.Errorf("refresh did not rotate: got access %t, same refresh token %t", tok.AccessToken != "", tok.RefreshToken == fields["refresh token"])
+	}
+
+	// /seed hands out a fresh refresh token of its own family each time.
+	seedURL := strings.TrimSuffix(fields["token URL"], "/token") + "/seed"
+	var seeds []string
+	for range 2 {
+		resp, err := http.Get(seedURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var put struct {
+			Credential struct {
+				TokenURL     string `json:"token_url"`
+				RefreshToken string `json:"refresh_token"`
+			} `json:"credential"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&put)
+		resp.Body.Close()
+		if err != nil || put.Credential.TokenURL != fields["token URL"] || put.Credential.RefreshToken == "" {
+			t.Fatalf("GET /seed = %+v, %v", put, err)
+		}
+		seeds = append(seeds, put.Credential.RefreshToken)
+	}
+	if seeds[0] == seeds[1] || seeds[0] == fields["refresh token"] {
+		t.Errorf("/seed handed out the same refresh token twice")
+	}
+	if _, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: seeds[1]}).Token(); err != nil {
+		t.Errorf("refreshing a /seed token: %v", err)
 	}
 
 	cancel()

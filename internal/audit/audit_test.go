@@ -55,7 +55,7 @@ func TestRefreshEvents(t *testing.T) {
 		"reason": broker.ReasonExpired, "outcome": broker.OutcomeOK})
 	want(t, evs[1], map[string]any{"level": "INFO", "audit": true, "caller": admin.ID, "credential_id": "cred-1",
 		"reason": broker.ReasonForced, "outcome": broker.OutcomeOK, "generation": float64(rec.Generation)})
-	if _, ok := evs[1]["duration"].(float64); !ok {
+	if _, ok := evs[1]["duration_ms"].(float64); !ok {
 		t.Errorf("no duration in %v", evs[1])
 	}
 	if _, ok := evs[1]["error"]; ok {
@@ -168,7 +168,7 @@ func TestAdminCallsAndNoSecrets(t *testing.T) {
 	} {
 		want(t, evs[i], w)
 		want(t, evs[i], map[string]any{"audit": true})
-		if _, ok := evs[i]["duration"]; !ok {
+		if _, ok := evs[i]["duration_ms"]; !ok {
 			t.Errorf("event %d has no duration", i)
 		}
 		if w["code"] != "OK" {

@@ -89,6 +89,9 @@ func (b *Broker) write(ctx context.Context, id string, edit func(cur *Record) (C
 		if err := validateCredential(&c, refreshToken, false); err != nil {
 			return nil, err
 		}
+		if err := b.cfg.TokenURLs.Check("credential.token_url", c.TokenURL); err != nil {
+			return nil, err
+		}
 	}
 	lease, err := b.acquire(ctx, id, nil)
 	if err != nil {
@@ -107,6 +110,9 @@ func (b *Broker) write(ctx context.Context, id string, edit func(cur *Record) (C
 		return nil, invalidArg("credential.id", "cannot be changed")
 	}
 	if err := validateCredential(&c, refreshToken, false); err != nil {
+		return nil, err
+	}
+	if err := b.cfg.TokenURLs.Check("credential.token_url", c.TokenURL); err != nil {
 		return nil, err
 	}
 	if seedOnly && cur != nil && c.GrantType == cur.GrantType && sameOrigin(cur.TokenURL, c.TokenURL) {
@@ -290,7 +296,7 @@ func (b *Broker) RefreshCredential(ctx context.Context, id string) (*Record, err
 	start := time.Now()
 	return b.refresh(ctx, "force\x00"+id, flight{
 		id:     id,
-		caller: caller.ID,
+		caller: caller.Name(),
 		reason: ReasonForced,
 		forced: true,
 		need:   func(r *Record, _ time.Time) bool { return r.LastRefreshAt.Before(start) },

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -183,8 +185,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		if n := b.attempts(); n > 0 {
-			err = &Error{Kind: ErrShuttingDown, Detail: fmt.Sprintf("%d refreshes abandoned; their pending markers stay for other replicas", n)}
+		if ids := b.attempts(); len(ids) > 0 {
+			err = &Error{Kind: ErrShuttingDown, Detail: fmt.Sprintf("%d refreshes abandoned (credentials %s); their pending markers stay for other replicas", len(ids), strings.Join(ids, ", "))}
 		}
 		b.giveUp()
 		<-done
@@ -194,17 +196,18 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// attempts counts this Broker's refreshes under way.
-func (b *Broker) attempts() int {
+// attempts lists the credentials of this Broker's refreshes under way, sorted.
+func (b *Broker) attempts() []string {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	n := 0
-	for _, s := range b.slots {
+	var ids []string
+	for id, s := range b.slots {
 		if s.attempt.Load() != nil {
-			n++
+			ids = append(ids, id)
 		}
 	}
-	return n
+	slices.Sort(ids)
+	return ids
 }
 
 // enter registers one unit of background work; it fails once Close began.

@@ -84,6 +84,11 @@ type Config struct {
 	// FlowTTL is how long the state of an authorization code flow
 	// (StartAuthorization) stays valid.
 	FlowTTL time.Duration // default 10m
+	// Tracer, if set, traces the steps of each refresh (trace.go).
+	Tracer Tracer
+	// TokenURLs says which token URLs credentials may name; the zero value
+	// is https (http to loopback), never link-local or metadata addresses.
+	TokenURLs TokenURLPolicy
 }
 
 // DefaultRevokeNotice is Config.RevokeNotice's default.

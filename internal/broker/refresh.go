@@ -40,7 +40,8 @@ type flight struct {
 	reason string
 	forced bool // rate-limited by Config.ForceInterval
 	need   func(r *Record, now time.Time) bool
-	turn   *paceTurn // a turn at the IdP taken before the flight, or nil
+	turn   *paceTurn       // a turn at the IdP taken before the flight, or nil
+	trace  context.Context // the flight's context, whose trace its attempt continues (Config.Tracer)
 }
 
 // refresh runs f once per key at a time in this process; callers with the
@@ -56,6 +57,7 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		defer b.wg.Done()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.flightBound())
 		defer cancel()
+		defer context.AfterFunc(b.bg, cancel)() // Shutdown gave up: stop waiting for the lease too
 		return b.runFlight(fctx, f)
 	})
 	select {
@@ -66,6 +68,9 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		return r.Val.(*Record), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-b.bg.Done(): // Shutdown gave up on the refreshes in flight
+		return nil, &Error{Kind: ErrShuttingDown, CredentialID: f.id, RetryAfter: time.Second,
+			Detail: "this replica is shutting down; retry on another"}
 	}
 }
 
@@ -218,7 +223,10 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 			Detail: "the refresh lease could not be extended; nothing was sent"}
 	}
 	p := &Pending{ID: randomID(), Holder: b.cfg.ReplicaID, SentAt: time.Now(), Journaled: b.cfg.Journal != nil}
-	if err := b.store.MarkPending(ctx, lease, rec, p); err != nil {
+	mctx, span := b.span(ctx, "store.mark_pending", f.id, rec.Generation)
+	err = b.store.MarkPending(mctx, lease, rec, p)
+	span.End(writeOutcome(err), rec.Generation, err)
+	if err != nil {
 		b.release(ctx, lease)
 		if errors.Is(err, ErrLockLost) || errors.Is(err, ErrConflict) {
 			return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err, RetryAfter: b.cfg.PollInterval,
@@ -227,6 +235,7 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 		return nil, storeErr(f.id, err)
 	}
 	rec.Pending = p
+	f.trace = ctx
 	a := b.startAttempt(lease, rec, p, f, orphan)
 	return a.await(ctx, b.cfg)
 }
@@ -412,10 +421,12 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 	go func() {
 		defer b.wg.Done()
 		keep := b.keepAlive(lease)
+		ctx, span := b.span(b.carry(f.trace), "refresh", rec.ID, rec.Generation)
 		b.noticeRevocation(rec) // revoke.go: the old token's holders stop using it first
-		next, ev := b.send(rec, p, f, orphan)
+		next, ev := b.send(ctx, rec, p, f, orphan)
 		close(a.answered)
-		a.rec, a.err = b.finish(a, next, ev)
+		a.rec, a.err = b.finish(ctx, a, next, &ev)
+		span.End(ev.Outcome, ev.Generation, a.err)
 		keep.stop()
 		s.attempt.CompareAndSwap(a, nil)
 		close(a.done)
@@ -434,7 +445,7 @@ func (b *Broker) resume(e JournalEntry) {
 	go func() {
 		defer b.wg.Done()
 		ev := RefreshEvent{CredentialID: a.id, Reason: ReasonJournal, Outcome: OutcomeOK}
-		a.rec, a.err = b.finish(a, e.Record, ev)
+		a.rec, a.err = b.finish(b.bg, a, e.Record, &ev)
 		s.attempt.CompareAndSwap(a, nil)
 		close(a.done)
 	}()
@@ -444,20 +455,23 @@ func (b *Broker) resume(e JournalEntry) {
 // refreshed, backing off, or REAUTH_REQUIRED, and the event that reports it.
 // A request whose answer was lost is sent again at once while the replay
 // reaches the IdP within the credential's reuse grace. orphan is the
-// pending refresh of a holder that died, when this one takes it over.
-func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Record, RefreshEvent) {
+// pending refresh of a holder that died, when this one takes it over. bg is
+// the Broker's own context (carrying the refresh's trace).
+func (b *Broker) send(bg context.Context, rec *Record, p *Pending, f flight, orphan *Pending) (*Record, RefreshEvent) {
 	req := exchangeRequest(rec)
 	ev := RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason}
 	var lost time.Time // when the answer to a request sent was first lost
 	for replays := 0; ; replays++ {
-		release, err := b.pace(b.bg, rec, f)
+		release, err := b.pace(bg, rec, f)
 		f.turn = nil // used up by the first call
 		if err != nil {
 			return nil, ev // the Broker gave up at Close while waiting for the IdP's turn
 		}
-		ctx, cancel := context.WithTimeout(b.bg, b.cfg.RefreshReplyWait)
+		ctx, cancel := context.WithTimeout(bg, b.cfg.RefreshReplyWait)
+		ctx, span := b.span(ctx, "idp.token", rec.ID, rec.Generation)
 		t0 := time.Now()
 		tok, err := b.up.Exchange(ctx, req)
+		span.End(exchangeOutcome(err), rec.Generation, err)
 		cancel()
 		release()
 		ev.Duration = time.Since(t0)
@@ -571,13 +585,14 @@ func (b *Broker) backOff(next *Record, cause error, retryAfter time.Duration, no
 	next.NextAttemptAt = now.Add(b.cfg.backoff(next.Failures, retryAfter))
 }
 
-// finish journals next and settles it, then reports ev. It returns the
-// record as stored, or the caller's error for the outcome: a failure is
-// reported as such even when its record was stored.
-func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, error) {
+// finish journals next and settles it, then reports ev (updated with the
+// outcome). It returns the record as stored, or the caller's error for the
+// outcome: a failure is reported as such even when its record was stored.
+// bg is the Broker's own context (carrying the refresh's trace).
+func (b *Broker) finish(bg context.Context, a *attempt, next *Record, ev *RefreshEvent) (*Record, error) {
 	if next == nil { // the Broker gave up while replaying
 		ev.Outcome, ev.Err = OutcomeLost, errGaveUp
-		b.obs.Refreshed(ev)
+		b.obs.Refreshed(*ev)
 		return nil, &Error{Kind: ErrShuttingDown, CredentialID: a.id}
 	}
 	journaled := false
@@ -589,7 +604,7 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 			journaled = true
 		}
 	}
-	stored, err := b.settle(a, next, journaled)
+	stored, err := b.settle(bg, a, next, journaled)
 	if journaled && !errors.Is(err, errGaveUp) {
 		_ = b.cfg.Journal.Remove(b.bg, a.p)
 	}
@@ -599,7 +614,7 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 			ev.Outcome = OutcomeLost
 		}
 		ev.Err = errors.Join(ev.Err, err)
-		b.obs.Refreshed(ev)
+		b.obs.Refreshed(*ev)
 		if errors.Is(err, errSuperseded) {
 			return nil, &Error{Kind: ErrLockTimeout, CredentialID: a.id, Err: err, RetryAfter: b.cfg.PollInterval,
 				Detail: "the credential changed while refreshing; the refresh was discarded"}
@@ -610,7 +625,7 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 	if ev.Outcome == "" {
 		ev.Outcome = OutcomeOK
 	}
-	b.obs.Refreshed(ev)
+	b.obs.Refreshed(*ev)
 	switch {
 	case stored.State == StateReauthRequired:
 		return nil, reauthErr(stored)
@@ -632,12 +647,15 @@ var (
 // and marker. It retries a Store that fails until the write lands or the
 // fence proves that the record moved on; a write that landed but whose
 // reply was lost is recognised. It gives up only when the Broker closes: at
-// once if the outcome is journaled, else after Close's wait.
-func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, error) {
+// once if the outcome is journaled, else after Close's wait. bg is the
+// Broker's own context (carrying the refresh's trace).
+func (b *Broker) settle(bg context.Context, a *attempt, next *Record, journaled bool) (*Record, error) {
 	delay := 20 * time.Millisecond
 	for {
 		m := b.mark(next.ID)
-		gen, err := b.store.Settle(b.bg, a.p, next)
+		sctx, span := b.span(bg, "store.settle", next.ID, next.Generation)
+		gen, err := b.store.Settle(sctx, a.p, next)
+		span.End(writeOutcome(err), gen, err)
 		if err == nil {
 			b.slotFor(next.ID).settled.Store(&settled{p: a.p, rec: next})
 			stored := next.Clone()
@@ -649,7 +667,7 @@ func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, erro
 			return stored, nil
 		}
 		if errors.Is(err, ErrConflict) {
-			cur, gerr := b.store.Get(b.bg, next.ID)
+			cur, gerr := b.store.Get(bg, next.ID)
 			switch {
 			case gerr == nil && landed(cur, next):
 				b.fill(cur, m)

@@ -98,7 +98,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 		cur := rec
 		rec, err = b.refresh(ctx, "inv\x00"+id+"\x00"+rejected, flight{
 			id:     id,
-			caller: caller.ID,
+			caller: caller.Name(),
 			reason: ReasonInvalidated,
 			forced: true,
 			need:   func(r *Record, _ time.Time) bool { return sameToken(r.Token.AccessToken, rejected) },
@@ -187,7 +187,7 @@ func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid
 func (b *Broker) expired(id string, caller Caller, minValid time.Duration) flight {
 	return flight{
 		id:     id,
-		caller: caller.ID,
+		caller: caller.Name(),
 		reason: ReasonExpired,
 		// Judged on the record at hand: a token another replica just
 		// fetched has its own lifetime, hence its own windows.

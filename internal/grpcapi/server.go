@@ -106,7 +106,7 @@ type Options struct {
 // with Serve and stop it with Shutdown.
 type Server struct {
 	grpc     *grpc.Server
-	stopping context.Context // ends when Shutdown begins; see tokenService
+	stopping context.Context // ends when Drain or Shutdown begins; see tokenService
 	stop     context.CancelFunc
 	health   *health.Server
 	auth     Authenticator
@@ -114,10 +114,14 @@ type Server struct {
 	inner    []grpc.UnaryServerInterceptor
 	observe  func(method string, code codes.Code, d time.Duration)
 	log      *slog.Logger
+	drain    drainState // health.go
+	// failures limits the WARN lines about failed calls (calllog.go).
+	failures logLimiter
 }
 
 // NewServer returns a Server of b's TokenService and AdminService, with
-// grpc.health.v1 (SERVING for "" and both services) and server reflection.
+// grpc.health.v1 (SERVING for "", both services and LivenessService; see
+// SetReady and Drain) and server reflection.
 func NewServer(b *broker.Broker, opts Options) *Server {
 	s := &Server{
 		health:  health.NewServer(),
@@ -152,7 +156,7 @@ func NewServer(b *broker.Broker, opts Options) *Server {
 	pb.RegisterAdminServiceServer(s.grpc, &adminService{b: b})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	for _, name := range []string{"", pb.TokenService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
+	for _, name := range append([]string{LivenessService}, readinessServices...) {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	return s
@@ -165,11 +169,12 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown stops the server: health turns NOT_SERVING for every service,
-// new calls are refused, WatchToken streams end at once with UNAVAILABLE
+// the listener closes, WatchToken streams end at once with UNAVAILABLE
 // (reason SHUTTING_DOWN), so that their clients watch another replica, and
 // other calls in flight may finish until ctx ends; then the remaining
-// connections are closed. It returns ctx's error when it had to close calls
-// in flight.
+// connections are closed. Drain first to keep the listener answering while
+// calls finish. It returns ctx's error when it had to close calls in
+// flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.health.Shutdown()
 	s.stop()

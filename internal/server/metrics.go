@@ -2,9 +2,7 @@ package server
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -24,6 +22,7 @@ func newMetrics(cfg *Config) (*metrics.Metrics, *prometheus.Registry) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, cfg)
 	m := metrics.New(reg, metrics.Options{PerCredentialLabels: cfg.MetricsPerCredential, StateInterval: cfg.MetricsStateInterval})
 	return m, reg
 }
@@ -79,20 +78,11 @@ func forgetDeleted(m *metrics.Metrics) grpc.UnaryServerInterceptor {
 	}
 }
 
-// httpMux serves the HTTP endpoints of MetricsAddr: /healthz, 200 while
-// the server serves and 503 once it shuts down, and /metrics, the
-// Prometheus page.
-func httpMux(serving *atomic.Bool, metricsPage http.Handler) *http.ServeMux {
+// httpMux serves the HTTP endpoints of MetricsAddr: /metrics, the
+// Prometheus page, and /healthz and /readyz (healthMux).
+func httpMux(h *health, metricsPage http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metricsPage)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !serving.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(w, "shutting down\n")
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
+	healthMux(mux, h)
 	return mux
 }

@@ -38,7 +38,7 @@ var defaultHTTPClient = sync.OnceValue(func() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                  http.ProxyFromEnvironment,
-			DialContext:            (&net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:            (&net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second, Control: refuseMetadata}).DialContext,
 			ForceAttemptHTTP2:      true,
 			MaxIdleConns:           100,
 			MaxIdleConnsPerHost:    16,
