@@ -361,6 +361,15 @@ func (a *attempt) await(ctx context.Context, cfg Config) (*Record, error) {
 	defer timer.Stop()
 	select {
 	case <-a.done:
+	case <-a.answered:
+	case <-a.stalled:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	// Whatever woke it, an outcome already known wins over the timer: a
+	// caller that joins an attempt past RefreshTimeout finds both ready.
+	select {
+	case <-a.done:
 		return a.rec, a.err
 	case <-a.answered:
 		// The outcome is known: wait for it to be stored, unless the
@@ -371,9 +380,7 @@ func (a *attempt) await(ctx context.Context, cfg Config) (*Record, error) {
 		case <-a.stalled:
 		case <-ctx.Done():
 		}
-	case <-a.stalled:
-	case <-timer.C:
-	case <-ctx.Done():
+	default:
 	}
 	return nil, a.progressErr(cfg.PollInterval)
 }
