@@ -231,6 +231,7 @@ func (b *Broker) onEvent(ev Event) {
 		b.resets.Add(1)
 		b.wakeAll()
 		b.wakeWatchers() // changes may have been missed
+		b.recheckSettled()
 		return
 	}
 	if ev.Change > 0 {
@@ -348,6 +349,37 @@ func (b *Broker) evictLocked() {
 type settled struct {
 	p   *Pending
 	rec *Record
+	at  time.Time // when it was stored
+}
+
+// recheckSettled reads again, after a Reset, the credentials whose outcome
+// this Broker stored lately: a Reset follows a failover, which may have lost
+// those outcomes, and this Broker is the one that can write them back (fill
+// finds the regression and repairs it). It runs on one goroutine.
+func (b *Broker) recheckSettled() {
+	var ids []string
+	horizon := time.Now().Add(-b.cfg.pendingBound())
+	b.mu.RLock()
+	for id, s := range b.slots {
+		if st := s.settled.Load(); st != nil && st.at.After(horizon) {
+			ids = append(ids, id)
+		}
+	}
+	b.mu.RUnlock()
+	if len(ids) == 0 || !b.enter() {
+		return
+	}
+	go func() {
+		defer b.wg.Done()
+		for _, id := range ids {
+			ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
+			m := b.mark(id)
+			if rec, err := b.store.Get(ctx, id); err == nil {
+				b.fill(rec, m)
+			}
+			cancel()
+		}
+	}()
 }
 
 // readMark is what fill needs to know of the cache as a Store read began.

@@ -150,6 +150,15 @@ func (c *Config) pendingBound() time.Duration {
 	return c.RefreshReplyWait + c.LockTTL
 }
 
+// regressionBound is how long after a replica found the Store behind a
+// generation it saw it waits for the replica that stored that generation to
+// write it back, before it says the credential's outcome is unknown: longer
+// than a pending refresh's bound, since the failover that caused it also
+// delays every replica's reads.
+func (c *Config) regressionBound() time.Duration {
+	return 2*c.pendingBound() + 10*time.Second
+}
+
 // closeWait is how long Close lets refreshes in flight finish and store
 // their outcome before it gives up on them.
 func (c *Config) closeWait() time.Duration {

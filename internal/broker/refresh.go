@@ -258,7 +258,7 @@ func (b *Broker) superseded(ctx context.Context, lease Lease, rec *Record, m rea
 		}
 	}
 	since := time.Since(time.Unix(0, first))
-	if since < b.cfg.pendingBound() {
+	if since < b.cfg.regressionBound() {
 		return &Error{Kind: ErrStoreUnavailable, CredentialID: rec.ID, RetryAfter: max(b.cfg.PollInterval, time.Second),
 			Detail: fmt.Sprintf("the store went back to generation %d after generation %d was stored; waiting for the replica that stored it to write it again", rec.Generation, m.gen)}
 	}
@@ -664,7 +664,7 @@ func (b *Broker) settle(bg context.Context, a *attempt, next *Record, journaled 
 		gen, err := b.store.Settle(sctx, a.p, next)
 		span.End(writeOutcome(err), gen, err)
 		if err == nil {
-			b.slotFor(next.ID).settled.Store(&settled{p: a.p, rec: next})
+			b.slotFor(next.ID).settled.Store(&settled{p: a.p, rec: next, at: time.Now()})
 			stored := next.Clone()
 			stored.Generation = gen
 			b.fill(stored, m)

@@ -294,8 +294,11 @@ func TestRevokingCredentialVerifiedAfterReset(t *testing.T) {
 						t.Fatalf("caller %d after the Reset: not the stored token", i)
 					}
 				}
-				if n := view.gets.Load() - reads; n != 1 {
-					t.Fatalf("50 callers after the Reset read the Store %d times; want 1", n)
+				// One read for every caller, and perhaps the replica's own
+				// re-check of the outcome it stored (a Reset may follow a
+				// failover that lost it): never one a caller.
+				if n := view.gets.Load() - reads; n < 1 || n > 2 {
+					t.Fatalf("50 callers after the Reset read the Store %d times; want 1, or 2 with the re-check of the replica's own outcome", n)
 				}
 			})
 		})

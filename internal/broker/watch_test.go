@@ -283,8 +283,8 @@ func TestWatchTokenPicksUpChangesMissedBeforeReset(t *testing.T) {
 			t.Fatalf("after the Reset: %+v; want the token stored meanwhile", u.TokenUpdate)
 		}
 		synctest.Wait()
-		if n := view.gets.Load() - reads; n != 1 {
-			t.Fatalf("%d Store reads after the Reset; want 1", n)
+		if n := view.gets.Load() - reads; n < 1 || n > 2 { // and perhaps the re-check of the replica's own outcome
+			t.Fatalf("%d Store reads after the Reset; want 1, or 2 with the re-check of the replica's own outcome", n)
 		}
 	})
 }
