@@ -336,6 +336,7 @@ type attempt struct {
 
 	prev   *Record // the record the refresh was sent from; nil when resumed from the journal
 	caller string  // who caused it
+	keep   *keeper // keeps its lease; nil when resumed from the journal
 }
 
 func newAttempt(id string, p *Pending) *attempt {
@@ -428,6 +429,7 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 	go func() {
 		defer b.wg.Done()
 		keep := b.keepAlive(lease)
+		a.keep = keep
 		ctx, span := b.span(b.carry(f.trace), "refresh", rec.ID, rec.Generation)
 		b.noticeRevocation(rec) // revoke.go: the old token's holders stop using it first
 		next, ev := b.send(ctx, rec, p, f, orphan)
@@ -679,10 +681,25 @@ func (b *Broker) settle(bg context.Context, a *attempt, next *Record, journaled 
 			case gerr == nil && landed(cur, next):
 				b.fill(cur, m)
 				return cur, nil
+			case gerr == nil && cur.State == next.State && (cur.Generation < next.Generation ||
+				cur.Generation == next.Generation && cur.Pending == nil):
+				// The Store went back below the generation this refresh
+				// read, or lost its marker (a failover lost writes, perhaps
+				// this one's own, written but not acknowledged): nobody
+				// moved on (a Commit would have made a newer generation, a
+				// takeover left its own marker), the outcome in hand is the
+				// newest, and it is written back.
+				if stored, werr := b.writeBack(bg, a.keep.lease(), next); werr == nil {
+					b.slotFor(next.ID).settled.Store(&settled{p: a.p, rec: next, at: time.Now()})
+					return stored, nil
+				} else {
+					err = werr
+				}
 			case gerr == nil, errors.Is(gerr, ErrNotFound):
 				return nil, errSuperseded
+			default:
+				err = gerr
 			}
-			err = gerr
 		}
 		a.stall(err)
 		if !b.pause(delay, journaled) {
@@ -690,6 +707,41 @@ func (b *Broker) settle(bg context.Context, a *attempt, next *Record, journaled 
 		}
 		delay = min(2*delay, 2*time.Second)
 	}
+}
+
+// writeBack stores next over an older generation the Store went back to,
+// under the credential's lease (the marker that fenced next's Settle is
+// gone with the lost writes): held, the one the attempt's keeper holds,
+// else one taken for it.
+func (b *Broker) writeBack(ctx context.Context, held Lease, next *Record) (*Record, error) {
+	lctx, cancel := context.WithTimeout(ctx, b.cfg.LockWait)
+	defer cancel()
+	lease := held
+	if lease == nil {
+		var err error
+		if lease, err = b.acquire(lctx, next.ID, nil); err != nil {
+			return nil, err
+		}
+		defer b.release(lctx, lease)
+	}
+	fresh, err := b.store.Get(lctx, next.ID)
+	if err != nil {
+		return nil, err
+	}
+	if fresh.Generation > next.Generation || fresh.Generation == next.Generation && fresh.Pending != nil ||
+		fresh.State != next.State {
+		return nil, ErrConflict // moved on meanwhile: settle looks again
+	}
+	w := next.Clone()
+	w.Generation = fresh.Generation
+	m := b.mark(next.ID)
+	gen, err := b.store.Commit(lctx, lease, w)
+	if err != nil {
+		return nil, err
+	}
+	w.Generation = gen
+	b.fill(w, m)
+	return w, nil
 }
 
 // landed says whether cur is next as stored by a Settle whose reply was lost.
@@ -736,10 +788,26 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 type keeper struct {
 	quit chan struct{}
 	done chan struct{}
+
+	mu  sync.Mutex // guards cur
+	cur Lease
+}
+
+// lease returns the lease the keeper holds, or nil if it may be lost.
+func (k *keeper) lease() Lease {
+	if k == nil {
+		return nil
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if time.Until(k.cur.Deadline()) <= 0 {
+		return nil
+	}
+	return k.cur
 }
 
 func (b *Broker) keepAlive(lease Lease) *keeper {
-	k := &keeper{quit: make(chan struct{}), done: make(chan struct{})}
+	k := &keeper{quit: make(chan struct{}), done: make(chan struct{}), cur: lease}
 	go func() {
 		defer close(k.done)
 		cur := lease
@@ -759,6 +827,9 @@ func (b *Broker) keepAlive(lease Lease) *keeper {
 			if errors.Is(err, ErrLockLost) {
 				if l, err := b.store.TryLock(ctx, cur.ID(), b.cfg.LockTTL); err == nil {
 					cur = l
+					k.mu.Lock()
+					k.cur = l
+					k.mu.Unlock()
 				}
 			}
 			cancel()

@@ -37,6 +37,7 @@ type fleet struct {
 // regressions records the generation regressions the brokers report.
 type regressions struct {
 	observer
+	t   *testing.T
 	mu  sync.Mutex
 	evs []broker.RegressionEvent
 }
@@ -45,6 +46,18 @@ func (r *regressions) Regressed(ev broker.RegressionEvent) {
 	r.mu.Lock()
 	r.evs = append(r.evs, ev)
 	r.mu.Unlock()
+}
+
+// tagged is a broker's view of the fleet's shared observer: it names the
+// broker in what it logs.
+type tagged struct {
+	*regressions
+	n int
+}
+
+func (o *tagged) Regressed(ev broker.RegressionEvent) {
+	o.regressions.t.Logf("broker %d: generation regression, seen %d, stored %d, repaired %v, error %v", o.n, ev.Seen, ev.Stored, ev.Repaired, ev.Err)
+	o.regressions.Regressed(ev)
 }
 
 func (r *regressions) repaired() (seen, repaired int) {
@@ -63,6 +76,7 @@ func newFleet(t *testing.T, url string, n int, acks int, idpOpts fakeidp.Options
 	idpOpts.Clients = map[string]string{clientID: secret}
 	f := &fleet{t: t, idp: fakeidptest.Start(t, idpOpts),
 		admin: broker.NewContext(context.Background(), broker.Caller{ID: "ops", Admin: true})}
+	f.obs.t = t
 	prefix := "tb" + randomHex(4)
 	for range n {
 		client, err := redisstore.NewClient(url)
@@ -79,7 +93,7 @@ func newFleet(t *testing.T, url string, n int, acks int, idpOpts fakeidp.Options
 			Open: true, RefreshTimeout: time.Second, RefreshReplyWait: 3 * time.Second,
 			LockTTL: 3 * time.Second, LockWait: 3 * time.Second, PollInterval: 50 * time.Millisecond,
 			BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
-			Observer: &f.obs,
+			Observer: &tagged{&f.obs, len(f.brokers)},
 		})
 		if err != nil {
 			t.Fatal(err)
