@@ -30,9 +30,10 @@ const ImportBatch = 1000
 // have it cached. Records are sealed like Commit's; their Generation and
 // Pending are ignored.
 //
-// A failure stops Import after the batches written so far (they stay
+// A failure stops Import after the records written so far (they stay
 // created: calling Import again with the same records creates only the
-// rest). An index write that fails is queued and retried as Commit's are.
+// rest); the count includes them. An index write that fails is queued and
+// retried as Commit's are.
 func (s *Store) Import(ctx context.Context, recs []*broker.Record) (created int, err error) {
 	for len(recs) > 0 {
 		n := min(len(recs), ImportBatch)
@@ -58,39 +59,54 @@ func (s *Store) importBatch(ctx context.Context, recs []*broker.Record) (int, er
 		}
 		data[i] = b
 	}
-	run := func(eval func(p redis.Pipeliner, key string, data []byte) *redis.Cmd) ([]*redis.Cmd, error) {
-		cmds := make([]*redis.Cmd, len(recs))
-		_, err := s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, rec := range recs {
-				cmds[i] = eval(p, s.recordKey(rec.ID), data[i])
+	// EVALSHA, and EVAL for those the server did not know the script for
+	// (not loaded yet, or flushed; another Import may load it meanwhile,
+	// so some of one pipeline's EVALSHA may fail and others not).
+	cmds := make([]*redis.Cmd, len(recs))
+	todo := make([]int, len(recs))
+	for i := range todo {
+		todo[i] = i
+	}
+	for _, sha := range []bool{true, false} {
+		_, _ = s.client.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for _, i := range todo {
+				keys := []string{s.recordKey(recs[i].ID)}
+				if sha {
+					cmds[i] = importScript.EvalSha(ctx, p, keys, data[i])
+				} else {
+					cmds[i] = importScript.Eval(ctx, p, keys, data[i])
+				}
 			}
 			return nil
 		})
-		return cmds, err
-	}
-	cmds, err := run(func(p redis.Pipeliner, key string, data []byte) *redis.Cmd {
-		return importScript.EvalSha(ctx, p, []string{key}, data)
-	})
-	if err != nil && isNoScript(err) {
-		// The script is not loaded yet (or was flushed): send it whole.
-		cmds, err = run(func(p redis.Pipeliner, key string, data []byte) *redis.Cmd {
-			return importScript.Eval(ctx, p, []string{key}, data)
-		})
-	}
-	if err != nil {
-		return 0, fmt.Errorf("redisstore: import: %w", err)
+		var again []int
+		for _, i := range todo {
+			if err := cmds[i].Err(); sha && isNoScript(err) {
+				again = append(again, i)
+			}
+		}
+		if todo = again; len(todo) == 0 {
+			break
+		}
 	}
 	var ids []string
+	var firstErr error
 	for i, c := range cmds {
-		if v, _ := c.Int64(); v == 1 {
+		v, err := c.Int64()
+		switch {
+		case err != nil && firstErr == nil:
+			firstErr = fmt.Errorf("redisstore: import %q: %w", recs[i].ID, err)
+		case err == nil && v == 1:
 			ids = append(ids, recs[i].ID)
 		}
 	}
-	if _, err := s.zaddIDs(ctx, ids); err != nil {
-		s.ix.failures.Add(1)
-		for _, id := range ids {
-			s.queueIndex(id)
+	if len(ids) > 0 {
+		if _, err := s.zaddIDs(ctx, ids); err != nil {
+			s.ix.failures.Add(1)
+			for _, id := range ids {
+				s.queueIndex(id)
+			}
 		}
 	}
-	return len(ids), nil
+	return len(ids), firstErr
 }

@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"fmt"
 	"reflect"
+	"sync"
 	"testing"
 	"time"
 
@@ -83,5 +84,40 @@ func TestImport(t *testing.T) {
 	bad := []*broker.Record{newRecord("ok"), newRecord("no{pe")}
 	if _, err := s.Import(ctx, bad); err == nil {
 		t.Error("Import of an invalid id did not fail")
+	}
+}
+
+// Imports running at once while the script is not loaded yet each create
+// what they were given: one that loads the script does not make another's
+// pipeline half fail.
+func TestImportConcurrentFirstUse(t *testing.T) {
+	srv := redistest.Start(t)
+	s, c := newStore(t, srv)
+	ctx := ctxT(t)
+	for round := range 5 {
+		if err := c.ScriptFlush(ctx).Err(); err != nil {
+			t.Fatal(err)
+		}
+		const workers, each = 4, 3 * redisstore.ImportBatch
+		var wg sync.WaitGroup
+		errs := make([]error, workers)
+		counts := make([]int, workers)
+		for w := range workers {
+			recs := make([]*broker.Record, each)
+			for i := range recs {
+				recs[i] = newRecord(fmt.Sprintf("r%d-w%d-%05d", round, w, i))
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				counts[w], errs[w] = s.Import(ctx, recs)
+			}()
+		}
+		wg.Wait()
+		for w := range workers {
+			if errs[w] != nil || counts[w] != each {
+				t.Fatalf("round %d, worker %d: created %d, %v; want %d", round, w, counts[w], errs[w], each)
+			}
+		}
 	}
 }
