@@ -175,7 +175,6 @@ type aheadWorkers struct {
 	q       aheadQueue
 	queued  map[string]*aheadJob
 	running int
-	wake    chan struct{} // a job was queued
 }
 
 // refreshAhead queues a background refresh of a credential whose token
