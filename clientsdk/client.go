@@ -6,6 +6,7 @@ import (
 	"errors"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -20,14 +21,16 @@ import (
 // Client talks to the broker's TokenService. It is safe for concurrent use;
 // make one per broker and share it, with one TokenSource per credential.
 type Client struct {
-	tc   tbv1.TokenServiceClient
-	conn *grpc.ClientConn // set when Dial made it; closed by Close
+	tc      tbv1.TokenServiceClient
+	conn    *grpc.ClientConn // set when Dial made it; closed by Close
+	watches *watches         // WatchToken streams by credential (watch.go)
 }
 
-// New returns a Client that calls the broker over cc. The caller keeps owning
-// cc: Close does not close it.
+// New returns a Client that calls the broker over cc, watching the
+// credentials its TokenSources use (see WithWatch). The caller keeps owning
+// cc: Close ends the watch streams but does not close it.
 func New(cc grpc.ClientConnInterface) *Client {
-	return &Client{tc: tbv1.NewTokenServiceClient(cc)}
+	return &Client{tc: tbv1.NewTokenServiceClient(cc), watches: newWatches(false)}
 }
 
 // serviceConfig is Dial's default gRPC service config: round-robin over the
@@ -63,6 +66,7 @@ type dialConfig struct {
 	apiKey    string
 	apiKeySet bool
 	keepalive keepalive.ClientParameters
+	noWatch   bool
 	extra     []grpc.DialOption
 }
 
@@ -109,6 +113,11 @@ func WithDialOptions(opts ...grpc.DialOption) DialOption {
 // (keepalive.EnforcementPolicy.MinTime of 30s or less); a server that
 // answers GOAWAY "too_many_pings" makes grpc-go double the interval.
 //
+// TokenSources watch their credentials over TokenService/WatchToken (one
+// stream per credential, shared by the Client's TokenSources of it), so that
+// their caches are replaced the moment the broker stores a new token; see
+// WithoutWatch and WithWatch to turn that off.
+//
 // Dial does not connect: the first call does, and connection errors show up
 // there.
 func Dial(target string, opts ...DialOption) (*Client, error) {
@@ -135,6 +144,10 @@ func Dial(target string, opts ...DialOption) (*Client, error) {
 		grpc.WithKeepaliveParams(cfg.keepalive),
 		grpc.WithDefaultServiceConfig(serviceConfig),
 		grpc.WithUserAgent("tokenbroker-clientsdk"),
+		// OpenTelemetry: a client span per broker call, with the W3C trace
+		// context sent along, through the process's global TracerProvider
+		// and propagator (no-ops until the application sets them).
+		grpc.WithStatsHandler(otelgrpc.NewClientHandler()),
 	}
 	if cfg.apiKeySet {
 		dopts = append(dopts, grpc.WithPerRPCCredentials(apiKey{
@@ -147,12 +160,16 @@ func Dial(target string, opts ...DialOption) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Client{tc: tbv1.NewTokenServiceClient(conn), conn: conn}, nil
+	return &Client{tc: tbv1.NewTokenServiceClient(conn), conn: conn, watches: newWatches(cfg.noWatch)}, nil
 }
 
-// Close closes the connection Dial made. For a Client made with New it does
-// nothing.
+// Close ends the Client's watch streams and closes the connection Dial made
+// (a Client made with New leaves its connection open). Its TokenSources keep
+// their cached tokens but cannot reach the broker any more.
 func (c *Client) Close() error {
+	if c.watches != nil {
+		c.watches.close()
+	}
 	if c.conn == nil {
 		return nil
 	}

@@ -15,6 +15,12 @@
 //     StreamClientInterceptor, which do the same for gRPC calls to other
 //     services on codes.Unauthenticated.
 //
+// Each TokenSource also follows its credential over the broker's WatchToken
+// stream (one per credential per Client), so its cache holds every new
+// token the moment the broker stores it, before the old one dies, and falls
+// back on unary GetToken calls whenever the stream is down or the broker
+// does not offer it. WithoutWatch and WithWatch turn that off.
+//
 // Failed broker calls return an *Error, which matches the package's sentinel
 // errors (ErrReauthRequired, ErrRefreshOutcomeUnknown, ErrCredentialNotFound,
 // ErrPermissionDenied, ErrUnavailable, ...) with errors.Is and keeps the

@@ -73,7 +73,8 @@ type Error struct {
 // names of the API's ErrorReasonEnum.ErrorReason, to the sentinel errors.
 // Every reason of the enum but ERROR_REASON_UNSPECIFIED has an entry
 // (TestEveryReasonMapped); one with no sentinels (INTERNAL,
-// RECORD_UNREADABLE) matches none, whatever the code.
+// RECORD_UNREADABLE, IDP_REJECTED: admin calls only) matches none, whatever
+// the code.
 var reasonKinds = map[string][]error{
 	tbv1.ErrorReasonEnum_CREDENTIAL_NOT_FOUND.String():    {ErrCredentialNotFound},
 	tbv1.ErrorReasonEnum_INVALID_ARGUMENT.String():        {ErrInvalidArgument},
@@ -91,6 +92,7 @@ var reasonKinds = map[string][]error{
 	tbv1.ErrorReasonEnum_DEADLINE_EXCEEDED.String():       {context.DeadlineExceeded},
 	tbv1.ErrorReasonEnum_INTERNAL.String():                nil,
 	tbv1.ErrorReasonEnum_RECORD_UNREADABLE.String():       nil,
+	tbv1.ErrorReasonEnum_IDP_REJECTED.String():            nil,
 }
 
 // kindsOf returns the sentinel errors a broker error matches: the ErrorInfo

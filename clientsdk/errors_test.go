@@ -52,6 +52,7 @@ func TestErrorsEveryReason(t *testing.T) {
 		{codes.Unauthenticated, "UNAUTHENTICATED", []error{clientsdk.ErrUnauthenticated, clientsdk.ErrPermissionDenied}},
 		{codes.PermissionDenied, "PERMISSION_DENIED", []error{clientsdk.ErrPermissionDenied}},
 		{codes.DataLoss, "RECORD_UNREADABLE", nil},
+		{codes.FailedPrecondition, "IDP_REJECTED", nil}, // admin calls only: not a reauth of a token reader
 		{codes.Internal, "INTERNAL", nil},
 		{codes.Canceled, "CANCELLED", nil},                 // matches context.Canceled
 		{codes.DeadlineExceeded, "DEADLINE_EXCEEDED", nil}, // matches context.DeadlineExceeded

@@ -29,6 +29,12 @@ const maxRounds = 8
 // or its error. If that first caller's context ends before the broker answers,
 // a waiting caller makes the call again with its own context.
 //
+// Unless watching is off (WithWatch, WithoutWatch), the source also shares
+// its Client's WatchToken stream of the credential: every token the broker
+// stores replaces the cache at once, and a token the broker announced it is
+// replacing (credentials whose IdP revokes the previous access token) is not
+// handed out; callers wait for its successor instead. See watch.go.
+//
 // The returned *oauth2.Token is shared by every caller until the cache is
 // replaced: callers must not modify it.
 type TokenSource struct {
@@ -37,17 +43,21 @@ type TokenSource struct {
 	minValid    time.Duration
 	earlyExpiry time.Duration
 	now         func() time.Time // time.Now; replaced in tests
+	noWatch     bool             // WithWatch(false)
 
 	cur atomic.Pointer[entry] // the cached token; stored only with mu held
 
-	mu     sync.Mutex // guards flight
+	mu     sync.Mutex // guards flight and w
 	flight *call      // the broker call in progress, if any
+	w      *watch     // the credential's watch, once joined (watch.go); nil without
+	joined bool       // joining was tried
 }
 
 // entry is a cached token and when to stop handing it out.
 type entry struct {
 	tok     *oauth2.Token
 	staleAt time.Time // zero: never (the broker gave no expiry)
+	gen     uint64    // the generation a watch stream sent it with; 0 from a unary call
 }
 
 // call is a broker call that several callers share. Its results are written
@@ -201,35 +211,105 @@ func (s *TokenSource) get(ctx context.Context, rejected string) (*oauth2.Token, 
 	}
 }
 
-// do makes the broker call c, stores its token and wakes its waiters.
+// do makes the broker call c, stores its token and wakes its waiters. With
+// a watch (watch.go), a GetToken first waits for the successor of a token
+// the broker announced it is replacing, and a reply that the stream already
+// superseded is neither cached nor handed out: the call is made again after
+// the stream's next change (twice at most, then it fails as unavailable).
 func (s *TokenSource) do(ctx context.Context, c *call) {
-	var tok *oauth2.Token
-	var err error
-	if c.rejected == "" {
-		tok, err = s.client.getToken(ctx, s.id, s.minValid)
-	} else {
-		tok, err = s.client.invalidateToken(ctx, s.id, c.rejected, s.minValid)
+	w := s.watch()
+	var (
+		tok *oauth2.Token
+		gen uint64
+		err error
+	)
+	for try := 1; ; try++ {
+		if w != nil && c.rejected == "" {
+			if tok, gen = w.successor(ctx); tok != nil {
+				w.mu.Lock()
+				break
+			}
+		}
+		var pushes uint64
+		if w != nil {
+			pushes = w.pushCount()
+		}
+		if c.rejected == "" {
+			tok, err = s.client.getToken(ctx, s.id, s.minValid)
+		} else {
+			tok, err = s.client.invalidateToken(ctx, s.id, c.rejected, s.minValid)
+		}
+		if w == nil {
+			break
+		}
+		w.mu.Lock()
+		if err != nil || !w.superseded(tok.AccessToken) {
+			if err == nil && w.pushes != pushes {
+				// The stream delivered a token during the call: as new
+				// as the reply, or newer.
+				if e := s.cur.Load(); e != nil && s.fresh(e) && e.tok.AccessToken != c.rejected {
+					tok, gen = e.tok, e.gen
+				}
+			}
+			break
+		}
+		changed := w.changed
+		w.mu.Unlock()
+		if try == 3 {
+			tok, err = nil, errSuperseded
+			w.mu.Lock()
+			break
+		}
+		t := time.NewTimer(100 * time.Millisecond)
+		select {
+		case <-changed:
+		case <-t.C:
+		case <-ctx.Done():
+		}
+		t.Stop()
 	}
+	// With a watch, w.mu is held here: no message is applied between the
+	// checks above and the store below.
 	s.mu.Lock()
 	if err == nil {
-		s.cur.Store(s.newEntry(tok))
+		if e := s.cur.Load(); e == nil || e.tok != tok {
+			s.cur.Store(s.newEntry(tok, gen))
+		}
 	}
 	c.tok, c.err = tok, err
 	c.abandoned = err != nil && ctx.Err() != nil
 	s.flight = nil
 	s.mu.Unlock()
+	if w != nil {
+		w.mu.Unlock()
+	}
 	close(c.done)
+}
+
+// watch returns the credential's watch, joining it on first use; nil when
+// watching is off.
+func (s *TokenSource) watch() *watch {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.joined {
+		s.joined = true
+		s.mu.Unlock()
+		w := s.client.join(s)
+		s.mu.Lock()
+		s.w = w
+	}
+	return s.w
 }
 
 // newEntry computes when tok goes stale, on the monotonic clock: at its
 // expiry less the larger of the minimum validity and the early expiry (this
 // one capped at half the time tok has left).
-func (s *TokenSource) newEntry(tok *oauth2.Token) *entry {
+func (s *TokenSource) newEntry(tok *oauth2.Token, gen uint64) *entry {
 	if tok.Expiry.IsZero() {
-		return &entry{tok: tok}
+		return &entry{tok: tok, gen: gen}
 	}
 	now := s.now()
 	left := tok.Expiry.Sub(now)
 	margin := max(s.minValid, min(s.earlyExpiry, left/2))
-	return &entry{tok: tok, staleAt: now.Add(left - margin)}
+	return &entry{tok: tok, staleAt: now.Add(left - margin), gen: gen}
 }

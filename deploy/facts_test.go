@@ -32,12 +32,9 @@ import (
 // (issue 12) and that the deployment files may use: accepted although
 // `broker --help` does not list them yet. Remove a name once --help lists
 // it (the check logs which ones it does). (--journal-dir,
-// --redis-min-replica-acks and --refresh-reply-wait were here until they
-// landed.)
-var upcomingBrokerFlags = map[string]string{
-	"version": "build info (issue 12)",
-	"config":  "a config file (issue 12)",
-}
+// --redis-min-replica-acks, --refresh-reply-wait, --config and --version
+// were here until they landed.)
+var upcomingBrokerFlags = map[string]string{}
 
 // declaredNotExported are metric families the broker declares but that a
 // fresh dev-mode broker does not show on /metrics yet (a family that lands
@@ -161,8 +158,9 @@ func parseFlags(help, pattern string) map[string]bool {
 }
 
 // probedServices are the grpc.health.v1 service names the Kubernetes probes
-// ask for (deploy/k8s/deployment.yaml); "" is the server as a whole.
-var probedServices = []string{"", "tokenbroker.v1.TokenService", "tokenbroker.v1.AdminService"}
+// may ask for (deploy/k8s/deployment.yaml); "" is the server as a whole
+// (readiness: follows Redis and draining), "liveness" the process alone.
+var probedServices = []string{"", "tokenbroker.v1.TokenService", "tokenbroker.v1.AdminService", "liveness"}
 
 // runBroker starts the broker in dev mode on loopback ports it picks, asks
 // its health service (which is also the one gRPC call that makes the

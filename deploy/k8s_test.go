@@ -196,6 +196,11 @@ func TestKustomizeBase(t *testing.T) {
 		if !f.healthy[svc] {
 			t.Errorf("%s probe asks for service %q, which a healthy broker does not answer SERVING (checked: %q)", name, svc, probedServices)
 		}
+		// Readiness follows Redis and draining; liveness must not, or a
+		// Redis outage restarts every replica.
+		if (name == "liveness") != (svc == "liveness") {
+			t.Errorf("%s probe asks for service %q: readiness asks for \"\" (or a service), liveness for \"liveness\"", name, svc)
+		}
 	}
 
 	// Resources.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -30,9 +31,9 @@ func TestParseConfigDefaults(t *testing.T) {
 		GRPCAddr: "127.0.0.1:7070", RedisPrefix: "tokenbroker", RedisMinReplicaAcks: "auto", IdPMaxConcurrency: 32, LogFormat: "text", LogLevel: "info",
 		DefaultMinValid: 30 * time.Second, RefreshAhead: 5 * time.Minute, RefreshTimeout: 10 * time.Second,
 		ForceInterval: 5 * time.Second, ShutdownTimeout: 10 * time.Second, MaxRecvMsgSize: 1 << 20,
-		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second,
+		ClientRate: 10, ClientBurst: 20, MetricsStateInterval: 30 * time.Second, UnreadyAfter: 5 * time.Second,
 	}
-	if *c != want {
+	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("defaults = %+v; want %+v", *c, want)
 	}
 	if !c.DevMode() || !c.Broker().Open || c.Authenticated() || c.TLS() {
@@ -94,9 +95,9 @@ func TestParseConfigEnvTwins(t *testing.T) {
 		LockTTL: 20 * time.Second, LockWait: 40 * time.Second, ForceInterval: time.Second,
 		ShutdownTimeout: 3 * time.Second, MaxRecvMsgSize: 65536,
 		ClientsFile: "/etc/clients.json", TLSCert: "/etc/tls/tls.crt", TLSKey: "/etc/tls/tls.key", TLSClientCA: "/etc/tls/ca.crt",
-		TLSRequireClientCert: true, ClientRate: 2.5, ClientBurst: 7, MetricsPerCredential: true, MetricsStateInterval: 5 * time.Second,
+		TLSRequireClientCert: true, ClientRate: 2.5, ClientBurst: 7, MetricsPerCredential: true, MetricsStateInterval: 5 * time.Second, UnreadyAfter: 5 * time.Second,
 	}
-	if *c != want {
+	if !reflect.DeepEqual(*c, want) {
 		t.Errorf("config = %+v\nwant %+v", *c, want)
 	}
 	if c.Broker().Open {
@@ -168,6 +169,13 @@ func TestParseConfigErrors(t *testing.T) {
 		{"long state interval", nil, map[string]string{"TOKENBROKER_METRICS_STATE_INTERVAL": "48h"}, "--metrics-state-interval must be 1s to 24h0m0s"},
 		{"bad bool env", nil, map[string]string{"TOKENBROKER_ALLOW_PLAINTEXT": "maybe"}, `invalid value "maybe" for TOKENBROKER_ALLOW_PLAINTEXT`},
 		{"recv size too small", []string{"--max-recv-msg-size", "10"}, nil, "--max-recv-msg-size must be"},
+		{"bad http addr", []string{"--http-addr", "8080"}, nil, "--http-addr"},
+		{"webhook not http", []string{"--webhook-url", "ftp://hooks.example/x?token=SECRET-hook", "--webhook-secret", "0123456789abcdef"}, nil,
+			"--webhook-url #1 (ftp://hooks.example/x): must be an absolute http or https URL"},
+		{"second webhook relative", nil, map[string]string{"TOKENBROKER_WEBHOOK_URL": "https://a.example/h,/relative", "TOKENBROKER_WEBHOOK_SECRET": "0123456789abcdef"},
+			"--webhook-url #2 (/relative): must be an absolute http or https URL"},
+		{"webhook without secret", []string{"--webhook-url", "https://hooks.example/x"}, nil, "--webhook-url needs --webhook-secret"},
+		{"short webhook secret", []string{"--webhook-url", "https://hooks.example/x", "--webhook-secret", "short"}, nil, "--webhook-secret must be at least 16 bytes"},
 		{"unknown flag", []string{"--grpc-address", "x"}, nil, "flag provided but not defined: -grpc-address"},
 		{"positional argument", []string{"serve"}, nil, `unexpected argument "serve"`},
 	} {
@@ -196,7 +204,10 @@ func TestHelp(t *testing.T) {
 	}
 	fs := newFlagSet(&server.Config{})
 	fs.VisitAll(func(f *flag.Flag) {
-		if !strings.Contains(out.String(), "--"+f.Name+" ") || !strings.Contains(out.String(), envName(f.Name)+",") {
+		if f.Name == versionFlag {
+			return
+		}
+		if !strings.Contains(out.String(), "  --"+f.Name+" ") && !strings.Contains(out.String(), "  --"+f.Name+", --"+f.Name+"=true|false\n") || !strings.Contains(out.String(), envName(f.Name)+",") {
 			t.Errorf("--help does not document --%s and %s", f.Name, envName(f.Name))
 		}
 	})
@@ -334,5 +345,19 @@ func TestBadSecurityFiles(t *testing.T) {
 				t.Errorf("listened before refusing:\n%s", stderr.String())
 			}
 		})
+	}
+}
+
+func TestParseConfigWebhooks(t *testing.T) {
+	c, err := parseConfig([]string{"--webhook-url", "https://a.example/h", "--webhook-url", "http://127.0.0.1:9/h,https://b.example/h", "--http-addr", "127.0.0.1:0"},
+		env(map[string]string{"TOKENBROKER_WEBHOOK_SECRET": "0123456789abcdef", "TOKENBROKER_WEBHOOK_URL": "https://ignored.example/h"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.WebhookURLs, " "); got != "https://a.example/h http://127.0.0.1:9/h https://b.example/h" {
+		t.Errorf("webhook URLs %q: the flags win over the env twin, commas separate", got)
+	}
+	if c.WebhookSecret != "0123456789abcdef" || c.HTTPAddr != "127.0.0.1:0" {
+		t.Errorf("webhook secret or http addr not read: %+v", c)
 	}
 }

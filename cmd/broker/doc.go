@@ -26,7 +26,17 @@
 // --grpc-addr 127.0.0.1:0 that is how a script or a test learns the port
 // (with --log-format json: the line {"msg":"listening","addr":"127.0.0.1:PORT",...}).
 //
-// SIGTERM or SIGINT turns health NOT_SERVING, lets calls in flight finish for
-// up to --shutdown-timeout, stops the broker's background refreshes and exits
-// 0. A second signal kills the process at once.
+// Health: grpc.health.v1 "" and each service report readiness, NOT_SERVING
+// while Redis has not answered for --unready-after and from SIGTERM on; the
+// service "liveness" reports the process alone (and so do /readyz and
+// /healthz on --metrics-addr). A Redis that refuses the URL's password or
+// database, is a Cluster node or not unlike the URL, or holds records that
+// --seal-keys opens none of, exits 2 at start; one that does not answer yet
+// does not.
+//
+// SIGTERM or SIGINT turns readiness NOT_SERVING at once while the port still
+// answers, refuses new calls with UNAVAILABLE (reason SHUTTING_DOWN), lets
+// calls and refreshes in flight finish, gives up on the rest (callers get
+// SHUTTING_DOWN, the log names the abandoned refreshes) and exits 0 within
+// --shutdown-timeout. A second signal kills the process at once.
 package main

@@ -9,9 +9,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/server"
+	"github.com/tokenbroker/tokenbroker/internal/tracing"
 )
 
 func main() {
@@ -46,6 +48,10 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 		printUsage(stdout)
 		return err
 	}
+	if errors.Is(err, errVersion) {
+		fmt.Fprintln(stdout, versionLine())
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -53,9 +59,36 @@ func realMain(ctx context.Context, args []string, getenv func(string) string, st
 	if !cfg.DevMode() {
 		redisstore.SetLogger(log, cfg.RedisURL) // go-redis logs once per process
 	}
+	var gover string
+	cfg.Version, cfg.Revision, gover = buildVersion()
+	tp, err := tracing.FromEnv(ctx, getenv, cfg.Version)
+	if err != nil {
+		return &server.ConfigError{Msg: err.Error()}
+	}
+	if tp != nil {
+		tracing.SetGlobal(tp)
+		cfg.TracerProvider = tp
+		defer func() {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := tp.Shutdown(fctx); err != nil {
+				log.Warn("flushing the last spans failed", "error", err.Error())
+			}
+		}()
+		log.Info("tracing on: OTLP export", "endpoint", otlpEndpoint(getenv))
+	}
+	log.Debug("build", "version", cfg.Version, "revision", cfg.Revision, "goversion", gover)
 	srv, err := server.New(ctx, *cfg, log)
 	if err != nil {
 		return err
 	}
 	return srv.Serve(ctx)
+}
+
+// otlpEndpoint is the OTLP endpoint the environment names, for the log.
+func otlpEndpoint(getenv func(string) string) string {
+	if e := getenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"); e != "" {
+		return e
+	}
+	return getenv("OTEL_EXPORTER_OTLP_ENDPOINT")
 }

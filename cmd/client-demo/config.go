@@ -36,6 +36,7 @@ type config struct {
 	duration time.Duration
 	tokenTTL time.Duration
 	naive    bool
+	reauth   bool // --reauth: revoke the grant mid-run and re-authorize it
 
 	brokerAddr string // --broker: an already running broker
 	apiKey     string // --api-key, for --broker
@@ -44,6 +45,13 @@ type config struct {
 
 	redisURL string
 	replicas int
+
+	// revokePrevious: the test IdP revokes the previous access token on
+	// every refresh (as Ory Hydra does), and the credential says so.
+	revokePrevious bool
+	// watch: the workers' TokenSources follow the credential over
+	// WatchToken (the SDK's default); false: cache and GetToken only.
+	watch bool
 
 	json    bool
 	idpOnly bool
@@ -96,9 +104,27 @@ Modes:
                        calls and the workers: an admin key, whose client ID
                        goes in --allowed-client if the broker does not let
                        admins read tokens. Plaintext needs --insecure.
+  --revoke-previous    the test IdP revokes the previous access token on every
+                       refresh, as Ory Hydra does (a token handed out just
+                       before a refresh dies early), and the credential is put
+                       with revokes_previous_access_token. With the SDK
+                       watching (--watch, the default) the workers drop the
+                       old token when the broker announces the refresh and
+                       expect no 401; --watch=false shows the 401s they get
+                       (recovered_401) from caching it.
+  --reauth             with a broker: a third into the run the IdP revokes
+                       the grant; workers see REAUTH_REQUIRED; the demo, as
+                       the operator, hears of it on WatchCredentials,
+                       re-authorizes through the device flow
+                       (StartDeviceAuthorization, the user code approved at
+                       the IdP's page) and the workers recover without a
+                       restart. The summary counts the outage.
   --idp-only           only run the test IdP on --idp-addr (default
                        127.0.0.1:9090), print its token URL, client and a
                        fresh refresh token, and serve until interrupted.
+                       That refresh token seeds one broker once (a reuse
+                       revokes its family); GET /seed on the IdP answers a
+                       PutCredential request with a fresh one each time.
 
 Durations take Go syntax (20s, 1m30s) or a number of seconds.
 Interrupting (Ctrl-C) ends the run early and still prints the summary.
@@ -116,6 +142,7 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 		duration: 20 * time.Second,
 		tokenTTL: 3 * time.Second,
 		replicas: 1,
+		watch:    true,
 	}
 	fs := flag.NewFlagSet("client-demo", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
@@ -124,12 +151,15 @@ func parseFlags(args []string, stdout io.Writer) (config, error) {
 	fs.Var((*seconds)(&cfg.duration), "duration", "`how long` the load runs")
 	fs.Var((*seconds)(&cfg.tokenTTL), "token-ttl", "`lifetime` of the IdP's access tokens: whole seconds, at least 1s")
 	fs.BoolVar(&cfg.naive, "naive", false, "no broker: every worker refreshes on its own")
+	fs.BoolVar(&cfg.reauth, "reauth", false, "revoke the grant mid-run and re-authorize it through the device flow")
 	fs.StringVar(&cfg.brokerAddr, "broker", "", "`address` of a running broker to use instead of an in-process one")
 	fs.StringVar(&cfg.apiKey, "api-key", "", "with --broker: API `key` (admin) for AdminService and the workers")
 	fs.BoolVar(&cfg.insecure, "insecure", false, "with --broker: connect without TLS")
 	fs.StringVar(&cfg.allowed, "allowed-client", "", "with --broker: client `ID` (of the --api-key) allowed to read the demo credential's tokens")
 	fs.StringVar(&cfg.redisURL, "redis-url", "", "Redis `URL` shared by the broker replicas (none: a private redis-server when --replicas > 1)")
 	fs.IntVar(&cfg.replicas, "replicas", cfg.replicas, "`N` in-process broker replicas; more than 1 needs Redis")
+	fs.BoolVar(&cfg.revokePrevious, "revoke-previous", false, "the test IdP revokes the previous access token on refresh (as Ory Hydra does); the credential says so")
+	fs.BoolVar(&cfg.watch, "watch", cfg.watch, "the workers' SDK follows the credential over WatchToken (--watch=false: cache and GetToken only)")
 	fs.BoolVar(&cfg.json, "json", false, "print the summary as one JSON object")
 	fs.BoolVar(&cfg.idpOnly, "idp-only", false, "only run the test IdP and print how to use it")
 	fs.StringVar(&cfg.idpAddr, "idp-addr", "", "`address` the test IdP listens on (default 127.0.0.1:0; 127.0.0.1:9090 with --idp-only)")
@@ -171,7 +201,7 @@ func (c *config) validate(set map[string]bool) error {
 		}
 	}
 	if c.idpOnly {
-		for _, name := range []string{"naive", "broker", "api-key", "insecure", "allowed-client", "redis-url", "replicas", "workers", "duration", "json"} {
+		for _, name := range []string{"naive", "reauth", "broker", "api-key", "insecure", "allowed-client", "redis-url", "replicas", "workers", "duration", "json", "watch"} {
 			if set[name] {
 				return fmt.Errorf("--%s does not apply to --idp-only", name)
 			}
@@ -179,7 +209,7 @@ func (c *config) validate(set map[string]bool) error {
 		return nil
 	}
 	if c.naive {
-		for _, name := range []string{"broker", "api-key", "insecure", "allowed-client", "redis-url"} {
+		for _, name := range []string{"broker", "api-key", "insecure", "allowed-client", "redis-url", "watch", "reauth"} {
 			if set[name] {
 				return fmt.Errorf("--naive runs without a broker: --%s does not apply", name)
 			}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,7 @@ var summaryKeys = []string{
 	"mode", "workers", "duration_seconds", "requests", "succeeded", "failed",
 	"failures_by_reason", "recovered_401", "idp_refreshes", "reuses", "revocations",
 	"latency_p50_ms", "latency_p99_ms", "replicas", "requests_by_replica",
+	"revoke_previous", "watch",
 }
 
 // runJSON runs realMain with args plus --json, expects exit status 0 and
@@ -94,6 +96,58 @@ func TestBrokerNoReuseNoFailure(t *testing.T) {
 	}
 	if s.CredentialState != "ACTIVE" {
 		t.Errorf("credential_state %q; want ACTIVE", s.CredentialState)
+	}
+}
+
+// Against an IdP that revokes the previous access token on every refresh,
+// the workers' SDK watching the credential drops the old token when the
+// broker announces a refresh and gets no 401 over many rotations; without
+// watching, tokens cached in the SDK die early and the workers recover from
+// 401s (which shows the first run could have seen them).
+func TestRevokePreviousWatchAvoids401(t *testing.T) {
+	args := []string{"--revoke-previous", "--duration", "5s", "--workers", "20", "--token-ttl", "1s"}
+	on := runJSON(t, context.Background(), args...)
+	if !on.RevokePrevious || !on.Watch {
+		t.Errorf("revoke_previous %v, watch %v; want both", on.RevokePrevious, on.Watch)
+	}
+	if on.IdPRefreshes < 5 || on.Reuses != 0 {
+		t.Errorf("idp_refreshes %d, reuses %d; want at least 5 rotations and no reuse", on.IdPRefreshes, on.Reuses)
+	}
+	if on.Recovered401 != 0 || on.Failed != 0 || on.Succeeded != on.Requests {
+		t.Errorf("watching: recovered_401 %d, failed %d %v; want none", on.Recovered401, on.Failed, on.FailuresByReason)
+	}
+	off := runJSON(t, context.Background(), append(args, "--watch=false")...)
+	if off.Watch || off.IdPRefreshes < 5 {
+		t.Errorf("watch %v, idp_refreshes %d; want false and at least 5 rotations", off.Watch, off.IdPRefreshes)
+	}
+	if off.Recovered401 == 0 {
+		t.Errorf("not watching: recovered_401 0; want the 401s of tokens cached past their revocation")
+	}
+	if off.Failed != 0 {
+		t.Errorf("not watching: failed %d %v; want every 401 recovered", off.Failed, off.FailuresByReason)
+	}
+}
+
+// TestReauthLoop: the grant is revoked a third into the run; workers fail
+// with reauth_required until the demo, as the operator, has re-authorized
+// the credential through the device flow on the WatchCredentials event;
+// then they recover, with the same credential and no restart.
+func TestReauthLoop(t *testing.T) {
+	s := runJSON(t, context.Background(), "--reauth", "--duration", "6s", "--workers", "4", "--token-ttl", "2s")
+	if !s.Revoked || !s.Reauthorized {
+		t.Fatalf("revoked %v, reauthorized %v; want both", s.Revoked, s.Reauthorized)
+	}
+	if s.FailuresByReason[reasonReauth] == 0 || s.Failed != s.FailuresByReason[reasonReauth] {
+		t.Errorf("failures %v: want reauth_required ones only", s.FailuresByReason)
+	}
+	if s.OutageSeconds <= 0 || s.OutageSeconds > 4 || s.ReauthSeconds > s.OutageSeconds {
+		t.Errorf("outage %vs, re-authorization %vs", s.OutageSeconds, s.ReauthSeconds)
+	}
+	if s.CredentialState != "ACTIVE" || s.Revocations != 1 || s.Reuses != 0 {
+		t.Errorf("credential %s, revocations %d, reuses %d; want ACTIVE, 1, 0", s.CredentialState, s.Revocations, s.Reuses)
+	}
+	if s.Succeeded <= s.Failed {
+		t.Errorf("succeeded %d, failed %d: the workers did not recover", s.Succeeded, s.Failed)
 	}
 }
 
@@ -288,7 +342,11 @@ func TestBadFlags(t *testing.T) {
 		{[]string{"--api-key", "k"}, "--api-key"},
 		{[]string{"--allowed-client", "c"}, "--allowed-client"},
 		{[]string{"--idp-only", "--naive"}, "--idp-only"},
+		{[]string{"--idp-only", "--reauth"}, "--idp-only"},
+		{[]string{"--naive", "--reauth"}, "--naive"},
 		{[]string{"--idp-addr", "9090"}, "--idp-addr"},
+		{[]string{"--naive", "--watch=false"}, "--naive"},
+		{[]string{"--idp-only", "--watch=false"}, "--idp-only"},
 		{[]string{"--bogus"}, "bogus"},
 		{[]string{"extra"}, "unexpected argument"},
 	} {
@@ -371,6 +429,34 @@ func TestIdPOnly(t *testing.T) {
 	}
 	if tok.AccessToken == "" || tok.RefreshToken == fields["refresh token"] {
 		t.Errorf("refresh did not rotate: got access %t, same refresh token %t", tok.AccessToken != "", tok.RefreshToken == fields["refresh token"])
+	}
+
+	// /seed hands out a fresh refresh token of its own family each time.
+	seedURL := strings.TrimSuffix(fields["token URL"], "/token") + "/seed"
+	var seeds []string
+	for range 2 {
+		resp, err := http.Get(seedURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var put struct {
+			Credential struct {
+				TokenURL     string `json:"token_url"`
+				RefreshToken string `json:"refresh_token"`
+			} `json:"credential"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&put)
+		resp.Body.Close()
+		if err != nil || put.Credential.TokenURL != fields["token URL"] || put.Credential.RefreshToken == "" {
+			t.Fatalf("GET /seed = %+v, %v", put, err)
+		}
+		seeds = append(seeds, put.Credential.RefreshToken)
+	}
+	if seeds[0] == seeds[1] || seeds[0] == fields["refresh token"] {
+		t.Errorf("/seed handed out the same refresh token twice")
+	}
+	if _, err := conf.TokenSource(ctx, &oauth2.Token{RefreshToken: seeds[1]}).Token(); err != nil {
+		t.Errorf("refreshing a /seed token: %v", err)
 	}
 
 	cancel()

@@ -5,6 +5,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
@@ -26,7 +27,9 @@ type progress struct {
 
 	quit chan struct{} // closed by stop
 	done chan struct{} // closed when the goroutine returned
-	last int           // length of the last line written in place
+
+	mu   sync.Mutex // serializes writes to w
+	last int        // length of the last line written in place
 }
 
 // startProgress starts writing progress lines to w: rewritten in place every
@@ -56,7 +59,9 @@ func (p *progress) loop(every time.Duration) {
 		case <-p.quit:
 			if p.tty {
 				p.write(p.line())
+				p.mu.Lock()
 				fmt.Fprintln(p.w)
+				p.mu.Unlock()
 			}
 			return
 		}
@@ -76,7 +81,20 @@ func (p *progress) line() string {
 		st.RefreshRequests, st.Reuses)
 }
 
+// note writes a line of its own between the progress lines.
+func (p *progress) note(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty && p.last > 0 {
+		fmt.Fprint(p.w, "\r"+strings.Repeat(" ", p.last)+"\r")
+		p.last = 0
+	}
+	fmt.Fprintln(p.w, line)
+}
+
 func (p *progress) write(line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if !p.tty {
 		fmt.Fprintln(p.w, line)
 		return

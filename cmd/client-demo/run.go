@@ -53,6 +53,7 @@ type demo struct {
 
 	credID string      // the credential's ID at the broker
 	bc     *brokerConn // nil in naive mode
+	prog   *progress   // while the load runs
 }
 
 // warn reports a failure to release something; the run's result stands.
@@ -73,7 +74,8 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 		return nil, err
 	}
 
-	sum := &Summary{Mode: cfg.mode(), Workers: cfg.workers, TokenTTLSeconds: cfg.tokenTTL.Seconds()}
+	sum := &Summary{Mode: cfg.mode(), Workers: cfg.workers, TokenTTLSeconds: cfg.tokenTTL.Seconds(),
+		RevokePrevious: cfg.revokePrevious, Watch: cfg.watch && !cfg.naive}
 	var (
 		t       *tally
 		workers []*worker
@@ -101,6 +103,14 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	stopAt := start.Add(cfg.duration)
 	maxRequests := int(cfg.duration/minPause) + 1
 	prog := startProgress(stderr, cfg.progressEvery, start, t, d.idp)
+	var opDone chan reauthResult
+	opCtx, opCancel := context.WithCancel(ctx)
+	defer opCancel()
+	if cfg.reauth {
+		d.prog = prog
+		opDone = make(chan reauthResult, 1)
+		go d.operate(opCtx, start, opDone)
+	}
 	var wg sync.WaitGroup
 	for _, w := range workers {
 		wg.Go(func() { w.run(ctx, stopAt, maxRequests) })
@@ -108,6 +118,12 @@ func run(ctx context.Context, cfg config, stderr io.Writer) (*Summary, error) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	prog.stop()
+	if opDone != nil {
+		opCancel()
+		if err := fillReauth(sum, <-opDone); err != nil {
+			d.warn("re-authorization", err)
+		}
+	}
 
 	st := d.idp.Stats()
 	t.fill(sum)
@@ -136,6 +152,7 @@ func (d *demo) startIdP(ctx context.Context) error {
 		AccessTokenTTL: d.cfg.tokenTTL,
 		// Rotation and reuse policy keep their strict defaults: Rotate,
 		// RevokeFamily.
+		RevokePreviousAccessToken: d.cfg.revokePrevious,
 	})
 	if err := d.idp.Start(); err != nil {
 		return fmt.Errorf("starting the test IdP on %s: %w", addr, err)
@@ -234,7 +251,7 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 	if d.cfg.allowed != "" {
 		allowed = []string{d.cfg.allowed}
 	}
-	err = bc.putCredential(ctx, &pb.Credential{
+	cred := &pb.Credential{
 		Id:             d.credID,
 		TokenUrl:       d.idp.TokenURL(),
 		ClientId:       demoClientID,
@@ -243,7 +260,14 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 		RefreshToken:   d.login.RefreshToken,
 		AuthStyle:      pb.AuthStyle_AUTH_STYLE_BASIC,
 		AllowedClients: allowed,
-	})
+
+		RevokesPreviousAccessToken: d.cfg.revokePrevious,
+	}
+	if d.cfg.reauth {
+		cred.DeviceAuthorizationUrl = d.idp.DeviceAuthorizationURL()
+		d.idp.SetDeviceInterval(deviceInterval)
+	}
+	err = bc.putCredential(ctx, cred)
 	if err != nil {
 		hint := ""
 		if !plaintext && status.Code(err) == codes.Unavailable {
@@ -263,9 +287,13 @@ func (d *demo) startBrokers(ctx context.Context) ([]string, error) {
 // its own process.
 func (d *demo) brokerWorkers(addrs []string, t *tally) ([]*worker, error) {
 	workers := make([]*worker, 0, d.cfg.workers)
+	opts := d.bc.dialOpts
+	if !d.cfg.watch {
+		opts = append(opts[:len(opts):len(opts)], clientsdk.WithoutWatch())
+	}
 	for i := range d.cfg.workers {
 		rep := i % len(addrs)
-		c, err := clientsdk.Dial(addrs[rep], d.bc.dialOpts...)
+		c, err := clientsdk.Dial(addrs[rep], opts...)
 		if err != nil {
 			return nil, fmt.Errorf("dialling the broker at %s: %w", addrs[rep], err)
 		}

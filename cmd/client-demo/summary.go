@@ -47,6 +47,19 @@ type Summary struct {
 	// CredentialState is the broker's view of the credential at the end
 	// (ACTIVE, REAUTH_REQUIRED); empty without a broker.
 	CredentialState string `json:"credential_state,omitempty"`
+	// RevokePrevious: the IdP revoked the previous access token on every
+	// refresh (--revoke-previous). Watch: the workers' SDK followed the
+	// credential over WatchToken (--watch; false in naive mode).
+	RevokePrevious bool `json:"revoke_previous"`
+	Watch          bool `json:"watch"`
+	// With --reauth: the grant was revoked mid-run, and re-authorized
+	// through the device flow; the outage lasted from the revocation to
+	// the AUTHORIZED event, of which the re-authorization took the time
+	// from the REAUTH_REQUIRED event on.
+	Revoked       bool    `json:"revoked,omitempty"`
+	Reauthorized  bool    `json:"reauthorized,omitempty"`
+	OutageSeconds float64 `json:"outage_seconds,omitempty"`
+	ReauthSeconds float64 `json:"reauth_seconds,omitempty"`
 }
 
 // tally counts the outcomes of requests as the workers make them. It is safe
@@ -155,6 +168,12 @@ func writeTable(w io.Writer, s *Summary) error {
 	if s.Interrupted {
 		end = ", interrupted"
 	}
+	if s.RevokePrevious {
+		end += ", each refresh revokes the previous access token"
+	}
+	if s.Mode != modeNaive && !s.Watch {
+		end += ", SDK not watching"
+	}
 	fmt.Fprintf(&b, "\nclient-demo summary: %s\n%d workers, %.1fs%s, access tokens live %gs\n\n",
 		modeTitle(s), s.Workers, s.DurationSeconds, end, s.TokenTTLSeconds)
 	row("mode", s.Mode)
@@ -177,6 +196,14 @@ func writeTable(w io.Writer, s *Summary) error {
 	}
 	if s.CredentialState != "" {
 		row("credential state", s.CredentialState)
+	}
+	if s.Revoked {
+		row("grant revoked", "mid-run")
+		row("reauthorized", strconv.FormatBool(s.Reauthorized))
+		if s.Reauthorized {
+			row("outage", fmt.Sprintf("%.2f s", s.OutageSeconds))
+			row("  re-authorization", fmt.Sprintf("%.2f s", s.ReauthSeconds))
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

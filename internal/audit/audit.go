@@ -61,9 +61,10 @@ func (l *Log) Regressed(ev broker.RegressionEvent) {
 	l.log.LogAttrs(context.Background(), slog.LevelError, "generation regression", attrs...)
 }
 
-// Refreshed writes one "refresh" event: caller (who caused it; empty for
-// background refreshes), credential_id, reason, outcome, generation (stored
-// afterwards), duration (of the IdP call) and, for a failure, error (the
+// Refreshed writes one "refresh" event: caller (who caused it: its client
+// ID, "anonymous" on an open broker, empty for background refreshes),
+// credential_id, reason, outcome, generation (stored afterwards),
+// duration_ms (of the IdP call) and, for a failure, error (the
 // broker's errors hold no secret by contract). It is logged at Info when
 // the refresh succeeded, Error when the grant is dead (REAUTH_REQUIRED:
 // someone must act) and Warn otherwise.
@@ -87,7 +88,7 @@ func (l *Log) Refreshed(ev broker.RefreshEvent) {
 		slog.String("reason", ev.Reason),
 		slog.String("outcome", ev.Outcome),
 		slog.Uint64("generation", ev.Generation),
-		slog.Duration("duration", ev.Duration),
+		slog.Float64("duration_ms", float64(ev.Duration.Microseconds())/1000),
 	)
 	if ev.Err != nil {
 		attrs = append(attrs, slog.String("error", ev.Err.Error()))

@@ -55,7 +55,7 @@ func TestRefreshEvents(t *testing.T) {
 		"reason": broker.ReasonExpired, "outcome": broker.OutcomeOK})
 	want(t, evs[1], map[string]any{"level": "INFO", "audit": true, "caller": admin.ID, "credential_id": "cred-1",
 		"reason": broker.ReasonForced, "outcome": broker.OutcomeOK, "generation": float64(rec.Generation)})
-	if _, ok := evs[1]["duration"].(float64); !ok {
+	if _, ok := evs[1]["duration_ms"].(float64); !ok {
 		t.Errorf("no duration in %v", evs[1])
 	}
 	if _, ok := evs[1]["error"]; ok {
@@ -168,7 +168,7 @@ func TestAdminCallsAndNoSecrets(t *testing.T) {
 	} {
 		want(t, evs[i], w)
 		want(t, evs[i], map[string]any{"audit": true})
-		if _, ok := evs[i]["duration"]; !ok {
+		if _, ok := evs[i]["duration_ms"]; !ok {
 			t.Errorf("event %d has no duration", i)
 		}
 		if w["code"] != "OK" {
@@ -232,6 +232,14 @@ type recorder struct {
 	served, waited, refreshed atomic.Int32
 }
 
+// rotationRecorder is a recorder that is a broker.RotationObserver too.
+type rotationRecorder struct {
+	recorder
+	rotations atomic.Int32
+}
+
+func (r *rotationRecorder) RotationWaited(time.Duration) { r.rotations.Add(1) }
+
 func (r *recorder) TokenServed(broker.Source)        { r.served.Add(1) }
 func (r *recorder) LockWaited(time.Duration, bool)   { r.waited.Add(1) }
 func (r *recorder) Regressed(broker.RegressionEvent) {}
@@ -253,4 +261,15 @@ func TestTee(t *testing.T) {
 		t.Fatal("Tee of one observer is not that observer")
 	}
 	audit.Tee().Refreshed(broker.RefreshEvent{}) // no observers: nothing happens
+
+	// RotationWaited reaches the observers that take it.
+	r := &rotationRecorder{}
+	ro, ok := audit.Tee(a, r).(broker.RotationObserver)
+	if !ok {
+		t.Fatal("Tee is not a RotationObserver")
+	}
+	ro.RotationWaited(time.Millisecond)
+	if r.rotations.Load() != 1 {
+		t.Fatalf("RotationWaited reached the observer %d times; want 1", r.rotations.Load())
+	}
 }

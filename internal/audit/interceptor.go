@@ -66,11 +66,15 @@ func (l *Log) admin(ctx context.Context, method string, req, resp any, err error
 	if !l.log.Enabled(ctx, level) {
 		return
 	}
-	caller, _ := broker.CallerFrom(ctx)
+	caller, ok := broker.CallerFrom(ctx)
+	name := "" // not authenticated
+	if ok {
+		name = caller.Name() // "anonymous" on an open broker
+	}
 	attrs := make([]slog.Attr, 0, 11)
 	attrs = append(attrs,
 		slog.Bool("audit", true),
-		slog.String("caller", caller.ID),
+		slog.String("caller", name),
 		slog.Bool("admin", caller.Admin),
 		slog.String("method", method),
 	)
@@ -98,7 +102,7 @@ func (l *Log) admin(ctx context.Context, method string, req, resp any, err error
 			attrs = append(attrs, slog.Int("count", len(r.GetCredentials())))
 		}
 	}
-	attrs = append(attrs, slog.Duration("duration", d))
+	attrs = append(attrs, slog.Float64("duration_ms", float64(d.Microseconds())/1000))
 	l.log.LogAttrs(ctx, level, "admin", attrs...)
 }
 

@@ -7,8 +7,9 @@ import (
 )
 
 // Tee returns a broker.Observer that tells each of obs, in order, about
-// everything; nil observers are skipped. With a single observer, Tee
-// returns it as it is.
+// everything; nil observers are skipped. It is a broker.RotationObserver
+// too, telling those of obs that are. With a single observer, Tee returns it
+// as it is.
 func Tee(obs ...broker.Observer) broker.Observer {
 	var t tee
 	for _, o := range obs {
@@ -45,5 +46,13 @@ func (t tee) Refreshed(ev broker.RefreshEvent) {
 func (t tee) Regressed(ev broker.RegressionEvent) {
 	for _, o := range t {
 		o.Regressed(ev)
+	}
+}
+
+func (t tee) RotationWaited(d time.Duration) {
+	for _, o := range t {
+		if r, ok := o.(broker.RotationObserver); ok {
+			r.RotationWaited(d)
+		}
 	}
 }

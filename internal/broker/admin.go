@@ -27,6 +27,41 @@ func (b *Broker) PutCredential(ctx context.Context, c Credential, refreshToken s
 	return b.put(ctx, c, refreshToken, false)
 }
 
+// ReplaceCredential is PutCredential as the API serves it: a whole
+// replace that refuses (ErrInvalidArgument, field
+// credential.allowed_clients) to leave an existing credential that has
+// allowed clients with none, unless clearAllowedClients says so, so that a
+// request that merely forgot the field does not cut every reader off.
+func (b *Broker) ReplaceCredential(ctx context.Context, c Credential, refreshToken string, clearAllowedClients bool) (*Record, error) {
+	return b.write(ctx, c.ID, func(cur *Record) (Credential, string, error) {
+		if cur != nil && len(cur.AllowedClients) > 0 && len(c.AllowedClients) == 0 && !clearAllowedClients {
+			return c, refreshToken, &Error{Kind: ErrInvalidArgument, Field: "credential.allowed_clients", CredentialID: c.ID,
+				Detail: "the put would remove every allowed client of the existing credential: send them (a put replaces the whole credential), change other fields with UpdateCredential, or set clear_allowed_clients"}
+		}
+		return c, refreshToken, nil
+	}, false)
+}
+
+// UpdateCredential changes an existing credential: edit gets its
+// configuration (secrets included; it must not hand them out) and returns
+// the new one and, to re-seed the credential, a new refresh token (empty
+// keeps the stored one). It runs under the credential's lease, so it sees
+// the latest record, and what it returns is checked and stored as
+// PutCredential's would be. A missing credential is ErrNotFound.
+func (b *Broker) UpdateCredential(ctx context.Context, id string, edit func(cur Credential) (Credential, string, error)) (*Record, error) {
+	return b.write(ctx, id, func(cur *Record) (Credential, string, error) {
+		if cur == nil {
+			return Credential{}, "", &Error{Kind: ErrNotFound, CredentialID: id}
+		}
+		// The stored secrets stay out of edit's hands: what it returns
+		// without secrets keeps them (and so cannot carry them to a new
+		// token URL host; see checkSecretsFollow).
+		c := cur.Clone().Credential
+		c.ClientSecrets = nil
+		return edit(c)
+	}, false)
+}
+
 // EnsureCredential is PutCredential for configuration loaded at start by
 // every replica: refreshToken seeds the credential only if it does not exist
 // yet (decided under its lease), so a restart never writes an already spent
@@ -37,20 +72,48 @@ func (b *Broker) EnsureCredential(ctx context.Context, c Credential, refreshToke
 }
 
 func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, seedOnly bool) (*Record, error) {
+	return b.write(ctx, c.ID, func(*Record) (Credential, string, error) { return c, refreshToken, nil }, seedOnly)
+}
+
+// write puts the credential that edit makes of the stored record (nil for
+// a credential that does not exist yet), under the credential's lease.
+func (b *Broker) write(ctx context.Context, id string, edit func(cur *Record) (Credential, string, error), seedOnly bool) (*Record, error) {
 	if err := b.admin(ctx); err != nil {
 		return nil, err
 	}
-	if err := validateCredential(&c, refreshToken, false); err != nil {
+	if err := ValidateID("credential.id", id); err != nil {
 		return nil, err
 	}
-	lease, err := b.acquire(ctx, c.ID, nil)
+	if c, refreshToken, err := edit(nil); err == nil {
+		// What can be checked before the lease is checked before it.
+		if err := validateCredential(&c, refreshToken, false); err != nil {
+			return nil, err
+		}
+		if err := b.cfg.TokenURLs.Check("credential.token_url", c.TokenURL); err != nil {
+			return nil, err
+		}
+	}
+	lease, err := b.acquire(ctx, id, nil)
 	if err != nil {
 		return nil, err
 	}
 	defer b.release(ctx, lease)
-	cur, err := b.store.Get(ctx, c.ID)
+	cur, err := b.store.Get(ctx, id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		return nil, storeErr(c.ID, err)
+		return nil, storeErr(id, err)
+	}
+	c, refreshToken, err := edit(cur)
+	if err != nil {
+		return nil, err
+	}
+	if c.ID != id {
+		return nil, invalidArg("credential.id", "cannot be changed")
+	}
+	if err := validateCredential(&c, refreshToken, false); err != nil {
+		return nil, err
+	}
+	if err := b.cfg.TokenURLs.Check("credential.token_url", c.TokenURL); err != nil {
+		return nil, err
 	}
 	if seedOnly && cur != nil && c.GrantType == cur.GrantType && sameOrigin(cur.TokenURL, c.TokenURL) {
 		refreshToken = "" // the file's refresh token was spent long ago
@@ -92,18 +155,29 @@ func (b *Broker) put(ctx context.Context, c Credential, refreshToken string, see
 		next.State = StateActive
 		next.LastError, next.LastErrorAt = "", time.Time{}
 		next.Failures, next.NextAttemptAt = 0, time.Time{}
-	}
-	m := b.mark(c.ID)
-	gen, err := b.store.Commit(ctx, lease, next)
-	if err != nil {
-		if errors.Is(err, ErrConflict) || errors.Is(err, ErrLockLost) {
-			return nil, &Error{Kind: ErrLockTimeout, CredentialID: c.ID, Err: err, Detail: "the credential changed meanwhile; try again"}
+		next.OutcomeUnknown = false
+		next.Authorization = nil
+		if refreshToken == "" && c.GrantType == GrantRefreshToken {
+			// Created (or switched to the refresh_token grant) to be
+			// authorized by the broker's own flows.
+			next.State = StateReauthRequired
+			next.LastError, next.LastErrorAt = "not authorized yet: run StartAuthorization or StartDeviceAuthorization", now
 		}
-		return nil, storeErr(c.ID, err)
 	}
-	next.Generation = gen
-	b.fill(next, m)
-	return next, nil
+	stored, err := b.commit(ctx, lease, next)
+	if err != nil {
+		return nil, err
+	}
+	caller, _ := CallerFrom(ctx)
+	switch {
+	case cur == nil:
+		b.changed(ChangeCreated, nil, stored, caller.ID, "created")
+	case refreshToken != "":
+		b.changed(ChangeReseeded, cur, stored, caller.ID, "a new refresh token was put")
+	default:
+		b.changed("", cur, stored, caller.ID, "")
+	}
+	return stored, nil
 }
 
 // checkSecretsFollow refuses a change of an existing credential's token
@@ -118,7 +192,7 @@ func checkSecretsFollow(cur *Record, c *Credential, refreshToken string) error {
 	if len(cur.ClientSecrets) > 0 && len(c.ClientSecrets) == 0 {
 		return invalidArg("credential.client_secret", "required when token_url moves to another scheme or host: the stored secret is not sent to a new host")
 	}
-	if c.GrantType == GrantRefreshToken && refreshToken == "" {
+	if c.GrantType == GrantRefreshToken && refreshToken == "" && cur.RefreshToken != "" {
 		return invalidArg("credential.refresh_token", "required when token_url moves to another scheme or host: the stored refresh token is not sent to a new host")
 	}
 	return nil
@@ -145,6 +219,7 @@ func (b *Broker) GetCredential(ctx context.Context, id string) (*Record, error) 
 	if err != nil {
 		return nil, storeErr(id, err)
 	}
+	b.adopt(rec)
 	return rec, nil
 }
 
@@ -191,13 +266,19 @@ func (b *Broker) DeleteCredential(ctx context.Context, id string) error {
 	if err := ValidateID("id", id); err != nil {
 		return err
 	}
-	if _, err := b.store.Get(ctx, id); err != nil && !errors.Is(err, ErrUnreadable) {
+	cur, err := b.store.Get(ctx, id)
+	if err != nil && !errors.Is(err, ErrUnreadable) {
 		return storeErr(id, err)
 	}
 	if err := b.store.Delete(ctx, id); err != nil {
 		return storeErr(id, err)
 	}
 	b.drop(id)
+	if cur == nil {
+		cur = &Record{Credential: Credential{ID: id}, State: StateUnreadable}
+	}
+	caller, _ := CallerFrom(ctx)
+	b.changed(ChangeDeleted, cur, nil, caller.ID, "deleted")
 	return nil
 }
 
@@ -215,7 +296,7 @@ func (b *Broker) RefreshCredential(ctx context.Context, id string) (*Record, err
 	start := time.Now()
 	return b.refresh(ctx, "force\x00"+id, flight{
 		id:     id,
-		caller: caller.ID,
+		caller: caller.Name(),
 		reason: ReasonForced,
 		forced: true,
 		need:   func(r *Record, _ time.Time) bool { return r.LastRefreshAt.Before(start) },

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,6 +38,9 @@ type Broker struct {
 	// that began before the last one may have missed events, and are
 	// served (while valid) but verified again.
 	resets atomic.Uint64
+	// announces counts the refreshes announced (Event.PendingFrom) of
+	// credentials without a slot: see entry.unsure.
+	announces atomic.Uint64
 
 	wmu     sync.Mutex // guards waiters
 	waiters map[string]map[chan struct{}]struct{}
@@ -53,6 +58,9 @@ type Broker struct {
 	closing chan struct{} // closed when Close begins
 
 	unsubscribe func()
+
+	hubs  hubs  // WatchToken's per-credential fan-out (watch.go)
+	flows flows // authorization flows: the device pollers (authorize.go, device.go)
 }
 
 // slot is the local cache of one credential, made once its record was read.
@@ -62,9 +70,18 @@ type slot struct {
 	attempt atomic.Pointer[attempt] // this Broker's refresh under way, if any
 	used    atomic.Int64            // Unix second of the last lookup, for eviction
 	settled atomic.Pointer[settled] // the last outcome this Broker stored, for repairs
-	mu      sync.Mutex              // guards gen and epoch, and serializes stores to e
-	gen     uint64                  // highest generation seen for the credential
-	epoch   uint64                  // bumped by deletes: fills read before are void
+	// regressedAt is when the Store was first found behind a generation
+	// seen (Unix ns; 0: not now); repairing, that a repair is under way.
+	regressedAt atomic.Int64
+	repairing   atomic.Bool
+	mu          sync.Mutex // guards gen and epoch, and serializes stores to e
+	gen         uint64     // highest generation seen for the credential
+	epoch       uint64     // bumped by deletes: fills read before are void
+
+	// pendingFrom is the highest generation a refresh was announced from
+	// (Event.PendingFrom): with a credential that revokes the previous
+	// access token, the token of that generation is not handed out.
+	pendingFrom atomic.Uint64
 }
 
 // entry is an immutable cached view of a record, but for triggered.
@@ -78,6 +95,12 @@ type entry struct {
 	lastError string
 	unknown   bool   // with StateReauthRequired: Record.OutcomeUnknown
 	host      string // of the token URL: the unit of IdP pacing
+	revokes   bool   // Credential.RevokesPreviousAccessToken
+	pending   bool   // the record had a pending refresh when read
+	// unsure: with revokes, a refresh was announced of a credential without
+	// a slot while the read that made the entry was under way: it is read
+	// again before its token is handed out (revoke.go).
+	unsure bool
 	// resets is Broker.resets when the read that made the entry began:
 	// behind it, the entry is unverified.
 	resets    uint64
@@ -162,8 +185,8 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	select {
 	case <-done:
 	case <-ctx.Done():
-		if n := b.attempts(); n > 0 {
-			err = &Error{Kind: ErrShuttingDown, Detail: fmt.Sprintf("%d refreshes abandoned; their pending markers stay for other replicas", n)}
+		if ids := b.attempts(); len(ids) > 0 {
+			err = &Error{Kind: ErrShuttingDown, Detail: fmt.Sprintf("%d refreshes abandoned (credentials %s); their pending markers stay for other replicas", len(ids), strings.Join(ids, ", "))}
 		}
 		b.giveUp()
 		<-done
@@ -173,17 +196,18 @@ func (b *Broker) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// attempts counts this Broker's refreshes under way.
-func (b *Broker) attempts() int {
+// attempts lists the credentials of this Broker's refreshes under way, sorted.
+func (b *Broker) attempts() []string {
 	b.mu.RLock()
 	defer b.mu.RUnlock()
-	n := 0
-	for _, s := range b.slots {
+	var ids []string
+	for id, s := range b.slots {
 		if s.attempt.Load() != nil {
-			n++
+			ids = append(ids, id)
 		}
 	}
-	return n
+	slices.Sort(ids)
+	return ids
 }
 
 // enter registers one unit of background work; it fails once Close began.
@@ -202,12 +226,21 @@ func (b *Broker) enter() bool {
 // serving tokens that are still valid, but each is read again on its next
 // use: a Store outage does not fail calls that a cached token can answer.
 func (b *Broker) onEvent(ev Event) {
+	defer b.kickHubs(ev) // WatchToken's fan-out (watch.go)
 	if ev.Reset {
 		b.resets.Add(1)
 		b.wakeAll()
+		b.wakeWatchers() // changes may have been missed
+		return
+	}
+	if ev.Change > 0 {
+		b.wakeWatchers() // events.go
 		return
 	}
 	switch {
+	case ev.PendingFrom > 0:
+		b.announced(ev.ID, ev.PendingFrom) // revoke.go; nobody waits for it
+		return
 	case ev.Deleted:
 		b.drop(ev.ID)
 	case ev.Generation > 0:
@@ -324,11 +357,13 @@ type readMark struct {
 	gen    uint64 // the slot's generation then
 	invals uint64
 	resets uint64
+
+	announces uint64 // Broker.announces then
 }
 
 // mark is taken before a Store read whose record is then passed to fill.
 func (b *Broker) mark(id string) readMark {
-	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load()}
+	m := readMark{invals: b.invalidations.Load(), resets: b.resets.Load(), announces: b.announces.Load()}
 	b.mu.RLock()
 	s := b.slots[id]
 	b.mu.RUnlock()
@@ -344,8 +379,12 @@ func (b *Broker) mark(id string) readMark {
 // a newer generation or a delete of the credential (or its slot was
 // evicted). It returns the entry either way.
 func (b *Broker) fill(rec *Record, m readMark) *entry {
+	if rec.Authorization != nil {
+		b.adopt(rec) // a device flow open: poll it too (device.go)
+	}
 	e := b.newEntry(rec)
 	e.resets = m.resets
+	e.unsure = e.revokes && m.s == nil && b.announces.Load() != m.announces
 	var s *slot
 	if m.s != nil {
 		b.mu.RLock()
@@ -372,27 +411,45 @@ func (b *Broker) fill(rec *Record, m readMark) *entry {
 	}
 	s.gen = rec.Generation
 	s.e.Store(e)
+	s.regressedAt.Store(0)
 	return e
 }
 
 // regressed reports a Store that answered with generation rec.Generation of
 // a credential after seen was seen, and writes back the outcome this Broker
 // stored if it is the one lost: fenced on the regressed record's marker, or
-// under the lease. It runs the repair in the background; s.mu is held.
+// under the lease, in the background, one try at a time, on each read that
+// finds the regression until one lands. It is reported when first found
+// and when repaired. s.mu is held.
 func (b *Broker) regressed(s *slot, rec *Record, seen uint64) {
+	first := s.regressedAt.CompareAndSwap(0, time.Now().UnixNano())
 	ev := RegressionEvent{CredentialID: rec.ID, Seen: seen, Stored: rec.Generation}
 	last := s.settled.Load()
-	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation || !b.enter() {
-		b.obs.Regressed(ev)
+	if last == nil || last.rec.Generation+1 != seen || last.rec.Generation < rec.Generation {
+		if first {
+			b.obs.Regressed(ev) // not this replica's outcome: reported once
+		}
+		return
+	}
+	// This replica stored the outcome the Store lost: it writes it back,
+	// trying again on later reads until a try lands.
+	if !s.repairing.CompareAndSwap(false, true) {
+		return
+	}
+	if !b.enter() {
+		s.repairing.Store(false)
 		return
 	}
 	go func() {
 		defer b.wg.Done()
+		defer s.repairing.Store(false)
 		ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
 		defer cancel()
 		ev.Err = b.repair(ctx, rec, last)
 		ev.Repaired = ev.Err == nil
-		b.obs.Regressed(ev)
+		if first || ev.Repaired {
+			b.obs.Regressed(ev)
+		}
 	}()
 }
 
@@ -464,6 +521,8 @@ func (b *Broker) newEntry(rec *Record) *entry {
 		lastError: rec.LastError,
 		unknown:   rec.OutcomeUnknown,
 		host:      tokenHost(rec.TokenURL),
+		revokes:   rec.RevokesPreviousAccessToken,
+		pending:   rec.Pending != nil,
 	}
 	e.aheadAt = b.aheadAt(rec)
 	return e

@@ -47,6 +47,16 @@ type Config struct {
 	BackoffMaxRetryAfter time.Duration // default 10m
 	// DefaultLifetime is assumed for a token the IdP sent without expires_in.
 	DefaultLifetime time.Duration // default 1h
+	// RevokeNotice is how long a refresh of a credential whose IdP revokes
+	// the previous access token (Credential.RevokesPreviousAccessToken)
+	// waits between announcing itself (the pending marker, and its event)
+	// and calling the IdP, while the old token still works: every replica
+	// stops handing the old token out, WatchToken streams tell their clients
+	// to stop using it, and requests already on their way with it reach
+	// their resource servers. Callers of such a credential that arrive during
+	// a refresh wait for this plus the IdP's answer. At most a quarter of
+	// LockTTL - RefreshTimeout, so the lease still outlives the IdP call.
+	RevokeNotice time.Duration // default 200ms, or that quarter if less
 	// Open turns authorization off: every caller may read every credential
 	// and call the admin methods. For dev mode only.
 	Open bool
@@ -67,9 +77,22 @@ type Config struct {
 	// beyond it, one not used for the longest time of a sample is dropped
 	// and read again on its next use.
 	MaxCached int // default 1<<20
-	// Observer is told about refreshes and cache hits; nil means none.
+	// Observer is told about refreshes and cache hits; nil means none. If
+	// it also implements AuthorizationObserver, it is told about
+	// authorization flows.
 	Observer Observer
+	// FlowTTL is how long the state of an authorization code flow
+	// (StartAuthorization) stays valid.
+	FlowTTL time.Duration // default 10m
+	// Tracer, if set, traces the steps of each refresh (trace.go).
+	Tracer Tracer
+	// TokenURLs says which token URLs credentials may name; the zero value
+	// is https (http to loopback), never link-local or metadata addresses.
+	TokenURLs TokenURLPolicy
 }
+
+// DefaultRevokeNotice is Config.RevokeNotice's default.
+const DefaultRevokeNotice = 200 * time.Millisecond
 
 func (c *Config) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
@@ -89,6 +112,8 @@ func (c *Config) setDefaults() {
 	def(&c.BackoffMax, time.Minute)
 	def(&c.BackoffMaxRetryAfter, 10*time.Minute)
 	def(&c.DefaultLifetime, time.Hour)
+	def(&c.RevokeNotice, min(DefaultRevokeNotice, (c.LockTTL-c.RefreshTimeout)/4))
+	def(&c.FlowTTL, 10*time.Minute)
 	if c.Observer == nil {
 		c.Observer = nopObserver{}
 	}
@@ -144,6 +169,8 @@ func (c Config) Validate() error {
 		{"PollInterval", c.PollInterval}, {"ForceInterval", c.ForceInterval},
 		{"BackoffMin", c.BackoffMin}, {"BackoffMax", c.BackoffMax},
 		{"BackoffMaxRetryAfter", c.BackoffMaxRetryAfter}, {"DefaultLifetime", c.DefaultLifetime},
+		{"RevokeNotice", c.RevokeNotice},
+		{"FlowTTL", c.FlowTTL},
 	} {
 		if d.v < 0 {
 			return fmt.Errorf("broker: %s must not be negative", d.name)
@@ -154,6 +181,9 @@ func (c Config) Validate() error {
 	}
 	if c.RefreshReplyWait < c.RefreshTimeout {
 		return fmt.Errorf("broker: RefreshReplyWait (%s) must not be below RefreshTimeout (%s)", c.RefreshReplyWait, c.RefreshTimeout)
+	}
+	if most := (c.LockTTL - c.RefreshTimeout) / 4; c.RevokeNotice > most {
+		return fmt.Errorf("broker: RevokeNotice (%s) must be at most a quarter of LockTTL - RefreshTimeout (%s), so the lease outlives the IdP call", c.RevokeNotice, most)
 	}
 	if c.BackoffMax < c.BackoffMin {
 		return errors.New("broker: BackoffMax must not be below BackoffMin")

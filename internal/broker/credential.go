@@ -33,6 +33,10 @@ const (
 	// open (see ErrUnreadable) with this state and nothing but its ID, so
 	// that listing still works and operators see it.
 	StateUnreadable
+	// StatePendingAuthorization is never stored either: it is how a
+	// credential in StateReauthRequired with an authorization flow open
+	// (Record.Authorization, not expired) is shown (Record.ViewState).
+	StatePendingAuthorization
 )
 
 func (s State) String() string {
@@ -43,6 +47,8 @@ func (s State) String() string {
 		return "REAUTH_REQUIRED"
 	case StateUnreadable:
 		return "UNREADABLE"
+	case StatePendingAuthorization:
+		return "PENDING_AUTHORIZATION"
 	}
 	return "UNSPECIFIED"
 }
@@ -67,6 +73,20 @@ type Credential struct {
 	// reply was lost is sent again with the same refresh token; past it, the
 	// credential goes to REAUTH_REQUIRED with ErrOutcomeUnknown.
 	ReuseGrace time.Duration `json:"reuse_grace,omitempty"`
+	// RevokesPreviousAccessToken says that the IdP revokes the previous
+	// access token when it answers a refresh (Ory Hydra does). The broker
+	// then never hands out the old token once a refresh of it is announced:
+	// callers wait for its successor (see Config.RevokeNotice).
+	RevokesPreviousAccessToken bool `json:"revokes_previous_access_token,omitempty"`
+	// AuthorizationURL is the IdP's authorization endpoint, for the
+	// authorization code grant (StartAuthorization).
+	AuthorizationURL string `json:"authorization_url,omitempty"`
+	// DeviceAuthorizationURL is the IdP's device authorization endpoint
+	// (RFC 8628), for StartDeviceAuthorization.
+	DeviceAuthorizationURL string `json:"device_authorization_url,omitempty"`
+	// RedirectURL is the broker's callback (CallbackPath) as the browser
+	// reaches it, registered with the IdP.
+	RedirectURL string `json:"redirect_url,omitempty"`
 }
 
 // Token is an access token as handed to clients.
@@ -123,6 +143,8 @@ type Record struct {
 	NextAttemptAt time.Time `json:"next_attempt_at,omitzero"`
 	CreatedAt     time.Time `json:"created_at"`
 	UpdatedAt     time.Time `json:"updated_at"`
+	// Authorization is the authorization flow under way, if any.
+	Authorization *AuthorizationFlow `json:"authorization,omitempty"`
 }
 
 // Clone returns a deep copy of r.
@@ -134,6 +156,11 @@ func (r *Record) Clone() *Record {
 	if r.Pending != nil {
 		p := *r.Pending
 		c.Pending = &p
+	}
+	if r.Authorization != nil {
+		a := *r.Authorization
+		a.Scopes = append([]string(nil), a.Scopes...)
+		c.Authorization = &a
 	}
 	return &c
 }

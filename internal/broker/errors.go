@@ -30,6 +30,11 @@ var (
 	// said the grant is dead. An Error of this kind also matches
 	// ErrReauthRequired.
 	ErrOutcomeUnknown = errors.New("broker: refresh outcome unknown; the IdP may have rotated the refresh token")
+	// ErrIdPRejected: the IdP refused a request of an authorization flow
+	// (an authorization code it would not exchange, a device authorization
+	// it would not start, an error sent back to the callback): the
+	// credential's configuration, or the flow, does not fit the IdP's.
+	ErrIdPRejected = errors.New("broker: the identity provider refused the authorization")
 )
 
 // Errors of the Store seam. The Broker handles them; they never reach a caller.

@@ -25,7 +25,7 @@ import (
 const (
 	testClientID = "broker-client"
 	testSecret   = "s3cret-client-value"
-	idpBase      = "http://idp.test"
+	idpBase      = "https://idp.test" // served in process (no TLS): only the policy looks at the scheme
 )
 
 // observer counts the tokens a Broker serves, by source.

@@ -11,18 +11,20 @@ import (
 // The refresh of one credential, from a stale token to its stored outcome:
 //
 //   - refresh: one flight per key in this process (singleflight); a caller
-//     waits for it at most Config.LockWait.
+//     waits for it at most LockWait for the lease plus RefreshTimeout for
+//     the IdP (Config.flightBound).
 //   - runFlight: waits for the credential's lease (acquire), or joins this
 //     Broker's attempt already under way, or finds that another replica's
 //     refresh made the call unnecessary.
 //   - refreshLocked: under the lease, re-reads the record, respects another
 //     holder's pending refresh, makes sure the lease outlives the call,
 //     writes the pending marker and starts an attempt.
-//   - attempt.run: sends the request and keeps the lease alive; reads a late
-//     answer for up to RefreshReplyWait; within the credential's reuse grace
-//     resends a request whose answer was lost; journals the outcome; and
-//     settles it, retrying the fenced write until it lands or the fence
-//     proves the record moved on.
+//   - the attempt (startAttempt, on a goroutine of its own): keeps the lease
+//     alive (keepAlive); send waits for the IdP's turn (Pacer), calls it,
+//     reads a late answer for up to RefreshReplyWait and, within the
+//     credential's reuse grace, resends a request whose answer was lost;
+//     finish journals the outcome and settle stores it, retrying the fenced
+//     write until it lands or the fence proves the record moved on.
 //
 // Once the IdP has answered, its answer is never dropped because the Store
 // is slow, unreachable or restarting, or because the lease ran out: only the
@@ -38,7 +40,8 @@ type flight struct {
 	reason string
 	forced bool // rate-limited by Config.ForceInterval
 	need   func(r *Record, now time.Time) bool
-	turn   *paceTurn // a turn at the IdP taken before the flight, or nil
+	turn   *paceTurn       // a turn at the IdP taken before the flight, or nil
+	trace  context.Context // the flight's context, whose trace its attempt continues (Config.Tracer)
 }
 
 // refresh runs f once per key at a time in this process; callers with the
@@ -54,6 +57,7 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		defer b.wg.Done()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.flightBound())
 		defer cancel()
+		defer context.AfterFunc(b.bg, cancel)() // Shutdown gave up: stop waiting for the lease too
 		return b.runFlight(fctx, f)
 	})
 	select {
@@ -64,6 +68,9 @@ func (b *Broker) refresh(ctx context.Context, key string, f flight) (*Record, er
 		return r.Val.(*Record), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-b.bg.Done(): // Shutdown gave up on the refreshes in flight
+		return nil, &Error{Kind: ErrShuttingDown, CredentialID: f.id, RetryAfter: time.Second,
+			Detail: "this replica is shutting down; retry on another"}
 	}
 }
 
@@ -196,10 +203,20 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 			f.turn.done()
 		}
 	}()
+	m := b.mark(f.id)
 	rec, err := b.store.Get(ctx, f.id) // the freshest record, read under the lease
 	if err != nil {
 		b.release(ctx, lease)
 		return nil, storeErr(f.id, err)
+	}
+	if rec.Generation < m.gen && m.s != nil {
+		// The Store went back to a generation older than one this replica
+		// saw stored (a failover to a replica that missed writes): its
+		// refresh token was spent by the refresh that made the newer one.
+		// It is never presented; the replica that stored the newer one
+		// writes it back, or, past the bound, the credential says so.
+		b.fill(rec, m) // reports the regression, and repairs it if the outcome is here
+		return nil, b.superseded(ctx, lease, rec, m)
 	}
 	if done, err := b.settled(rec, f); done || err != nil {
 		b.release(ctx, lease)
@@ -224,7 +241,10 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 			Detail: "the refresh lease could not be extended; nothing was sent"}
 	}
 	p := &Pending{ID: randomID(), Holder: b.cfg.ReplicaID, SentAt: time.Now(), Journaled: b.cfg.Journal != nil}
-	if err := b.store.MarkPending(ctx, lease, rec, p); err != nil {
+	mctx, span := b.span(ctx, "store.mark_pending", f.id, rec.Generation)
+	err = b.store.MarkPending(mctx, lease, rec, p)
+	span.End(writeOutcome(err), rec.Generation, err)
+	if err != nil {
 		b.release(ctx, lease)
 		if errors.Is(err, ErrLockLost) || errors.Is(err, ErrConflict) {
 			return nil, &Error{Kind: ErrLockTimeout, CredentialID: f.id, Err: err, RetryAfter: b.cfg.PollInterval,
@@ -234,8 +254,49 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 	}
 	rec.Pending = p
 	started = true
+	f.trace = ctx
 	a := b.startAttempt(lease, rec, p, f, orphan)
 	return a.await(ctx, b.cfg)
+}
+
+// superseded answers a flight that found the stored generation older than
+// one seen: STORE_UNAVAILABLE while a repair may still come, and once the
+// regression is older than the pending bound, REAUTH_REQUIRED with
+// ErrOutcomeUnknown, written under lease, without presenting the spent
+// refresh token. It releases lease.
+func (b *Broker) superseded(ctx context.Context, lease Lease, rec *Record, m readMark) error {
+	defer b.release(ctx, lease)
+	s := m.s
+	first := s.regressedAt.Load()
+	if first == 0 {
+		now := time.Now().UnixNano()
+		if s.regressedAt.CompareAndSwap(0, now) {
+			first = now
+		} else {
+			first = s.regressedAt.Load()
+		}
+	}
+	since := time.Since(time.Unix(0, first))
+	if since < b.cfg.pendingBound() {
+		return &Error{Kind: ErrStoreUnavailable, CredentialID: rec.ID, RetryAfter: max(b.cfg.PollInterval, time.Second),
+			Detail: fmt.Sprintf("the store went back to generation %d after generation %d was stored; waiting for the replica that stored it to write it again", rec.Generation, m.gen)}
+	}
+	next := rec.Clone()
+	next.Pending = nil
+	b.unknown(next, fmt.Sprintf("the store went back to generation %d after generation %d was stored (a failover that lost writes); the refresh token of generation %d is spent and its successor was not written back", rec.Generation, m.gen, rec.Generation), time.Now())
+	gen, err := b.store.Commit(ctx, lease, next)
+	if err != nil {
+		return storeErr(rec.ID, err)
+	}
+	next.Generation = gen
+	s.mu.Lock()
+	s.gen = 0 // the credential's history restarts from what is stored now
+	s.mu.Unlock()
+	b.fill(next, b.mark(rec.ID))
+	s.regressedAt.Store(0)
+	b.obs.Refreshed(RefreshEvent{CredentialID: rec.ID, Reason: ReasonExpired, Outcome: OutcomeUnknown, Generation: gen,
+		Err: errors.New(next.LastError)})
+	return reauthErr(next)
 }
 
 // mayTakeOver says whether a holder may present the refresh token of a
@@ -279,6 +340,7 @@ func (b *Broker) ensureLease(ctx context.Context, lease Lease) error {
 // started it.
 type attempt struct {
 	id       string
+	gen      uint64 // the generation of the record it refreshes
 	p        *Pending
 	done     chan struct{} // closed when the attempt is over
 	answered chan struct{} // closed when the outcome is known (the IdP answered, or did not in time)
@@ -290,6 +352,9 @@ type attempt struct {
 
 	rec *Record // after done: the record as stored, or nil
 	err error   // after done
+
+	prev   *Record // the record the refresh was sent from; nil when resumed from the journal
+	caller string  // who caused it
 }
 
 func newAttempt(id string, p *Pending) *attempt {
@@ -315,6 +380,15 @@ func (a *attempt) await(ctx context.Context, cfg Config) (*Record, error) {
 	defer timer.Stop()
 	select {
 	case <-a.done:
+	case <-a.answered:
+	case <-a.stalled:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	// Whatever woke it, an outcome already known wins over the timer: a
+	// caller that joins an attempt past RefreshTimeout finds both ready.
+	select {
+	case <-a.done:
 		return a.rec, a.err
 	case <-a.answered:
 		// The outcome is known: wait for it to be stored, unless the
@@ -325,9 +399,7 @@ func (a *attempt) await(ctx context.Context, cfg Config) (*Record, error) {
 		case <-a.stalled:
 		case <-ctx.Done():
 		}
-	case <-a.stalled:
-	case <-timer.C:
-	case <-ctx.Done():
+	default:
 	}
 	return nil, a.progressErr(cfg.PollInterval)
 }
@@ -367,15 +439,20 @@ func (a *attempt) stall(err error) {
 // Add cannot race Close's Wait.
 func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, orphan *Pending) *attempt {
 	a := newAttempt(rec.ID, p)
+	a.gen = rec.Generation
+	a.prev, a.caller = rec, f.caller
 	s := b.slotFor(rec.ID)
 	s.attempt.Store(a)
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
 		keep := b.keepAlive(lease)
-		next, ev := b.send(rec, p, f, orphan)
+		ctx, span := b.span(b.carry(f.trace), "refresh", rec.ID, rec.Generation)
+		b.noticeRevocation(rec) // revoke.go: the old token's holders stop using it first
+		next, ev := b.send(ctx, rec, p, f, orphan)
 		close(a.answered)
-		a.rec, a.err = b.finish(a, next, ev)
+		a.rec, a.err = b.finish(ctx, a, next, &ev)
+		span.End(ev.Outcome, ev.Generation, a.err)
 		keep.stop()
 		s.attempt.CompareAndSwap(a, nil)
 		close(a.done)
@@ -386,6 +463,7 @@ func (b *Broker) startAttempt(lease Lease, rec *Record, p *Pending, f flight, or
 // resume stores the outcome a previous run of this replica journaled.
 func (b *Broker) resume(e JournalEntry) {
 	a := newAttempt(e.Record.ID, e.Pending)
+	a.gen = e.Record.Generation
 	close(a.answered)
 	s := b.slotFor(a.id)
 	s.attempt.Store(a)
@@ -393,7 +471,7 @@ func (b *Broker) resume(e JournalEntry) {
 	go func() {
 		defer b.wg.Done()
 		ev := RefreshEvent{CredentialID: a.id, Reason: ReasonJournal, Outcome: OutcomeOK}
-		a.rec, a.err = b.finish(a, e.Record, ev)
+		a.rec, a.err = b.finish(b.bg, a, e.Record, &ev)
 		s.attempt.CompareAndSwap(a, nil)
 		close(a.done)
 	}()
@@ -403,20 +481,23 @@ func (b *Broker) resume(e JournalEntry) {
 // refreshed, backing off, or REAUTH_REQUIRED, and the event that reports it.
 // A request whose answer was lost is sent again at once while the replay
 // reaches the IdP within the credential's reuse grace. orphan is the
-// pending refresh of a holder that died, when this one takes it over.
-func (b *Broker) send(rec *Record, p *Pending, f flight, orphan *Pending) (*Record, RefreshEvent) {
+// pending refresh of a holder that died, when this one takes it over. bg is
+// the Broker's own context (carrying the refresh's trace).
+func (b *Broker) send(bg context.Context, rec *Record, p *Pending, f flight, orphan *Pending) (*Record, RefreshEvent) {
 	req := exchangeRequest(rec)
 	ev := RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason}
 	var lost time.Time // when the answer to a request sent was first lost
 	for replays := 0; ; replays++ {
-		release, err := b.pace(b.bg, rec, f)
+		release, err := b.pace(bg, rec, f)
 		f.turn = nil // used up by the first call
 		if err != nil {
 			return nil, ev // the Broker gave up at Close while waiting for the IdP's turn
 		}
-		ctx, cancel := context.WithTimeout(b.bg, b.cfg.RefreshReplyWait)
+		ctx, cancel := context.WithTimeout(bg, b.cfg.RefreshReplyWait)
+		ctx, span := b.span(ctx, "idp.token", rec.ID, rec.Generation)
 		t0 := time.Now()
 		tok, err := b.up.Exchange(ctx, req)
+		span.End(exchangeOutcome(err), rec.Generation, err)
 		cancel()
 		release()
 		ev.Duration = time.Since(t0)
@@ -530,13 +611,14 @@ func (b *Broker) backOff(next *Record, cause error, retryAfter time.Duration, no
 	next.NextAttemptAt = now.Add(b.cfg.backoff(next.Failures, retryAfter))
 }
 
-// finish journals next and settles it, then reports ev. It returns the
-// record as stored, or the caller's error for the outcome: a failure is
-// reported as such even when its record was stored.
-func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, error) {
+// finish journals next and settles it, then reports ev (updated with the
+// outcome). It returns the record as stored, or the caller's error for the
+// outcome: a failure is reported as such even when its record was stored.
+// bg is the Broker's own context (carrying the refresh's trace).
+func (b *Broker) finish(bg context.Context, a *attempt, next *Record, ev *RefreshEvent) (*Record, error) {
 	if next == nil { // the Broker gave up while replaying
 		ev.Outcome, ev.Err = OutcomeLost, errGaveUp
-		b.obs.Refreshed(ev)
+		b.obs.Refreshed(*ev)
 		return nil, &Error{Kind: ErrShuttingDown, CredentialID: a.id}
 	}
 	journaled := false
@@ -548,7 +630,7 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 			journaled = true
 		}
 	}
-	stored, err := b.settle(a, next, journaled)
+	stored, err := b.settle(bg, a, next, journaled)
 	if journaled && !errors.Is(err, errGaveUp) {
 		_ = b.cfg.Journal.Remove(b.bg, a.p)
 	}
@@ -558,7 +640,7 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 			ev.Outcome = OutcomeLost
 		}
 		ev.Err = errors.Join(ev.Err, err)
-		b.obs.Refreshed(ev)
+		b.obs.Refreshed(*ev)
 		if errors.Is(err, errSuperseded) {
 			return nil, &Error{Kind: ErrLockTimeout, CredentialID: a.id, Err: err, RetryAfter: b.cfg.PollInterval,
 				Detail: "the credential changed while refreshing; the refresh was discarded"}
@@ -569,7 +651,7 @@ func (b *Broker) finish(a *attempt, next *Record, ev RefreshEvent) (*Record, err
 	if ev.Outcome == "" {
 		ev.Outcome = OutcomeOK
 	}
-	b.obs.Refreshed(ev)
+	b.obs.Refreshed(*ev)
 	switch {
 	case stored.State == StateReauthRequired:
 		return nil, reauthErr(stored)
@@ -591,21 +673,27 @@ var (
 // and marker. It retries a Store that fails until the write lands or the
 // fence proves that the record moved on; a write that landed but whose
 // reply was lost is recognised. It gives up only when the Broker closes: at
-// once if the outcome is journaled, else after Close's wait.
-func (b *Broker) settle(a *attempt, next *Record, journaled bool) (*Record, error) {
+// once if the outcome is journaled, else after Close's wait. bg is the
+// Broker's own context (carrying the refresh's trace).
+func (b *Broker) settle(bg context.Context, a *attempt, next *Record, journaled bool) (*Record, error) {
 	delay := 20 * time.Millisecond
 	for {
 		m := b.mark(next.ID)
-		gen, err := b.store.Settle(b.bg, a.p, next)
+		sctx, span := b.span(bg, "store.settle", next.ID, next.Generation)
+		gen, err := b.store.Settle(sctx, a.p, next)
+		span.End(writeOutcome(err), gen, err)
 		if err == nil {
 			b.slotFor(next.ID).settled.Store(&settled{p: a.p, rec: next})
 			stored := next.Clone()
 			stored.Generation = gen
 			b.fill(stored, m)
+			if a.prev != nil {
+				b.changed("", a.prev, stored, a.caller, "") // events.go
+			}
 			return stored, nil
 		}
 		if errors.Is(err, ErrConflict) {
-			cur, gerr := b.store.Get(b.bg, next.ID)
+			cur, gerr := b.store.Get(bg, next.ID)
 			switch {
 			case gerr == nil && landed(cur, next):
 				b.fill(cur, m)

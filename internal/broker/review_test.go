@@ -278,7 +278,10 @@ func TestStoreOutageKeepsServingValidCachedTokens(t *testing.T) {
 type failoverStore struct {
 	primary, replica broker.Store
 	failed           atomic.Bool
-	subs             []func(broker.Event)
+	// lagging stops the replication of outcomes (Settle) only from when it
+	// is set; nil: never replicated.
+	lagging *atomic.Bool
+	subs    []func(broker.Event)
 }
 
 func (s *failoverStore) cur() broker.Store {
@@ -317,7 +320,11 @@ func (s *failoverStore) MarkPending(ctx context.Context, l broker.Lease, rec *br
 }
 
 func (s *failoverStore) Settle(ctx context.Context, p *broker.Pending, rec *broker.Record) (uint64, error) {
-	return s.cur().Settle(ctx, p, rec) // not replicated: lost in the failover
+	gen, err := s.cur().Settle(ctx, p, rec)
+	if err == nil && !s.failed.Load() && s.lagging != nil && !s.lagging.Load() {
+		_, _ = s.replica.Settle(ctx, p, rec)
+	}
+	return gen, err // from lagging on, not replicated: lost in the failover
 }
 
 func (s *failoverStore) List(ctx context.Context, after string, limit int) ([]*broker.Record, error) {
@@ -389,6 +396,51 @@ func TestGenerationRegressionIsDetectedAndRepaired(t *testing.T) {
 		}
 		if _, err := b.RefreshCredential(ctx, "cred"); err != nil {
 			t.Fatalf("a refresh after the repair: %v", err)
+		}
+		if st := e.idp.Stats(); st.Reuses != 0 {
+			t.Fatalf("%d spent refresh tokens presented; want 0", st.Reuses)
+		}
+	})
+}
+
+// A replica that saw the outcome's generation never presents the older,
+// spent refresh token the failover brought back, even when the pending
+// marker the failover brought back with it is past its bound: it waits for
+// the replica that stored the outcome to write it again.
+func TestReplicaThatSawTheNewerGenerationDoesNotPresentTheOlder(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, fakeidp.Options{AccessTokenTTL: 4 * time.Second})
+		var lagging atomic.Bool
+		fs := &failoverStore{primary: e.store, replica: memstoreNew(), lagging: &lagging}
+		holder, other := e.brokerOn(fs, nil), e.brokerOn(fs, nil)
+		e.credential(holder, "cred")
+		ctx := context.Background()
+		if _, err := other.GetToken(ctx, "cred", 0); err != nil { // the first refresh, replicated
+			t.Fatal(err)
+		}
+		time.Sleep(3 * time.Second) // past the refresh-ahead point
+		lagging.Store(true)
+		tok, err := holder.RefreshCredential(ctx, "cred") // its outcome reaches the primary only
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := other.GetToken(ctx, "cred", 0); err != nil || got.AccessToken != tok.Token.AccessToken {
+			t.Fatalf("other replica before the failover: %v; want the new token", err)
+		}
+		fs.fail()
+		time.Sleep(2 * time.Minute) // the marker the failover brought back is long past its bound (RefreshReplyWait 60s + LockTTL)
+		// The other replica's token has expired: it needs a refresh, and
+		// the store holds the spent refresh token with a stale marker.
+		_, err = other.GetToken(ctx, "cred", 0)
+		if err != nil && !errors.Is(err, broker.ErrStoreUnavailable) {
+			t.Fatalf("other replica after the failover: %v", err)
+		}
+		if _, err := holder.GetToken(ctx, "cred", 0); err != nil && !errors.Is(err, broker.ErrStoreUnavailable) {
+			t.Fatalf("holder after the failover: %v", err) // its read finds the regression and repairs it
+		}
+		synctest.Wait()
+		if _, err := other.GetToken(ctx, "cred", 0); err != nil {
+			t.Fatalf("other replica after the repair: %v", err)
 		}
 		if st := e.idp.Stats(); st.Reuses != 0 {
 			t.Fatalf("%d spent refresh tokens presented; want 0", st.Reuses)

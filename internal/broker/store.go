@@ -53,7 +53,8 @@ type Store interface {
 
 	// MarkPending stores p as the pending refresh of the record, under lease,
 	// fenced on rec.Generation, without changing the record or its
-	// generation. It returns ErrLockLost or ErrConflict as Commit does.
+	// generation, and publishes Event{ID, PendingFrom: rec.Generation}. It
+	// returns ErrLockLost or ErrConflict as Commit does.
 	MarkPending(ctx context.Context, lease Lease, rec *Record, p *Pending) error
 
 	// Settle stores rec, the outcome of the refresh that p announced, if the
@@ -71,6 +72,40 @@ type Store interface {
 	// When events may have been missed (a lost connection), the Store calls
 	// fn with Event{Reset: true}.
 	Subscribe(fn func(Event)) (stop func())
+
+	// SaveFlow keeps an authorization code flow under its state for ttl,
+	// sealed like a record (the code verifier is a secret). A state is
+	// saved once: saving it again fails with ErrConflict.
+	SaveFlow(ctx context.Context, state string, f *CodeFlow, ttl time.Duration) error
+
+	// TakeFlow returns the flow saved under state and removes it, in one
+	// atomic step, so that a state is used once whatever replica the
+	// callback lands on. An unknown, expired or taken state is ErrNotFound.
+	TakeFlow(ctx context.Context, state string) (*CodeFlow, error)
+
+	// AppendChange adds c to the change log, shared by every broker of the
+	// Store, and returns its number: one more than the last one appended
+	// by anyone. The log keeps at least the last MaxChanges. It publishes
+	// an Event with Change set to the number.
+	AppendChange(ctx context.Context, c *Change) (uint64, error)
+
+	// ReadChanges returns, in order, up to limit changes numbered after
+	// after, with Seq set, or ErrChangesGone when the log no longer holds
+	// the one right after it (or after is beyond the last one).
+	ReadChanges(ctx context.Context, after uint64, limit int) ([]*Change, error)
+
+	// LastChange returns the number of the last change appended, 0 for
+	// none.
+	LastChange(ctx context.Context) (uint64, error)
+
+	// LoadCursor returns the position (a change number) a consumer of the
+	// change log saved under name, and whether it saved one.
+	LoadCursor(ctx context.Context, name string) (pos uint64, ok bool, err error)
+
+	// SaveCursor saves pos under name if lease, a lease on name itself
+	// (TryLock(name)), is still held; else ErrLockLost. So only the one
+	// consumer holding the lease moves the cursor.
+	SaveCursor(ctx context.Context, lease Lease, name string, pos uint64) error
 }
 
 // Resealer is implemented by Stores that seal records at rest with rotating
@@ -137,5 +172,12 @@ type Event struct {
 	Generation uint64 // the new generation after a Commit
 	Deleted    bool   // the credential was deleted
 	Released   bool   // a lease was released (with or without a Commit)
+	Change     uint64 // a change was appended to the change log, with this number
 	Reset      bool   // events may have been lost: forget everything cached
+
+	// PendingFrom is set by MarkPending: a refresh of the record at this
+	// generation is about to be sent. With a credential whose IdP revokes
+	// the previous access token, that generation's token must not be handed
+	// out any more.
+	PendingFrom uint64
 }

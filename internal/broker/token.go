@@ -22,7 +22,7 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 		if !b.mayRead(caller, e.allowed) {
 			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
 		}
-		if e.resets != b.resets.Load() {
+		if e.resets != b.resets.Load() && !e.revokes { // a revoking one is read in getRotating
 			b.verify(id, e) // events may have been missed since it was read
 		}
 		if e.state == StateReauthRequired {
@@ -33,6 +33,9 @@ func (b *Broker) GetToken(ctx context.Context, id string, minValid time.Duration
 		if m, err := b.minValid(id, minValid, &e.token); err != nil {
 			return Token{}, err
 		} else if e.token.Valid(now, m) {
+			if e.revokes && !b.servable(s, e) {
+				return b.getRotating(ctx, caller, id, e, minValid) // revoke.go
+			}
 			if !now.Before(e.aheadAt) && e.triggered.CompareAndSwap(false, true) {
 				b.refreshAhead(id, e.token.Expiry)
 			}
@@ -75,7 +78,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 		return Token{}, err
 	}
 	caller, _ := CallerFrom(ctx)
-	if _, e := b.lookup(id); e != nil && e.state == StateActive && !sameToken(e.token.AccessToken, rejected) {
+	if s, e := b.lookup(id); e != nil && e.state == StateActive && !sameToken(e.token.AccessToken, rejected) && (!e.revokes || b.servable(s, e)) {
 		// The rejected token is already replaced: no refresh, no Store call.
 		if !b.mayRead(caller, e.allowed) {
 			return Token{}, &Error{Kind: ErrPermissionDenied, CredentialID: id}
@@ -95,7 +98,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 		cur := rec
 		rec, err = b.refresh(ctx, "inv\x00"+id+"\x00"+rejected, flight{
 			id:     id,
-			caller: caller.ID,
+			caller: caller.Name(),
 			reason: ReasonInvalidated,
 			forced: true,
 			need:   func(r *Record, _ time.Time) bool { return sameToken(r.Token.AccessToken, rejected) },
@@ -140,6 +143,15 @@ func (b *Broker) load(ctx context.Context, caller Caller, id string) (*Record, e
 // still does not satisfy minValid means minValid is too long).
 func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid time.Duration, refreshed bool) (Token, error) {
 	for i := 0; ; i++ {
+		if rec.RevokesPreviousAccessToken && rec.State == StateActive && b.rotatingRec(rec) {
+			// Its IdP revokes the token being refreshed: wait for the
+			// successor (revoke.go).
+			next, err := b.afterRotation(ctx, caller, rec.ID, minValid)
+			if err != nil {
+				return Token{}, err
+			}
+			rec, refreshed = next, true
+		}
 		if rec.State == StateReauthRequired {
 			return Token{}, reauthErr(rec)
 		}
@@ -175,7 +187,7 @@ func (b *Broker) fresh(ctx context.Context, caller Caller, rec *Record, minValid
 func (b *Broker) expired(id string, caller Caller, minValid time.Duration) flight {
 	return flight{
 		id:     id,
-		caller: caller.ID,
+		caller: caller.Name(),
 		reason: ReasonExpired,
 		// Judged on the record at hand: a token another replica just
 		// fetched has its own lifetime, hence its own windows.

@@ -77,6 +77,9 @@ type UpstreamError struct {
 	// RetryAfter is how long the IdP asked to be left alone (a 429's or
 	// 503's Retry-After); 0 if it said nothing.
 	RetryAfter time.Duration
+	// Code is the IdP's RFC 6749 error code (invalid_grant, slow_down,
+	// ...), empty when it sent none.
+	Code string
 	// Err is the adapter's account of the failure. Its message is safe to
 	// show: it never holds a secret.
 	Err error

@@ -138,8 +138,8 @@ func validateCredential(c *Credential, refreshToken string, isNew bool) error {
 	}
 	switch c.GrantType {
 	case GrantRefreshToken:
-		if isNew && refreshToken == "" {
-			return invalidArg("credential.refresh_token", "required for a new credential with the refresh_token grant, and when a credential switches to it")
+		if isNew && refreshToken == "" && !c.Authorizable() {
+			return invalidArg("credential.refresh_token", "required for a new credential with the refresh_token grant, and when a credential switches to it, unless it has an authorization_url or a device_authorization_url")
 		}
 	case GrantClientCredentials:
 		if refreshToken != "" {
@@ -171,6 +171,9 @@ func validateCredential(c *Credential, refreshToken string, isNew bool) error {
 		}
 	}
 	if err := validateDuration("credential.reuse_grace", c.ReuseGrace); err != nil {
+		return err
+	}
+	if err := validateFlowURLs(c); err != nil {
 		return err
 	}
 	return validateDuration("credential.refresh_ahead", c.RefreshAhead)

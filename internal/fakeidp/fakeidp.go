@@ -211,6 +211,7 @@ type Server struct {
 	stallCh   chan struct{} // closed on each change of the stall state, then replaced
 
 	stats counters
+	az    *authz // the authorization grants (authorize.go)
 
 	lmu       sync.Mutex // guards the lifecycle below
 	closed    bool
@@ -236,6 +237,7 @@ func New(opts Options) *Server {
 		rotation: opts.Rotation,
 		onReuse:  opts.OnReuse,
 		rng:      rand.New(rand.NewPCG(opts.RandSeed, opts.RandSeed^0x9e3779b97f4a7c15)),
+		az:       newAuthz(),
 
 		revokePrevAccess: opts.RevokePreviousAccessToken,
 	}
@@ -257,11 +259,15 @@ func New(opts Options) *Server {
 	mux := http.NewServeMux()
 	mux.HandleFunc(TokenPath, s.handleToken)
 	mux.HandleFunc(ResourcePath, s.handleResource)
+	mux.HandleFunc(AuthorizePath, s.handleAuthorize)
+	mux.HandleFunc(DeviceAuthorizationPath, s.handleDeviceAuthorization)
+	mux.HandleFunc(VerificationPath, s.handleVerification)
 	s.handler = mux
 	return s
 }
 
-// Handler returns the Server's HTTP handler (TokenPath and ResourcePath), for
+// Handler returns the Server's HTTP handler (TokenPath, ResourcePath and
+// the authorization grants' paths, authorize.go), for
 // mounting in an httptest.Server or elsewhere instead of calling Start.
 func (s *Server) Handler() http.Handler { return s.handler }
 

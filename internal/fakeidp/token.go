@@ -136,6 +136,10 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		resp, oe = s.refreshGrant(client, form, &ev)
 	case "client_credentials":
 		resp, oe = s.clientCredentialsGrant(client, verified, form, &ev)
+	case "authorization_code":
+		resp, oe = s.codeGrant(client, form, &ev)
+	case deviceGrantType:
+		resp, oe = s.deviceGrant(client, form, &ev)
 	default:
 		oe = badRequest("unsupported_grant_type", "The grant_type is not supported")
 	}
@@ -183,6 +187,7 @@ func (s *Server) emitToken(r *http.Request, ev *Event) {
 var knownParams = map[string]bool{
 	"grant_type": true, "refresh_token": true, "scope": true,
 	"client_id": true, "client_secret": true,
+	"code": true, "redirect_uri": true, "code_verifier": true, "device_code": true,
 }
 
 // readBody reads the request body, bounded in size.

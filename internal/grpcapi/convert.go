@@ -40,11 +40,14 @@ func CredentialFromProto(c *pb.Credential) (broker.Credential, string, error) {
 		return broker.Credential{}, "", invalidArg("credential", "must be set")
 	}
 	out := broker.Credential{
-		ID:             c.GetId(),
-		TokenURL:       c.GetTokenUrl(),
-		ClientID:       c.GetClientId(),
-		Scopes:         c.GetScopes(),
-		AllowedClients: c.GetAllowedClients(),
+		ID:                     c.GetId(),
+		TokenURL:               c.GetTokenUrl(),
+		ClientID:               c.GetClientId(),
+		Scopes:                 c.GetScopes(),
+		AllowedClients:         c.GetAllowedClients(),
+		AuthorizationURL:       c.GetAuthorizationUrl(),
+		DeviceAuthorizationURL: c.GetDeviceAuthorizationUrl(),
+		RedirectURL:            c.GetRedirectUrl(),
 	}
 	switch c.GetAuthStyle() {
 	case pb.AuthStyle_AUTH_STYLE_UNSPECIFIED, pb.AuthStyle_AUTH_STYLE_BASIC:
@@ -86,6 +89,7 @@ func CredentialFromProto(c *pb.Credential) (broker.Credential, string, error) {
 		return out, "", invalidArg("credential.reuse_grace", "must be at most %s", broker.MaxDuration)
 	}
 	out.ReuseGrace = grace
+	out.RevokesPreviousAccessToken = c.GetRevokesPreviousAccessToken()
 	return out, c.GetRefreshToken(), nil
 }
 
@@ -110,6 +114,15 @@ func publicView(r *broker.Record) *pb.Credential {
 		CreateTime:        timestamp(r.CreatedAt),
 		UpdateTime:        timestamp(r.UpdatedAt),
 		NextAttemptAt:     timestamp(r.NextAttemptAt),
+
+		RevokesPreviousAccessToken: r.RevokesPreviousAccessToken,
+		AuthorizationUrl:           r.AuthorizationURL,
+		DeviceAuthorizationUrl:     r.DeviceAuthorizationURL,
+		RedirectUrl:                r.RedirectURL,
+	}
+	now := time.Now()
+	if a := r.Authorization; a.Open(now) {
+		c.PendingAuthorization = pendingView(a)
 	}
 	if r.RefreshAhead != 0 {
 		c.RefreshAhead = durationpb.New(r.RefreshAhead)
@@ -129,7 +142,13 @@ func publicView(r *broker.Record) *pb.Credential {
 	case broker.GrantClientCredentials:
 		c.GrantType = pb.GrantType_GRANT_TYPE_CLIENT_CREDENTIALS
 	}
-	switch r.State {
+	switch r.ViewState(now) {
+	case broker.StatePendingAuthorization:
+		c.State = pb.State_PENDING_AUTHORIZATION
+		c.ReauthReason = pb.ErrorReasonEnum_REAUTH_REQUIRED.String()
+		if r.OutcomeUnknown {
+			c.ReauthReason = pb.ErrorReasonEnum_REFRESH_OUTCOME_UNKNOWN.String()
+		}
 	case broker.StateActive:
 		c.State = pb.State_ACTIVE
 	case broker.StateReauthRequired:

@@ -127,3 +127,15 @@ func TestReuseGraceRoundTrip(t *testing.T) {
 		t.Errorf("stored ReuseGrace = %v; want 0", rec.ReuseGrace)
 	}
 }
+
+func TestRevokesPreviousAccessTokenBothWays(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		got, _, err := CredentialFromProto(&pb.Credential{Id: "c", TokenUrl: "https://idp.example/token", ClientId: "cl", RevokesPreviousAccessToken: on})
+		if err != nil || got.RevokesPreviousAccessToken != on {
+			t.Fatalf("CredentialFromProto(revokes %v) = %v, %v", on, got.RevokesPreviousAccessToken, err)
+		}
+		if view := publicView(&broker.Record{Credential: got}); view.GetRevokesPreviousAccessToken() != on {
+			t.Fatalf("publicView(revokes %v) shows %v", on, view.GetRevokesPreviousAccessToken())
+		}
+	}
+}

@@ -56,6 +56,7 @@ var errorTable = []struct {
 	{broker.ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReasonEnum_PERMISSION_DENIED},
 	{broker.ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReasonEnum_UNAUTHENTICATED},
 	{broker.ErrUnreadable, codes.DataLoss, pb.ErrorReasonEnum_RECORD_UNREADABLE},
+	{broker.ErrIdPRejected, codes.FailedPrecondition, pb.ErrorReasonEnum_IDP_REJECTED},
 	{context.Canceled, codes.Canceled, pb.ErrorReasonEnum_CANCELLED},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReasonEnum_DEADLINE_EXCEEDED},
 }

@@ -58,7 +58,16 @@ var limitedMethods = map[string]bool{
 func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	id := requestCredentialID(req)
-	ctx, caller, err := s.authenticate(ctx, info.FullMethod)
+	var caller broker.Caller
+	var err error
+	if tracked := !isPublic(info.FullMethod); tracked && !s.drain.enter() {
+		err = errShuttingDown
+	} else {
+		if tracked {
+			defer s.drain.leave()
+		}
+		ctx, caller, err = s.authenticate(ctx, info.FullMethod)
+	}
 	var resp any
 	if err == nil {
 		err = s.protect(ctx, info.FullMethod, func() error {
@@ -73,7 +82,7 @@ func (s *Server) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo,
 		s.observe(info.FullMethod, st.Code(), time.Since(start))
 	}
 	if err != nil {
-		return nil, st.Err()
+		return nil, forCaller(st, caller.Admin).Err()
 	}
 	return resp, nil
 }
@@ -94,31 +103,55 @@ func (s *Server) call(ctx context.Context, req any, info *grpc.UnaryServerInfo, 
 	return handler(ctx, req)
 }
 
-// stream is the stream counterpart of unary.
+// stream is the stream counterpart of unary: authenticate, then, with panic
+// recovery, apply the per-client limit (no streaming method is in
+// limitedMethods today) and call the handler; convert the error through
+// errorTable, log one line (with the credential the request names) and
+// observe the call, once the stream is over. UnaryInterceptors are not run:
+// the audit trail covers AdminService, which has no streaming method.
 func (s *Server) stream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	start := time.Now()
 	ctx, caller, err := s.authenticate(ss.Context(), info.FullMethod)
+	rs := &serverStream{ServerStream: ss, ctx: ctx}
 	if err == nil {
-		if ctx != ss.Context() {
-			ss = &serverStream{ServerStream: ss, ctx: ctx}
-		}
-		err = s.protect(ctx, info.FullMethod, func() error { return handler(srv, ss) })
+		err = s.protect(ctx, info.FullMethod, func() error {
+			if s.limit != nil && limitedMethods[info.FullMethod] {
+				if ok, wait := s.limit.Allow(caller.ID); !ok {
+					return &broker.Error{Kind: broker.ErrRateLimited, RetryAfter: wait, Detail: "too many calls from this client"}
+				}
+			}
+			if isPublic(info.FullMethod) {
+				return handler(srv, rs)
+			}
+			return s.drainStream(rs, func(ss grpc.ServerStream) error { return handler(srv, ss) })
+		})
 	}
-	st := toStatus(err, "")
-	s.logCall(ctx, info.FullMethod, start, st, err, "", caller)
+	st := toStatus(err, rs.id)
+	s.logCall(ctx, info.FullMethod, start, st, err, rs.id, caller)
 	if s.observe != nil {
 		s.observe(info.FullMethod, st.Code(), time.Since(start))
 	}
-	return st.Err()
+	return forCaller(st, caller.Admin).Err()
 }
 
-// serverStream is a ServerStream whose context carries the caller.
+// serverStream is a ServerStream whose context carries the caller, and
+// which keeps the credential the (first) request names, for the log line
+// and the error.
 type serverStream struct {
 	grpc.ServerStream
 	ctx context.Context
+	id  string // only the handler's goroutine touches it
 }
 
 func (s *serverStream) Context() context.Context { return s.ctx }
+
+func (s *serverStream) RecvMsg(m any) error {
+	err := s.ServerStream.RecvMsg(m)
+	if err == nil && s.id == "" {
+		s.id = requestCredentialID(m)
+	}
+	return err
+}
 
 // authenticate returns ctx carrying the caller of a call to fullMethod.
 // Public services are not authenticated; without an Authenticator every
@@ -159,15 +192,18 @@ func (s *Server) protect(ctx context.Context, method string, call func() error) 
 }
 
 // logCall writes the access log line of one call: what was called, how it
-// ended and how long it took, never a token, a secret or a request body.
-// OK is logged at Debug, INTERNAL (with the real error, which the client
-// does not see) at Warn, anything else at Info.
+// ended and how long it took (duration_ms), never a token, a secret or a
+// request body. OK is logged at Debug; a failure of the server or of what
+// it depends on (serverFailure: the Store, the IdP, a dead grant, INTERNAL)
+// at Warn with its cause (the real error, which the client may not see),
+// at most once per credential per failureLogInterval (the next line says
+// how many were left out); a refusal of the request at Info.
 func (s *Server) logCall(ctx context.Context, method string, start time.Time, st *status.Status, err error, id string, caller broker.Caller) {
 	level := slog.LevelInfo
-	switch st.Code() {
-	case codes.OK:
+	switch {
+	case st.Code() == codes.OK:
 		level = slog.LevelDebug
-	case codes.Internal, codes.Unknown, codes.DataLoss:
+	case serverFailure(st.Code()):
 		level = slog.LevelWarn
 	}
 	if !s.log.Enabled(ctx, level) {
@@ -179,11 +215,19 @@ func (s *Server) logCall(ctx context.Context, method string, start time.Time, st
 			id = be.CredentialID
 		}
 	}
-	attrs := make([]slog.Attr, 0, 7)
+	suppressed := 0
+	if level == slog.LevelWarn {
+		ok, n := s.failures.allow(id, time.Now(), failureLogInterval)
+		if !ok {
+			return
+		}
+		suppressed = n
+	}
+	attrs := make([]slog.Attr, 0, 9)
 	attrs = append(attrs,
 		slog.String("method", method),
 		slog.String("code", st.Code().String()),
-		slog.Duration("duration", time.Since(start)),
+		slog.Float64("duration_ms", float64(time.Since(start).Microseconds())/1000),
 	)
 	if id != "" {
 		attrs = append(attrs, slog.String("credential_id", id))
@@ -198,6 +242,14 @@ func (s *Server) logCall(ctx context.Context, method string, start time.Time, st
 			msg = err.Error()
 		}
 		attrs = append(attrs, slog.String("error", msg))
+		if level == slog.LevelWarn {
+			if cause := errors.Unwrap(err); cause != nil && cause.Error() != msg {
+				attrs = append(attrs, slog.String("cause", cause.Error()))
+			}
+			if suppressed > 0 {
+				attrs = append(attrs, slog.Int("suppressed", suppressed))
+			}
+		}
 	}
 	s.log.LogAttrs(ctx, level, "grpc call", attrs...)
 }

@@ -82,7 +82,9 @@ type Options struct {
 	// interceptor goes. Nil entries are skipped.
 	UnaryInterceptors []grpc.UnaryServerInterceptor
 	// ObserveCall, when set, is told the method, final code and duration of
-	// every call, authentication failures included, once the call is over:
+	// every call, authentication failures included, once the call is over
+	// (for a WatchToken stream, which may last hours, once it ended, with
+	// its whole life as the duration):
 	// the hook for request metrics (metrics.Metrics.ObserveRPC), cheaper
 	// than a gRPC stats handler. It must be fast and safe for concurrent use.
 	ObserveCall func(method string, code codes.Code, d time.Duration)
@@ -103,17 +105,23 @@ type Options struct {
 // Server is the gRPC server of a Broker. Create it with NewServer, run it
 // with Serve and stop it with Shutdown.
 type Server struct {
-	grpc    *grpc.Server
-	health  *health.Server
-	auth    Authenticator
-	limit   Limiter
-	inner   []grpc.UnaryServerInterceptor
-	observe func(method string, code codes.Code, d time.Duration)
-	log     *slog.Logger
+	grpc     *grpc.Server
+	stopping context.Context // ends when Drain or Shutdown begins; see tokenService
+	stop     context.CancelFunc
+	health   *health.Server
+	auth     Authenticator
+	limit    Limiter
+	inner    []grpc.UnaryServerInterceptor
+	observe  func(method string, code codes.Code, d time.Duration)
+	log      *slog.Logger
+	drain    drainState // health.go
+	// failures limits the WARN lines about failed calls (calllog.go).
+	failures logLimiter
 }
 
 // NewServer returns a Server of b's TokenService and AdminService, with
-// grpc.health.v1 (SERVING for "" and both services) and server reflection.
+// grpc.health.v1 (SERVING for "", both services and LivenessService; see
+// SetReady and Drain) and server reflection.
 func NewServer(b *broker.Broker, opts Options) *Server {
 	s := &Server{
 		health:  health.NewServer(),
@@ -143,11 +151,12 @@ func NewServer(b *broker.Broker, opts Options) *Server {
 	}
 	s.grpc = grpc.NewServer(append(sopts, opts.ServerOptions...)...)
 
-	pb.RegisterTokenServiceServer(s.grpc, &tokenService{b: b})
+	s.stopping, s.stop = context.WithCancel(context.Background())
+	pb.RegisterTokenServiceServer(s.grpc, &tokenService{b: b, stopping: s.stopping})
 	pb.RegisterAdminServiceServer(s.grpc, &adminService{b: b})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	for _, name := range []string{"", pb.TokenService_ServiceDesc.ServiceName, pb.AdminService_ServiceDesc.ServiceName} {
+	for _, name := range append([]string{LivenessService}, readinessServices...) {
 		s.health.SetServingStatus(name, healthpb.HealthCheckResponse_SERVING)
 	}
 	return s
@@ -160,11 +169,15 @@ func (s *Server) Serve(lis net.Listener) error {
 }
 
 // Shutdown stops the server: health turns NOT_SERVING for every service,
-// new calls are refused, and calls in flight may finish until ctx ends;
-// then the remaining connections are closed. It returns ctx's error when it
-// had to close calls in flight.
+// the listener closes, WatchToken streams end at once with UNAVAILABLE
+// (reason SHUTTING_DOWN), so that their clients watch another replica, and
+// other calls in flight may finish until ctx ends; then the remaining
+// connections are closed. Drain first to keep the listener answering while
+// calls finish. It returns ctx's error when it had to close calls in
+// flight.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.health.Shutdown()
+	s.stop()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

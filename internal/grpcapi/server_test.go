@@ -425,8 +425,8 @@ func TestAccessLog(t *testing.T) {
 
 	type line struct {
 		Level, Msg, Method, Code, Reason, Error string
-		CredentialID                            string `json:"credential_id"`
-		Duration                                *int64
+		CredentialID                            string   `json:"credential_id"`
+		Duration                                *float64 `json:"duration_ms"`
 	}
 	var lines []line
 	for _, raw := range strings.Split(strings.TrimSpace(e.logs.String()), "\n") {

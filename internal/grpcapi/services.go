@@ -2,6 +2,7 @@ package grpcapi
 
 import (
 	"context"
+	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -18,6 +19,11 @@ import (
 type tokenService struct {
 	pb.UnimplementedTokenServiceServer
 	b *broker.Broker
+	// stopping ends when the Server begins to shut down: watch streams,
+	// which never end on their own, end then with SHUTTING_DOWN, so that
+	// their clients reconnect to another replica and GracefulStop need not
+	// wait for them.
+	stopping context.Context
 }
 
 func (s *tokenService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*pb.GetTokenResponse, error) {
@@ -66,6 +72,31 @@ func (s *tokenService) InvalidateToken(ctx context.Context, req *pb.InvalidateTo
 	}, nil
 }
 
+// WatchToken streams the credential's tokens until the broker ends the watch
+// (the error table then gives the status), the client goes away, or the
+// Server shuts down (UNAVAILABLE, SHUTTING_DOWN).
+func (s *tokenService) WatchToken(req *pb.WatchTokenRequest, stream pb.TokenService_WatchTokenServer) error {
+	minValid, err := durationArg("min_valid", req.GetMinValid())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	defer context.AfterFunc(s.stopping, cancel)()
+	err = s.b.WatchToken(ctx, req.GetCredentialId(), minValid, func(u broker.TokenUpdate) error {
+		m := &pb.WatchTokenResponse{Generation: u.Generation, Rotating: u.Rotating}
+		if !u.Rotating {
+			m.AccessToken, m.TokenType, m.ExpiresAt = u.Token.AccessToken, u.Token.TokenType, timestamp(u.Token.Expiry)
+		}
+		return stream.Send(m)
+	})
+	if s.stopping.Err() != nil && stream.Context().Err() == nil {
+		return &broker.Error{Kind: broker.ErrShuttingDown, CredentialID: req.GetCredentialId(),
+			Detail: "the replica is shutting down; watch again", RetryAfter: 100 * time.Millisecond}
+	}
+	return err
+}
+
 // adminService implements tokenbroker.v1.AdminService over a Broker. It
 // answers with public views only.
 type adminService struct {
@@ -78,7 +109,7 @@ func (s *adminService) PutCredential(ctx context.Context, req *pb.PutCredentialR
 	if err != nil {
 		return nil, err
 	}
-	rec, err := s.b.PutCredential(ctx, c, refreshToken)
+	rec, err := s.b.ReplaceCredential(ctx, c, refreshToken, req.GetClearAllowedClients())
 	if err != nil {
 		return nil, err
 	}
@@ -94,10 +125,15 @@ func (s *adminService) GetCredential(ctx context.Context, req *pb.GetCredentialR
 }
 
 func (s *adminService) ListCredentials(ctx context.Context, req *pb.ListCredentialsRequest) (*pb.ListCredentialsResponse, error) {
+	state, err := stateArg("state", req.GetState())
+	if err != nil {
+		return nil, err
+	}
 	recs, next, err := s.b.ListCredentials(ctx, int(req.GetPageSize()), req.GetPageToken())
 	if err != nil {
 		return nil, err
 	}
+	recs = filterState(recs, state)
 	resp := &pb.ListCredentialsResponse{
 		Credentials:   make([]*pb.Credential, 0, len(recs)),
 		NextPageToken: next,

@@ -25,6 +25,9 @@ type Store struct {
 	smu  sync.Mutex // guards subs
 	subs map[int]func(broker.Event)
 	next int
+
+	flows flowTable // authorization code flows (flows.go)
+	log   changeLog // the change log (changes.go)
 }
 
 type lockState struct {
@@ -160,7 +163,7 @@ func (s *Store) write(rec *broker.Record, gen uint64) {
 }
 
 // MarkPending stores p as the record's pending refresh if lease is held and
-// the stored generation is rec.Generation.
+// the stored generation is rec.Generation, and publishes the announcement.
 func (s *Store) MarkPending(ctx context.Context, l broker.Lease, rec *broker.Record, p *broker.Pending) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -170,16 +173,19 @@ func (s *Store) MarkPending(ctx context.Context, l broker.Lease, rec *broker.Rec
 		return broker.ErrLockLost
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if !s.holds(ml, time.Now()) {
+		s.mu.Unlock()
 		return broker.ErrLockLost
 	}
 	cur, ok := s.recs[rec.ID]
 	if !ok || cur.Generation != rec.Generation {
+		s.mu.Unlock()
 		return broker.ErrConflict
 	}
 	c := *p
 	cur.Pending = &c
+	s.mu.Unlock()
+	s.publish(broker.Event{ID: rec.ID, PendingFrom: rec.Generation})
 	return nil
 }
 

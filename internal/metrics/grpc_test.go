@@ -184,16 +184,20 @@ func TestNoSecretsInMetrics(t *testing.T) {
 	if _, err := e.b.GetToken(as(worker), "cred-dead", 0); err == nil {
 		t.Fatal("a dead grant served a token")
 	}
-	m.SetStateSource(func(ctx context.Context) (map[broker.State]int, error) {
+	m.SetStateListing(func(ctx context.Context) (map[broker.State]int, []string, error) {
 		recs, _, err := e.b.ListCredentials(broker.NewContext(ctx, admin), 100, "")
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		counts := map[broker.State]int{}
+		var reauth []string
 		for _, r := range recs {
 			counts[r.State]++
+			if r.State == broker.StateReauthRequired {
+				reauth = append(reauth, r.ID)
+			}
 		}
-		return counts, nil
+		return counts, reauth, nil
 	})
 	conn := serveHealth(t, observed(m)...)
 	exercise(t, conn)
@@ -207,7 +211,7 @@ func TestNoSecretsInMetrics(t *testing.T) {
 		"repaired":      {"true", "false"},
 		"credential_id": {"cred-1", "cred-dead", "invalid"},
 		"method":        {checkMethod, watchMethod},
-		"state":         {"ACTIVE", "REAUTH_REQUIRED", "UNREADABLE", "UNSPECIFIED"},
+		"state":         {"ACTIVE", "REAUTH_REQUIRED", "UNREADABLE", "PENDING_AUTHORIZATION", "UNSPECIFIED"},
 	}
 	for c := codes.OK; c <= codes.Unauthenticated; c++ {
 		allowed["code"] = append(allowed["code"], c.String())
@@ -222,6 +226,12 @@ func TestNoSecretsInMetrics(t *testing.T) {
 	}
 	if n := value(t, reg, "tokenbroker_credentials", L{"state": "REAUTH_REQUIRED"}); n != 1 {
 		t.Errorf("REAUTH_REQUIRED credentials = %v; want 1", n)
+	}
+	if n := value(t, reg, "tokenbroker_credential_reauth_required", L{"credential_id": "cred-dead"}); n != 1 {
+		t.Errorf("tokenbroker_credential_reauth_required{cred-dead} = %v; want 1", n)
+	}
+	if _, found := find(t, reg, "tokenbroker_credential_reauth_required", L{"credential_id": "cred-1"}); found {
+		t.Error("tokenbroker_credential_reauth_required has a series for an ACTIVE credential")
 	}
 
 	srv := httptest.NewServer(metrics.Handler(reg))

@@ -70,8 +70,9 @@ type Options struct {
 type Metrics struct {
 	perCredential bool
 
-	served    [3]prometheus.Counter  // by broker.Source
-	lockWaits [2]prometheus.Observer // by obtained: false, true
+	served       [3]prometheus.Counter  // by broker.Source
+	lockWaits    [2]prometheus.Observer // by obtained: false, true
+	rotationWait prometheus.Histogram
 
 	regressions [2]prometheus.Counter // by repaired: false, true
 
@@ -118,6 +119,12 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 	}, []string{"obtained"})
 	m.lockWaits[0] = lockWaits.WithLabelValues("false")
 	m.lockWaits[1] = lockWaits.WithLabelValues("true")
+
+	m.rotationWait = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "rotation_wait_seconds",
+		Help:    "Time callers of credentials whose IdP revokes the previous access token waited for a refresh under way, whose old token they could not be given (RevokeNotice plus the IdP's answer, normally).",
+		Buckets: lockWaitBuckets,
+	})
 
 	refreshLabels, idpLabels := []string{"reason", "outcome"}, []string{"outcome"}
 	if m.perCredential {
@@ -170,7 +177,7 @@ func New(reg prometheus.Registerer, opts Options) *Metrics {
 	m.backlog = newBacklogCollector()
 
 	if reg != nil {
-		reg.MustRegister(served, lockWaits, m.refreshes, m.idp, m.requests, m.latency, regressions, m.state, m.backlog)
+		reg.MustRegister(served, lockWaits, m.rotationWait, m.refreshes, m.idp, m.requests, m.latency, regressions, m.state, m.backlog)
 	}
 	return m
 }
@@ -192,6 +199,12 @@ func (m *Metrics) LockWaited(d time.Duration, obtained bool) {
 		i = 1
 	}
 	m.lockWaits[i].Observe(d.Seconds())
+}
+
+// RotationWaited observes a caller's wait for the successor of a token its
+// IdP revokes on refresh (broker.RotationObserver). It does not allocate.
+func (m *Metrics) RotationWaited(d time.Duration) {
+	m.rotationWait.Observe(d.Seconds())
 }
 
 // Refreshed counts a refresh attempt and observes its IdP call. Without

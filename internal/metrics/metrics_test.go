@@ -189,6 +189,9 @@ func TestObserverDoesNotAllocate(t *testing.T) {
 		"TokenServed": func() { m.TokenServed(broker.FromCache) },
 		"LockWaited":  func() { m.LockWaited(time.Millisecond, true) },
 		"Refreshed":   func() { m.Refreshed(ev) },
+		"RotationWaited": func() {
+			m.RotationWaited(time.Millisecond)
+		},
 	} {
 		if n := testing.AllocsPerRun(1000, f); n != 0 {
 			t.Errorf("%s allocates %v times per call; want 0", name, n)
@@ -321,4 +324,17 @@ func lint(t *testing.T, g prometheus.Gatherer) {
 	for _, p := range problems {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
 	}
+}
+
+// Rotation waits (credentials whose IdP revokes the previous access token)
+// are a histogram.
+func TestRotationWaited(t *testing.T) {
+	reg := prometheus.NewPedanticRegistry()
+	var ro broker.RotationObserver = metrics.New(reg, metrics.Options{})
+	ro.RotationWaited(200 * time.Millisecond)
+	ro.RotationWaited(250 * time.Millisecond)
+	if n := value(t, reg, "tokenbroker_rotation_wait_seconds", L{}); n != 2 {
+		t.Fatalf("rotation waits observed = %v; want 2", n)
+	}
+	lint(t, reg)
 }

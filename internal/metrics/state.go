@@ -16,7 +16,23 @@ type StateSource func(ctx context.Context) (map[broker.State]int, error)
 
 // knownStates are always reported, at 0 when no credential is in them, so
 // that alerts on REAUTH_REQUIRED > 0 have a series to look at.
-var knownStates = []broker.State{broker.StateActive, broker.StateReauthRequired, broker.StateUnreadable}
+var knownStates = []broker.State{broker.StateActive, broker.StateReauthRequired, broker.StateUnreadable, broker.StatePendingAuthorization}
+
+// StateListing is a StateSource that also names the credentials in
+// REAUTH_REQUIRED, for tokenbroker_credential_reauth_required.
+type StateListing func(ctx context.Context) (counts map[broker.State]int, reauth []string, err error)
+
+// SetStateListing is SetStateSource with the names of the credentials in
+// REAUTH_REQUIRED: from the same listings, the gauge
+// tokenbroker_credential_reauth_required{credential_id} is 1 for each of
+// them and absent for every other credential, so its series are bounded by
+// the credentials in trouble, not by the fleet.
+func (m *Metrics) SetStateListing(src StateListing) {
+	m.state.mu.Lock()
+	defer m.state.mu.Unlock()
+	m.state.src = src
+	m.state.at = time.Time{}
+}
 
 // SetStateSource sets what feeds the tokenbroker_credentials gauge
 // (credentials by state). Listing every credential is not free, so the
@@ -29,7 +45,10 @@ var knownStates = []broker.State{broker.StateActive, broker.StateReauthRequired,
 func (m *Metrics) SetStateSource(src StateSource) {
 	m.state.mu.Lock()
 	defer m.state.mu.Unlock()
-	m.state.src = src
+	m.state.src = func(ctx context.Context) (map[broker.State]int, []string, error) {
+		counts, err := src(ctx)
+		return counts, nil, err
+	}
 	m.state.at = time.Time{} // list at the next scrape
 }
 
@@ -37,12 +56,14 @@ func (m *Metrics) SetStateSource(src StateSource) {
 type stateCollector struct {
 	interval, timeout time.Duration
 	desc              *prometheus.Desc
+	reauthDesc        *prometheus.Desc
 	errors            prometheus.Counter
 
 	mu     sync.Mutex // held across a listing: concurrent scrapes share it
-	src    StateSource
+	src    StateListing
 	at     time.Time // of the last listing; zero: never
 	counts map[string]int
+	reauth []string
 	ok     bool // the last listing succeeded
 }
 
@@ -53,6 +74,9 @@ func newStateCollector(interval, timeout time.Duration) *stateCollector {
 		desc: prometheus.NewDesc(namespace+"_credentials",
 			"Stored credentials by state (ACTIVE, REAUTH_REQUIRED), as of the last listing.",
 			[]string{"state"}, nil),
+		reauthDesc: prometheus.NewDesc(namespace+"_credential_reauth_required",
+			"1 for each credential in REAUTH_REQUIRED, as of the last listing; absent for the others.",
+			[]string{"credential_id"}, nil),
 		errors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "credentials_listing_errors_total",
 			Help: "Listings of the credentials for the tokenbroker_credentials gauge that failed.",
@@ -63,6 +87,7 @@ func newStateCollector(interval, timeout time.Duration) *stateCollector {
 // Describe implements prometheus.Collector.
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.desc
+	ch <- c.reauthDesc
 	c.errors.Describe(ch)
 }
 
@@ -77,6 +102,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for state, n := range c.counts {
 			ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), state)
 		}
+		for _, id := range c.reauth {
+			ch <- prometheus.MustNewConstMetric(c.reauthDesc, prometheus.GaugeValue, 1, id)
+		}
 	}
 	c.errors.Collect(ch)
 }
@@ -85,7 +113,7 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 func (c *stateCollector) list() {
 	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
-	got, err := c.src(ctx)
+	got, reauth, err := c.src(ctx)
 	c.at = time.Now()
 	if err != nil {
 		c.ok = false
@@ -100,5 +128,5 @@ func (c *stateCollector) list() {
 		// State.String is a fixed set of names: no other label value.
 		counts[s.String()] += n
 	}
-	c.counts, c.ok = counts, true
+	c.counts, c.reauth, c.ok = counts, reauth, true
 }

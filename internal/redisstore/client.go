@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -258,17 +260,45 @@ func secrets(rawURL string) []string {
 
 // SetLogger sends go-redis's own log lines (failed dials, pool trouble and
 // the like) to log at WARN with component=go-redis, with the secrets of
-// rawURL redacted. go-redis has one logger per process, so this is for a
-// process's main to call, once.
+// rawURL redacted, each kind of line at most once per goRedisLogEvery (a
+// Redis that stays down would otherwise log every failed dial).
+// go-redis has one logger per process, so this is for a process's main to
+// call, once.
 func SetLogger(log *slog.Logger, rawURL string) {
-	redis.SetLogger(goRedisLogger{log: log, url: rawURL})
+	redis.SetLogger(&goRedisLogger{log: log, url: rawURL, last: map[string]time.Time{}, dropped: map[string]int{}})
 }
+
+// goRedisLogEvery is the least time between two go-redis log lines of the
+// same format.
+const goRedisLogEvery = 30 * time.Second
 
 type goRedisLogger struct {
 	log *slog.Logger
 	url string
+
+	mu      sync.Mutex
+	last    map[string]time.Time // by format
+	dropped map[string]int       // lines of that format not logged since
 }
 
-func (l goRedisLogger) Printf(ctx context.Context, format string, v ...any) {
-	l.log.WarnContext(ctx, RedactURL(fmt.Sprintf(format, v...), l.url), "component", "go-redis")
+func (l *goRedisLogger) Printf(ctx context.Context, format string, v ...any) {
+	now := time.Now()
+	l.mu.Lock()
+	if t, ok := l.last[format]; ok && now.Sub(t) < goRedisLogEvery {
+		l.dropped[format]++
+		l.mu.Unlock()
+		return
+	}
+	if len(l.last) > 64 { // go-redis has a few dozen formats; bound it anyway
+		clear(l.last)
+	}
+	l.last[format] = now
+	dropped := l.dropped[format]
+	delete(l.dropped, format)
+	l.mu.Unlock()
+	attrs := []any{"component", "go-redis"}
+	if dropped > 0 {
+		attrs = append(attrs, "repeated", dropped)
+	}
+	l.log.WarnContext(ctx, RedactURL(fmt.Sprintf(format, v...), l.url), attrs...)
 }

@@ -15,8 +15,11 @@ import (
 )
 
 // Event payloads on the channel are "<kind> <generation> <id>": kind c for a
-// Commit, d for a Delete, r for a Release. The id goes last; it may hold
-// anything but a newline.
+// Commit, d for a Delete, r for a Release, p for MarkPending (with the
+// generation the refresh is from), x for a change appended to the change log
+// (changes.go; the number of the change in place of the generation). The id
+// goes last; it may hold anything but a newline. Unknown kinds are ignored,
+// so a replica that predates one keeps working.
 
 // Subscribe delivers an Event to fn for every change of any credential made
 // through any Store with the same prefix, until stop is called. All
@@ -255,6 +258,16 @@ func parseEvent(p string) (ev broker.Event, ok bool) {
 		return broker.Event{ID: id, Deleted: true}, true
 	case "r":
 		return broker.Event{ID: id, Released: true}, true
+	case "p":
+		if gen == 0 {
+			return ev, false
+		}
+		return broker.Event{ID: id, PendingFrom: gen}, true
+	case "x":
+		if gen == 0 {
+			return ev, false
+		}
+		return broker.Event{ID: id, Change: gen}, true // the generation field holds the change's number
 	}
 	return ev, false
 }

@@ -9,9 +9,13 @@
 -- ARGV[2]  the generation the writer read
 -- ARGV[3]  the marker's id
 -- ARGV[4]  the marker, JSON
+-- ARGV[5]  the event channel
+-- ARGV[6]  the credential id
 --
--- Returns 1 when marked, -1 when the lock is not held with ARGV[1], -2 when
--- the stored generation is another (or the record is gone).
+-- Returns 1 when marked (and publishes "p <generation> <id>", the
+-- announcement replicas of credentials whose IdP revokes the previous access
+-- token act on), -1 when the lock is not held with ARGV[1], -2 when the
+-- stored generation is another (or the record is gone).
 if redis.call("GET", KEYS[2]) ~= ARGV[1] then
   return -1
 end
@@ -19,4 +23,5 @@ if redis.call("HGET", KEYS[1], "gen") ~= ARGV[2] then
   return -2
 end
 redis.call("HSET", KEYS[1], "pending_id", ARGV[3], "pending", ARGV[4])
+redis.call("PUBLISH", ARGV[5], "p " .. ARGV[2] .. " " .. ARGV[6])
 return 1

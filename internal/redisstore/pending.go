@@ -42,7 +42,7 @@ func (s *Store) MarkPending(ctx context.Context, bl broker.Lease, rec *broker.Re
 	}
 	res, err := markScript.Run(ctx, s.client,
 		[]string{s.recordKey(rec.ID), s.lockKey(rec.ID)},
-		l.value, rec.Generation, p.ID, marker,
+		l.value, rec.Generation, p.ID, marker, s.channel, rec.ID,
 	).Int64()
 	if err != nil {
 		return fmt.Errorf("redisstore: mark pending %q: %w", rec.ID, err)

@@ -165,6 +165,8 @@ func ParseKeyring(spec string) (*Keyring, error) {
 			return nil, fmt.Errorf("seal: duplicate key id %q", id)
 		case enc == "":
 			return nil, fmt.Errorf("seal: key %q is empty", id)
+		case isHexKey(enc):
+			return nil, fmt.Errorf("seal: key %q looks hex-encoded (64 hex digits); give the 32 bytes in base64 instead (openssl rand -base64 32, or xxd -r -p | base64 to convert)", id)
 		}
 		key, err := decodeKey(enc)
 		if err != nil {
@@ -176,6 +178,21 @@ func ParseKeyring(spec string) (*Keyring, error) {
 		}
 	}
 	return NewKeyring(primary, keys)
+}
+
+// isHexKey reports whether enc is a 32-byte key in hex: 64 hex digits,
+// which would also decode as base64 (to 48 bytes) and so be refused with a
+// confusing length.
+func isHexKey(enc string) bool {
+	if len(enc) != 64 {
+		return false
+	}
+	for _, r := range enc {
+		if !('0' <= r && r <= '9' || 'a' <= r && r <= 'f' || 'A' <= r && r <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 // decodeKey accepts standard and URL-safe base64, with or without padding.

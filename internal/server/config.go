@@ -12,12 +12,14 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/internal/auth"
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	"github.com/tokenbroker/tokenbroker/internal/grpcapi"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
+	"github.com/tokenbroker/tokenbroker/internal/webhook"
 )
 
 // Config is everything a replica is built from: what cmd/broker's flags
@@ -37,9 +39,13 @@ type Config struct {
 	SealKeys            string // --seal-keys: keyring spec sealing records in Redis; secret
 	AllowPlaintext      bool   // --allow-plaintext: Redis mode without SealKeys
 	MetricsAddr         string // --metrics-addr; empty: no metrics listener
-	CredentialsFile     string // --credentials-file; empty: none
-	LogFormat           string // --log-format: text or json (NewLogger)
-	LogLevel            string // --log-level: debug, info, warn or error (NewLogger)
+	HTTPAddr            string // --http-addr: serves the authorization callback; empty: none
+
+	WebhookURLs     []string // --webhook-url, repeatable: endpoints that receive the credential events
+	WebhookSecret   string   // --webhook-secret: HMAC-SHA256 key signing them; secret
+	CredentialsFile string   // --credentials-file; empty: none
+	LogFormat       string   // --log-format: text or json (NewLogger), in any case
+	LogLevel        string   // --log-level: debug, info, warn or error (NewLogger), in any case
 
 	ClientsFile          string  // --clients-file: client registry; empty: no caller authentication
 	AllowUnauthenticated bool    // --allow-unauthenticated: Redis mode without a client registry
@@ -62,13 +68,19 @@ type Config struct {
 	ForceInterval    time.Duration // --force-interval
 
 	ShutdownTimeout time.Duration // --shutdown-timeout: how long calls in flight may finish
-	MaxRecvMsgSize  int           // --max-recv-msg-size, bytes
+	// UnreadyAfter is --unready-after: readiness turns NOT_SERVING once the
+	// Store has not answered for this long (0: at the first failed check).
+	UnreadyAfter   time.Duration
+	MaxRecvMsgSize int // --max-recv-msg-size, bytes
 
 	IdPRate           int // --idp-rate: calls per second to one token host, fleet-wide; 0: no limit
 	IdPMaxConcurrency int // --idp-max-concurrency: calls at once to one token host, fleet-wide; 0: no limit
 
 	JournalDir string // --journal-dir: refreshed tokens kept on disk until stored; empty: none
 	ReplicaID  string // --replica-id: this replica's name in pending refreshes; empty: host name and PID
+
+	AllowInsecureTokenURLs bool   // --allow-insecure-token-urls: http:// token URLs to any host
+	TokenURLAllow          string // --token-url-allow: comma-separated host patterns token URLs must match; empty: any
 
 	// Authenticator, when set, is the client registry, held in memory,
 	// instead of ClientsFile's: callers authenticate and are authorized as
@@ -80,6 +92,12 @@ type Config struct {
 	// RedisHook, when set, is added to the go-redis client in Redis mode,
 	// for instance to count the commands a replica sends.
 	RedisHook redis.Hook
+	// TracerProvider, when set, turns tracing on (tracing.go); cmd/broker
+	// sets it when the OTEL_EXPORTER_OTLP_* variables ask for export.
+	TracerProvider trace.TracerProvider
+	// Version and Revision label tokenbroker_build_info (cmd/broker's
+	// stamped main.version and main.revision); empty: "unknown".
+	Version, Revision string
 }
 
 // DefaultConfig returns the defaults of cmd/broker's flags: dev mode on
@@ -100,6 +118,7 @@ func DefaultConfig() Config {
 		RefreshTimeout:       10 * time.Second,
 		ForceInterval:        5 * time.Second,
 		ShutdownTimeout:      10 * time.Second,
+		UnreadyAfter:         5 * time.Second,
 		MaxRecvMsgSize:       grpcapi.DefaultMaxRecvMsgSize,
 	}
 }
@@ -127,7 +146,15 @@ func (c *Config) Broker() broker.Config {
 		ForceInterval:       c.ForceInterval,
 		Open:                !c.Authenticated(),
 		ReplicaID:           c.ReplicaID,
+		TokenURLs:           c.tokenURLPolicy(),
 	}
+}
+
+// tokenURLPolicy is the broker's TokenURLPolicy of AllowInsecureTokenURLs
+// and TokenURLAllow (whose patterns Validate checks).
+func (c *Config) tokenURLPolicy() broker.TokenURLPolicy {
+	allow, _ := broker.ParseHostPatterns(c.TokenURLAllow)
+	return broker.TokenURLPolicy{AllowInsecure: c.AllowInsecureTokenURLs, Allow: allow}
 }
 
 // logLevels are the values of LogLevel.
@@ -142,8 +169,8 @@ var logLevels = map[string]slog.Level{
 // for, writing to w. It is for the process's edge (cmd/broker logs to
 // stderr); New logs to whichever logger it is given.
 func (c *Config) NewLogger(w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: logLevels[c.LogLevel]}
-	if c.LogFormat == "json" {
+	opts := &slog.HandlerOptions{Level: logLevels[strings.ToLower(c.LogLevel)]}
+	if strings.EqualFold(c.LogFormat, "json") {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
@@ -184,10 +211,13 @@ const (
 // file (New does, and reports what does not read or parse the same way)
 // and dials nothing.
 func (c *Config) Validate() error {
-	for _, check := range []func() error{c.checkListeners, c.checkRedis, c.checkLogging, c.checkTimings, c.checkSecurity, c.checkMetrics} {
+	for _, check := range []func() error{c.checkListeners, c.checkRedis, c.checkLogging, c.checkTimings, c.checkSecurity, c.checkMetrics, c.checkWebhooks} {
 		if err := check(); err != nil {
 			return err
 		}
+	}
+	if _, err := broker.ParseHostPatterns(c.TokenURLAllow); err != nil {
+		return badConfig("--token-url-allow: %v", err)
 	}
 	if err := c.Broker().Validate(); err != nil {
 		return badConfig("%v", err)
@@ -200,19 +230,24 @@ func (c *Config) checkListeners() error {
 		return err
 	}
 	if c.MetricsAddr != "" {
-		return checkAddr("--metrics-addr", c.MetricsAddr)
+		if err := checkAddr("--metrics-addr", c.MetricsAddr); err != nil {
+			return err
+		}
+	}
+	if c.HTTPAddr != "" {
+		return checkAddr("--http-addr", c.HTTPAddr)
 	}
 	return nil
 }
 
 func (c *Config) checkLogging() error {
-	switch c.LogFormat {
+	switch strings.ToLower(c.LogFormat) {
 	case "text", "json":
 	default:
 		return badConfig("--log-format must be text or json, not %q", c.LogFormat)
 	}
-	if _, ok := logLevels[c.LogLevel]; !ok {
-		return badConfig("--log-level must be debug, info, warn or error, not %q", c.LogLevel)
+	if _, ok := logLevels[strings.ToLower(c.LogLevel)]; !ok {
+		return badConfig("--log-level must be debug, info, warn or error (in any case), not %q", c.LogLevel)
 	}
 	return nil
 }
@@ -226,6 +261,7 @@ func (c *Config) checkTimings() error {
 		{"--refresh-timeout", c.RefreshTimeout}, {"--refresh-reply-wait", c.RefreshReplyWait},
 		{"--lock-ttl", c.LockTTL}, {"--lock-wait", c.LockWait},
 		{"--force-interval", c.ForceInterval}, {"--shutdown-timeout", c.ShutdownTimeout},
+		{"--unready-after", c.UnreadyAfter},
 	} {
 		if d.v < 0 {
 			return badConfig("%s must not be negative (got %s)", d.name, d.v)
@@ -258,6 +294,29 @@ func (c *Config) checkTimings() error {
 func (c *Config) checkMetrics() error {
 	if c.MetricsStateInterval < minMetricsStateInterval || c.MetricsStateInterval > broker.MaxDuration {
 		return badConfig("--metrics-state-interval must be %s to %s (got %s)", minMetricsStateInterval, broker.MaxDuration, c.MetricsStateInterval)
+	}
+	return nil
+}
+
+// Limits of the webhook settings.
+const maxWebhooks = 16
+
+// checkWebhooks checks the webhook endpoints and their secret, never
+// echoing either (a URL may carry the receiver's token).
+func (c *Config) checkWebhooks() error {
+	if len(c.WebhookURLs) > maxWebhooks {
+		return badConfig("--webhook-url: at most %d endpoints", maxWebhooks)
+	}
+	for i, u := range c.WebhookURLs {
+		if err := webhook.CheckURL(u); err != nil {
+			return badConfig("--webhook-url #%d (%s): %v", i+1, webhook.Redact(u), err)
+		}
+	}
+	switch {
+	case len(c.WebhookURLs) > 0 && c.WebhookSecret == "":
+		return badConfig("--webhook-url needs --webhook-secret to sign the deliveries")
+	case c.WebhookSecret != "" && len(c.WebhookSecret) < webhook.MinSecretLen:
+		return badConfig("--webhook-secret must be at least %d bytes", webhook.MinSecretLen)
 	}
 	return nil
 }

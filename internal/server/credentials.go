@@ -105,9 +105,19 @@ var seedCaller = broker.Caller{ID: "credentials-file", Admin: true}
 // seedCredentials ensures every credential of the file exists: missing ones
 // are created with their refresh token, existing ones get the file's
 // configuration and keep their refresh token and state
-// (broker.EnsureCredential).
+// (broker.EnsureCredential). It is atomic as far as the file goes: every
+// entry is checked against the Store first (a new credential needs a
+// refresh token, ...), and nothing is written unless all pass.
 func seedCredentials(ctx context.Context, b *broker.Broker, seeds []seedCredential) error {
 	ctx = broker.NewContext(ctx, seedCaller)
+	for i, s := range seeds {
+		if err := b.CheckEnsureCredential(ctx, s.cred, s.refreshToken); err != nil {
+			if errors.Is(err, broker.ErrInvalidArgument) {
+				return badConfig("--credentials-file: credentials[%d] (id %q): %v (nothing was written)", i, s.cred.ID, err)
+			}
+			return fmt.Errorf("checking credentials[%d] (id %q): %w", i, s.cred.ID, err)
+		}
+	}
 	for i, s := range seeds {
 		if _, err := b.EnsureCredential(ctx, s.cred, s.refreshToken); err != nil {
 			if errors.Is(err, broker.ErrInvalidArgument) {

@@ -2,9 +2,8 @@ package server
 
 import (
 	"context"
-	"io"
 	"net/http"
-	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -23,6 +22,7 @@ func newMetrics(cfg *Config) (*metrics.Metrics, *prometheus.Registry) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerBuildInfo(reg, cfg)
 	m := metrics.New(reg, metrics.Options{PerCredentialLabels: cfg.MetricsPerCredential, StateInterval: cfg.MetricsStateInterval})
 	return m, reg
 }
@@ -32,25 +32,32 @@ func newMetrics(cfg *Config) (*metrics.Metrics, *prometheus.Registry) {
 var metricsCaller = broker.Caller{ID: "tokenbroker-metrics", Admin: true}
 
 // countStates returns the source of the credentials-by-state gauge: it pages
-// through every credential as an admin and counts their states.
-func countStates(b *broker.Broker) metrics.StateSource {
-	return func(ctx context.Context) (map[broker.State]int, error) {
+// through every credential as an admin, counts their states as shown
+// (PENDING_AUTHORIZATION too) and names those in REAUTH_REQUIRED.
+func countStates(b *broker.Broker) metrics.StateListing {
+	return func(ctx context.Context) (map[broker.State]int, []string, error) {
 		ctx = broker.NewContext(ctx, metricsCaller)
 		counts := make(map[broker.State]int)
+		var reauth []string
 		page := ""
 		for {
 			if err := ctx.Err(); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			recs, next, err := b.ListCredentials(ctx, broker.MaxPageSize, page)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
+			now := time.Now()
 			for _, r := range recs {
-				counts[r.State]++
+				st := r.ViewState(now)
+				counts[st]++
+				if st == broker.StateReauthRequired {
+					reauth = append(reauth, r.ID)
+				}
 			}
 			if next == "" {
-				return counts, nil
+				return counts, reauth, nil
 			}
 			page = next
 		}
@@ -71,20 +78,11 @@ func forgetDeleted(m *metrics.Metrics) grpc.UnaryServerInterceptor {
 	}
 }
 
-// httpMux serves the HTTP endpoints of MetricsAddr: /healthz, 200 while
-// the server serves and 503 once it shuts down, and /metrics, the
-// Prometheus page.
-func httpMux(serving *atomic.Bool, metricsPage http.Handler) *http.ServeMux {
+// httpMux serves the HTTP endpoints of MetricsAddr: /metrics, the
+// Prometheus page, and /healthz and /readyz (healthMux).
+func httpMux(h *health, metricsPage http.Handler) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", metricsPage)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if !serving.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			io.WriteString(w, "shutting down\n")
-			return
-		}
-		io.WriteString(w, "ok\n")
-	})
+	healthMux(mux, h)
 	return mux
 }

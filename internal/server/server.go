@@ -13,11 +13,16 @@
 // A Server's life: New reads every file and checks every setting before
 // anything is dialled, then opens the Store, builds the Broker, seeds the
 // credentials file and binds the listeners (GRPCAddr and MetricsAddr are
-// known from then on). Serve accepts calls until its context ends or
-// Shutdown is called, then stops in order: health NOT_SERVING and /healthz
-// 503, calls in flight finish for up to ShutdownTimeout before they are cut,
-// the Broker's refreshes in flight are stored, and the Store and its Redis
-// client are closed.
+// known from then on). A Redis that answers but disagrees with the
+// configuration (credentials, database, Cluster or not, a keyring that opens
+// none of its records) is a *ConfigError; one that does not answer yet is
+// not: the server starts NOT_SERVING and finishes the checks and the
+// seeding once it answers (health.go). Serve accepts calls until its
+// context ends or Shutdown is called, then stops in order within
+// ShutdownTimeout (see shutdown): readiness NOT_SERVING while the listeners
+// still answer, new calls refused with SHUTTING_DOWN, calls in flight
+// finish, the Broker's refreshes in flight are stored or abandoned (and
+// logged), and the Store and its Redis client are closed.
 package server
 
 import (
@@ -30,10 +35,10 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -47,7 +52,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/metrics"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
 	"github.com/tokenbroker/tokenbroker/internal/seal"
-	"github.com/tokenbroker/tokenbroker/internal/upstream"
+	"github.com/tokenbroker/tokenbroker/internal/webhook"
 )
 
 // ErrServerClosed is returned by Serve once the Server has served or has
@@ -67,7 +72,15 @@ type Server struct {
 	grpcLis  net.Listener
 	http     *http.Server // nil without MetricsAddr
 	httpLis  net.Listener
-	serving  atomic.Bool // what /healthz reports
+	callback *http.Server // nil without HTTPAddr
+	cbLis    net.Listener
+	webhooks *webhook.Dispatcher   // nil without WebhookURLs
+	health   health                // readiness: health.go
+	redis    redis.UniversalClient // Redis mode: the Store's client, for the store monitor
+	store    broker.Store
+	// pendingSeeds are the credentials file's entries when Redis did not
+	// answer at start: the store monitor seeds them once it does.
+	pendingSeeds []seedCredential
 	// closers release what the Broker is built on (Redis client, Store),
 	// in reverse order, after the Broker is closed.
 	closers []func() error
@@ -93,7 +106,8 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (*Server, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Server{cfg: cfg, log: log, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &Server{cfg: cfg, stop: make(chan struct{}), done: make(chan struct{})}
+	s.log = s.traced(log)
 	if err := s.build(ctx); err != nil {
 		s.closeListeners()
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.ShutdownTimeout)
@@ -112,6 +126,12 @@ func (s *Server) build(ctx context.Context) error {
 		if seeds, err = loadCredentials(s.cfg.CredentialsFile); err != nil {
 			return err
 		}
+		policy := s.cfg.tokenURLPolicy()
+		for i, seed := range seeds {
+			if err := policy.Check("credential.token_url", seed.cred.TokenURL); err != nil {
+				return badConfig("--credentials-file %s: credentials[%d] (id %q): %v", s.cfg.CredentialsFile, i, seed.cred.ID, err)
+			}
+		}
 	}
 	sec, err := loadSecurity(&s.cfg, s.log)
 	if err != nil {
@@ -127,18 +147,42 @@ func (s *Server) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.store = store
 	if err := s.newBroker(store, trail); err != nil {
 		return err
 	}
-	if err := s.seed(ctx, seeds); err != nil {
-		return err
+	if len(s.cfg.WebhookURLs) > 0 {
+		s.webhooks, err = webhook.New(s.broker, store, webhook.Options{URLs: s.cfg.WebhookURLs, Secret: []byte(s.cfg.WebhookSecret), Logger: s.log})
+		if err != nil {
+			return badConfig("%v", err)
+		}
+	} else if s.cfg.WebhookSecret != "" {
+		s.log.Info("--webhook-secret unused without --webhook-url")
+	}
+	if s.health.storeUp.Load() {
+		if err := s.seed(ctx, seeds); err != nil {
+			return err
+		}
+		s.health.prepared.Store(true)
+	} else {
+		s.pendingSeeds = seeds
 	}
 	if err := s.listen(); err != nil {
 		return err
 	}
 	s.grpc = grpcapi.NewServer(s.broker, s.grpcOptions(sec, trail))
+	s.health.notify = s.grpc.SetReady
+	s.health.update()
 	if s.metrics != nil {
-		s.http = &http.Server{Handler: httpMux(&s.serving, metrics.Handler(s.registry)), ReadHeaderTimeout: 5 * time.Second}
+		s.http = &http.Server{Handler: httpMux(&s.health, metrics.Handler(s.registry)), ReadHeaderTimeout: 5 * time.Second}
+	}
+	if s.cbLis != nil {
+		s.callback = &http.Server{
+			Handler:           callbackHandler(s.broker, &s.cfg, s.log),
+			ReadHeaderTimeout: 5 * time.Second,
+			MaxHeaderBytes:    32 << 10,
+			IdleTimeout:       time.Minute,
+		}
 	}
 	return nil
 }
@@ -152,6 +196,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	}
 	bcfg := s.cfg.Broker()
 	bcfg.Observer = audit.Tee(observers...)
+	bcfg.Tracer = s.tracer()
 	bcfg.Pacer = s.pacer(store)
 	if bcfg.ReplicaID == "" {
 		bcfg.ReplicaID = defaultReplicaID()
@@ -163,7 +208,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 	if j != nil {
 		bcfg.Journal = j
 	}
-	b, err := broker.New(store, &upstream.Client{}, bcfg)
+	b, err := broker.New(store, s.upstreamClient(), bcfg)
 	if err != nil {
 		return badConfig("%v", err)
 	}
@@ -175,7 +220,7 @@ func (s *Server) newBroker(store broker.Store, trail *audit.Log) error {
 		s.log.Info("journal open", "dir", s.cfg.JournalDir, "replica", bcfg.ReplicaID)
 	}
 	if s.metrics != nil {
-		s.metrics.SetStateSource(countStates(b))
+		s.metrics.SetStateListing(countStates(b))
 		s.metrics.SetBacklogSource(b.Backlog)
 	}
 	return nil
@@ -243,6 +288,11 @@ func (s *Server) listen() error {
 			return fmt.Errorf("metrics listener: %w", err)
 		}
 	}
+	if s.cfg.HTTPAddr != "" {
+		if s.cbLis, err = net.Listen("tcp", s.cfg.HTTPAddr); err != nil {
+			return fmt.Errorf("http listener: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -262,6 +312,7 @@ func (s *Server) grpcOptions(sec *security, trail *audit.Log) grpcapi.Options {
 	if sec.tls != nil {
 		opts.ServerOptions = append(opts.ServerOptions, grpc.Creds(credentials.NewTLS(sec.tls)))
 	}
+	opts.ServerOptions = append(opts.ServerOptions, s.tracingOptions()...)
 	if s.metrics != nil {
 		opts.ObserveCall = s.metrics.ObserveRPC
 		if s.cfg.MetricsPerCredential {
@@ -282,6 +333,15 @@ func (s *Server) MetricsAddr() string {
 		return ""
 	}
 	return s.httpLis.Addr().String()
+}
+
+// HTTPAddr is the address of the authorization callback's port
+// (--http-addr), or "" when there is none.
+func (s *Server) HTTPAddr() string {
+	if s.cbLis == nil {
+		return ""
+	}
+	return s.cbLis.Addr().String()
 }
 
 // Broker is the server's Broker, for in-process callers that put or read
@@ -309,7 +369,12 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	defer close(s.done)
 
-	s.serving.Store(true)
+	if s.webhooks != nil {
+		s.webhooks.Start() // before the first call: its changes are delivered
+		s.log.Info("webhooks on", "endpoints", len(s.cfg.WebhookURLs))
+	}
+	mctx, stopMonitor := context.WithCancel(context.WithoutCancel(ctx))
+	monitorDone := s.startMonitor(mctx)
 	// grpcDone gets gRPC's Serve result and is then closed, so reading it
 	// again yields nil at once; so does httpDone, which stays nil (never
 	// ready) without a metrics listener.
@@ -327,8 +392,18 @@ func (s *Server) Serve(ctx context.Context) error {
 		}()
 		s.log.Info("metrics listening", "addr", s.MetricsAddr())
 	}
+	var cbDone chan error
+	if s.callback != nil {
+		cbDone = make(chan error, 1)
+		go func() { // ends with Shutdown or Close in shutdown
+			cbDone <- s.callback.Serve(s.cbLis)
+			close(cbDone)
+		}()
+		s.log.Info("http listening", "addr", s.HTTPAddr(), "callback", broker.CallbackPath)
+	}
 	s.log.Info("listening", "addr", s.GRPCAddr(), "dev_mode", s.cfg.DevMode(),
-		"tls", s.cfg.TLS(), "mtls", s.cfg.TLSClientCA != "", "authentication", s.cfg.Authenticated())
+		"tls", s.cfg.TLS(), "mtls", s.cfg.TLSClientCA != "", "authentication", s.cfg.Authenticated(),
+		"ready", s.health.ready())
 
 	var err error
 	select {
@@ -338,21 +413,77 @@ func (s *Server) Serve(ctx context.Context) error {
 		err = fmt.Errorf("gRPC server: %w", err)
 	case err = <-httpDone:
 		err = fmt.Errorf("metrics server: %w", err)
+	case err = <-cbDone:
+		err = fmt.Errorf("http server: %w", err)
 	}
-	s.shutdown(ctx, grpcDone, httpDone)
+	s.health.stopping.Store(true)
+	stopMonitor()
+	<-monitorDone
+	s.shutdown(ctx, grpcDone, httpDone, cbDone)
 	return err
 }
 
-// shutdown stops serving, in order: health NOT_SERVING and /healthz 503,
-// calls in flight finish until ShutdownTimeout, then the listeners close and
-// the Broker and Store are released.
-func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) {
-	s.log.Info("shutting down", "timeout", s.cfg.ShutdownTimeout)
-	s.serving.Store(false)
-	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+// startMonitor starts the store monitor in Redis mode; the returned channel
+// is closed once it has stopped (at once without one).
+func (s *Server) startMonitor(ctx context.Context) <-chan struct{} {
+	done := make(chan struct{})
+	if s.redis == nil {
+		close(done)
+		return done
+	}
+	m := &storeMonitor{s: s, client: s.redis, after: s.cfg.UnreadyAfter, interval: storeCheckInterval(s.cfg.UnreadyAfter),
+		prepare: func(ctx context.Context) error {
+			if err := checkKeyring(ctx, s.store, &s.cfg); err != nil {
+				return err
+			}
+			if err := s.seed(ctx, s.pendingSeeds); err != nil {
+				return err
+			}
+			s.pendingSeeds = nil
+			return nil
+		}}
+	go func() {
+		defer close(done)
+		m.run(ctx)
+	}()
+	return done
+}
+
+// shutdown stops serving, in order, within ShutdownTimeout:
+//
+//   - readiness NOT_SERVING (gRPC health and /readyz) at once, while the
+//     listeners still answer; new calls fail with UNAVAILABLE, reason
+//     SHUTTING_DOWN;
+//   - calls in flight finish, until shutdownMargin before the deadline;
+//   - the Broker stops: its refreshes in flight get until half the margin
+//     before the deadline to be stored (a refreshed token it cannot store
+//     stays journaled or marked pending), and callers still waiting for one
+//     then get SHUTTING_DOWN;
+//   - the gRPC listener closes (what is still open at the deadline is cut),
+//     then the metrics listener, the Store and its Redis client.
+func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone, cbDone <-chan error) {
+	timeout := s.cfg.ShutdownTimeout
+	s.log.Info("shutting down", "timeout_s", seconds(timeout), "calls_in_flight", s.grpc.InFlight())
+	deadline := time.Now().Add(timeout)
+	margin := shutdownMargin(timeout)
+	sctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
+
+	dctx, dcancel := context.WithDeadline(sctx, deadline.Add(-margin))
+	left := s.grpc.Drain(dctx)
+	dcancel()
+	if left > 0 {
+		s.log.Warn("calls still in flight at the drain deadline; those waiting for a refresh end with SHUTTING_DOWN", "calls", left)
+	}
+	if s.webhooks != nil {
+		s.webhooks.Stop() // before the Broker, whose changes it reads
+	}
+	bctx, bcancel := context.WithDeadline(sctx, deadline.Add(-margin/2))
+	s.shutdownBroker(bctx)
+	bcancel()
+
 	if err := s.grpc.Shutdown(sctx); err != nil {
-		s.log.Warn("shutdown deadline reached; calls in flight were cut", "timeout", s.cfg.ShutdownTimeout)
+		s.log.Warn("shutdown deadline reached; calls in flight were cut", "timeout_s", seconds(timeout))
 	}
 	<-grpcDone
 	if s.http != nil {
@@ -360,6 +491,12 @@ func (s *Server) shutdown(ctx context.Context, grpcDone, httpDone <-chan error) 
 			_ = s.http.Close()
 		}
 		<-httpDone
+	}
+	if s.callback != nil {
+		if err := s.callback.Shutdown(sctx); err != nil {
+			_ = s.callback.Close()
+		}
+		<-cbDone
 	}
 	s.release(sctx)
 	s.log.Info("stopped")
@@ -392,22 +529,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 
 // closeListeners closes the listeners of a Server that never served.
 func (s *Server) closeListeners() {
-	for _, l := range []net.Listener{s.grpcLis, s.httpLis} {
+	for _, l := range []net.Listener{s.grpcLis, s.httpLis, s.cbLis} {
 		if l != nil {
 			_ = l.Close()
 		}
 	}
 }
 
-// release shuts the Broker down, which waits until ctx ends for the
-// refreshes in flight to be stored (what it abandons stays journaled, or
-// marked pending for the other replicas), then closes what it was built on.
-func (s *Server) release(ctx context.Context) {
-	if s.broker != nil {
-		if err := s.broker.Shutdown(ctx); err != nil {
-			s.log.Warn("refreshes abandoned at shutdown", "error", err, "journal", s.cfg.JournalDir != "")
-		}
+// shutdownMargin is the part of ShutdownTimeout kept after the drain for
+// the Broker and the listeners: a quarter of it, at most a second.
+func shutdownMargin(timeout time.Duration) time.Duration { return min(timeout/4, time.Second) }
+
+// shutdownBroker shuts the Broker down, which waits until ctx ends for the
+// refreshes in flight to be stored, and logs what it abandoned (those stay
+// journaled, or marked pending for the other replicas). Doing it again does
+// nothing.
+func (s *Server) shutdownBroker(ctx context.Context) {
+	if s.broker == nil {
+		return
 	}
+	if err := s.broker.Shutdown(ctx); err != nil {
+		s.log.Warn("refreshes abandoned at shutdown", "error", err.Error(), "journal", s.cfg.JournalDir != "")
+	}
+}
+
+// release shuts the Broker down (shutdownBroker), then closes what it was
+// built on.
+func (s *Server) release(ctx context.Context) {
+	s.shutdownBroker(ctx)
 	for i := len(s.closers) - 1; i >= 0; i-- {
 		_ = s.closers[i]()
 	}

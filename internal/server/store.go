@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/internal/broker"
@@ -18,6 +19,7 @@ const pingTimeout = 5 * time.Second
 func (s *Server) openStore(ctx context.Context) (broker.Store, error) {
 	if s.cfg.DevMode() {
 		s.warnDevMode()
+		s.health.storeUp.Store(true)
 		return memstore.New(), nil
 	}
 	if !s.cfg.Authenticated() {
@@ -59,11 +61,28 @@ func (s *Server) openRedis(ctx context.Context) (broker.Store, error) {
 	}
 	s.closers = append(s.closers, store.Close)
 
+	s.redis = client
 	pctx, cancel := context.WithTimeout(ctx, pingTimeout)
 	defer cancel()
-	if err := client.Ping(pctx).Err(); err != nil {
-		s.log.Warn("redis does not answer; calls fail with UNAVAILABLE until it does", "error", redisstore.RedactURL(err.Error(), s.cfg.RedisURL))
+	err = redisstore.Preflight(pctx, client, s.cfg.RedisURL)
+	if errors.Is(err, redisstore.ErrMisconfigured) {
+		return nil, badConfig("%v", err)
 	}
+	if err == nil {
+		err = checkKeyring(pctx, store, &s.cfg)
+		var ce *ConfigError
+		if errors.As(err, &ce) {
+			return nil, err
+		}
+	}
+	if err != nil {
+		// Not fatal: the replica starts NOT_SERVING and the store monitor
+		// finishes the checks (and the seeding) once Redis answers.
+		s.log.Warn("redis does not answer; calls fail with UNAVAILABLE and readiness is NOT_SERVING until it does",
+			"error", redisstore.RedactURL(err.Error(), s.cfg.RedisURL))
+		return store, nil
+	}
+	s.health.storeUp.Store(true)
 	return store, nil
 }
 

@@ -38,7 +38,7 @@ var defaultHTTPClient = sync.OnceValue(func() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
 			Proxy:                  http.ProxyFromEnvironment,
-			DialContext:            (&net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			DialContext:            (&net.Dialer{Timeout: defaultConnectTimeout, KeepAlive: 30 * time.Second, Control: refuseMetadata}).DialContext,
 			ForceAttemptHTTP2:      true,
 			MaxIdleConns:           100,
 			MaxIdleConnsPerHost:    16,
@@ -73,7 +73,7 @@ var noSecret = []string{""}
 func (c *Client) Exchange(ctx context.Context, r broker.UpstreamRequest) (*broker.UpstreamToken, error) {
 	tok, e := c.exchange(ctx, r)
 	if e != nil {
-		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Err: e}
+		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Code: e.Code, Err: e}
 	}
 	return tok, nil
 }

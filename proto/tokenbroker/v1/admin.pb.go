@@ -10,6 +10,7 @@ import (
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
+	fieldmaskpb "google.golang.org/protobuf/types/known/fieldmaskpb"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
 	reflect "reflect"
 	sync "sync"
@@ -38,13 +39,18 @@ const (
 	// (invalid_grant or its equivalent), or a refresh's outcome is unknown and
 	// the IdP may have rotated it (Credential.reauth_reason tells which). No
 	// further refresh is attempted until an operator puts a new refresh token
-	// in with PutCredential.
+	// in with PutCredential, or the credential is authorized again
+	// (StartAuthorization, StartDeviceAuthorization).
 	State_REAUTH_REQUIRED State = 2
 	// The stored record cannot be opened: tampered with, or sealed under a key
 	// the broker no longer has. Only ListCredentials reports it (the other
 	// calls fail with DATA_LOSS, reason RECORD_UNREADABLE); nothing is served
 	// until the keys are fixed or the credential is put again.
 	State_UNREADABLE State = 3
+	// The credential needs authorization (as in REAUTH_REQUIRED) and an
+	// authorization flow is open: Credential.pending_authorization tells which,
+	// and until when. Calls for its tokens fail as in REAUTH_REQUIRED.
+	State_PENDING_AUTHORIZATION State = 4
 )
 
 // Enum value maps for State.
@@ -54,12 +60,14 @@ var (
 		1: "ACTIVE",
 		2: "REAUTH_REQUIRED",
 		3: "UNREADABLE",
+		4: "PENDING_AUTHORIZATION",
 	}
 	State_value = map[string]int32{
-		"STATE_UNSPECIFIED": 0,
-		"ACTIVE":            1,
-		"REAUTH_REQUIRED":   2,
-		"UNREADABLE":        3,
+		"STATE_UNSPECIFIED":     0,
+		"ACTIVE":                1,
+		"REAUTH_REQUIRED":       2,
+		"UNREADABLE":            3,
+		"PENDING_AUTHORIZATION": 4,
 	}
 )
 
@@ -199,6 +207,142 @@ func (GrantType) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
+// Flow is the kind of authorization grant.
+type PendingAuthorization_Flow int32
+
+const (
+	// Not set.
+	PendingAuthorization_FLOW_UNSPECIFIED PendingAuthorization_Flow = 0
+	// Authorization code with PKCE (StartAuthorization).
+	PendingAuthorization_AUTHORIZATION_CODE PendingAuthorization_Flow = 1
+	// Device authorization grant (StartDeviceAuthorization).
+	PendingAuthorization_DEVICE_CODE PendingAuthorization_Flow = 2
+)
+
+// Enum value maps for PendingAuthorization_Flow.
+var (
+	PendingAuthorization_Flow_name = map[int32]string{
+		0: "FLOW_UNSPECIFIED",
+		1: "AUTHORIZATION_CODE",
+		2: "DEVICE_CODE",
+	}
+	PendingAuthorization_Flow_value = map[string]int32{
+		"FLOW_UNSPECIFIED":   0,
+		"AUTHORIZATION_CODE": 1,
+		"DEVICE_CODE":        2,
+	}
+)
+
+func (x PendingAuthorization_Flow) Enum() *PendingAuthorization_Flow {
+	p := new(PendingAuthorization_Flow)
+	*p = x
+	return p
+}
+
+func (x PendingAuthorization_Flow) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PendingAuthorization_Flow) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[3].Descriptor()
+}
+
+func (PendingAuthorization_Flow) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[3]
+}
+
+func (x PendingAuthorization_Flow) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PendingAuthorization_Flow.Descriptor instead.
+func (PendingAuthorization_Flow) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1, 0}
+}
+
+// Kind is what happened.
+type CredentialEvent_Kind int32
+
+const (
+	// Not set.
+	CredentialEvent_KIND_UNSPECIFIED CredentialEvent_Kind = 0
+	// The credential was created.
+	CredentialEvent_CREATED CredentialEvent_Kind = 1
+	// The credential was deleted.
+	CredentialEvent_DELETED CredentialEvent_Kind = 2
+	// The credential moved to REAUTH_REQUIRED; reason says why.
+	CredentialEvent_REAUTH_REQUIRED CredentialEvent_Kind = 3
+	// A refresh failed for want of the IdP or the network: the broker backs
+	// off, the credential stays ACTIVE.
+	CredentialEvent_BACKING_OFF CredentialEvent_Kind = 4
+	// A refresh succeeded after failures.
+	CredentialEvent_RECOVERED CredentialEvent_Kind = 5
+	// An authorization flow was started.
+	CredentialEvent_AUTHORIZATION_STARTED CredentialEvent_Kind = 6
+	// An authorization flow completed: the credential is ACTIVE again.
+	CredentialEvent_AUTHORIZED CredentialEvent_Kind = 7
+	// An authorization flow ended without a grant: expired, denied or
+	// failed; detail says which.
+	CredentialEvent_AUTHORIZATION_ABANDONED CredentialEvent_Kind = 8
+	// An operator put a new refresh token: the credential is ACTIVE.
+	CredentialEvent_RESEEDED CredentialEvent_Kind = 9
+)
+
+// Enum value maps for CredentialEvent_Kind.
+var (
+	CredentialEvent_Kind_name = map[int32]string{
+		0: "KIND_UNSPECIFIED",
+		1: "CREATED",
+		2: "DELETED",
+		3: "REAUTH_REQUIRED",
+		4: "BACKING_OFF",
+		5: "RECOVERED",
+		6: "AUTHORIZATION_STARTED",
+		7: "AUTHORIZED",
+		8: "AUTHORIZATION_ABANDONED",
+		9: "RESEEDED",
+	}
+	CredentialEvent_Kind_value = map[string]int32{
+		"KIND_UNSPECIFIED":        0,
+		"CREATED":                 1,
+		"DELETED":                 2,
+		"REAUTH_REQUIRED":         3,
+		"BACKING_OFF":             4,
+		"RECOVERED":               5,
+		"AUTHORIZATION_STARTED":   6,
+		"AUTHORIZED":              7,
+		"AUTHORIZATION_ABANDONED": 8,
+		"RESEEDED":                9,
+	}
+)
+
+func (x CredentialEvent_Kind) Enum() *CredentialEvent_Kind {
+	p := new(CredentialEvent_Kind)
+	*p = x
+	return p
+}
+
+func (x CredentialEvent_Kind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CredentialEvent_Kind) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_admin_proto_enumTypes[4].Descriptor()
+}
+
+func (CredentialEvent_Kind) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_admin_proto_enumTypes[4]
+}
+
+func (x CredentialEvent_Kind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CredentialEvent_Kind.Descriptor instead.
+func (CredentialEvent_Kind) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22, 0}
+}
+
 // Credential is an upstream OAuth2 credential. Fields marked input only are
 // accepted by PutCredential and never returned; fields marked output only are
 // ignored on input.
@@ -243,6 +387,12 @@ type Credential struct {
 	// to REAUTH_REQUIRED with reauth_reason REFRESH_OUTCOME_UNKNOWN. Set it no
 	// longer than the IdP's own setting. Shown only when not zero.
 	ReuseGrace *durationpb.Duration `protobuf:"bytes,12,opt,name=reuse_grace,json=reuseGrace,proto3" json:"reuse_grace,omitempty"`
+	// Whether the IdP revokes the previous access token when it answers a
+	// refresh (Ory Hydra does; Okta, Auth0, Dex and Keycloak by default do
+	// not). When set, the broker never hands out the old access token once a
+	// refresh of it is announced: callers wait for the new one (one IdP round
+	// trip), and WatchToken streams tell their clients to stop using it.
+	RevokesPreviousAccessToken bool `protobuf:"varint,13,opt,name=revokes_previous_access_token,json=revokesPreviousAccessToken,proto3" json:"revokes_previous_access_token,omitempty"`
 	// Output only. Where the credential stands.
 	State State `protobuf:"varint,20,opt,name=state,proto3,enum=tokenbroker.v1.State" json:"state,omitempty"`
 	// Output only. Version of the stored record; it grows by one with every
@@ -276,9 +426,23 @@ type Credential struct {
 	// grant is dead, REFRESH_OUTCOME_UNKNOWN when a refresh's outcome is
 	// unknown (the IdP may have rotated the refresh token). Empty in any
 	// other state.
-	ReauthReason  string `protobuf:"bytes,31,opt,name=reauth_reason,json=reauthReason,proto3" json:"reauth_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReauthReason string `protobuf:"bytes,31,opt,name=reauth_reason,json=reauthReason,proto3" json:"reauth_reason,omitempty"`
+	// The IdP's authorization endpoint, for StartAuthorization: an absolute
+	// https URL (http only for a loopback host).
+	AuthorizationUrl string `protobuf:"bytes,40,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
+	// The IdP's device authorization endpoint (RFC 8628), for
+	// StartDeviceAuthorization: an absolute https URL (http only for a
+	// loopback host).
+	DeviceAuthorizationUrl string `protobuf:"bytes,41,opt,name=device_authorization_url,json=deviceAuthorizationUrl,proto3" json:"device_authorization_url,omitempty"`
+	// Where the IdP sends the browser back after StartAuthorization: the
+	// broker's own GET /oauth2/callback as the browser reaches it (https, or
+	// http for a loopback host; the path must be /oauth2/callback). It must be
+	// registered with the IdP for client_id.
+	RedirectUrl string `protobuf:"bytes,42,opt,name=redirect_url,json=redirectUrl,proto3" json:"redirect_url,omitempty"`
+	// Output only. The authorization flow under way, if any.
+	PendingAuthorization *PendingAuthorization `protobuf:"bytes,43,opt,name=pending_authorization,json=pendingAuthorization,proto3" json:"pending_authorization,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *Credential) Reset() {
@@ -395,6 +559,13 @@ func (x *Credential) GetReuseGrace() *durationpb.Duration {
 	return nil
 }
 
+func (x *Credential) GetRevokesPreviousAccessToken() bool {
+	if x != nil {
+		return x.RevokesPreviousAccessToken
+	}
+	return false
+}
+
 func (x *Credential) GetState() State {
 	if x != nil {
 		return x.State
@@ -479,18 +650,160 @@ func (x *Credential) GetReauthReason() string {
 	return ""
 }
 
-// PutCredentialRequest creates or replaces a credential.
-type PutCredentialRequest struct {
+func (x *Credential) GetAuthorizationUrl() string {
+	if x != nil {
+		return x.AuthorizationUrl
+	}
+	return ""
+}
+
+func (x *Credential) GetDeviceAuthorizationUrl() string {
+	if x != nil {
+		return x.DeviceAuthorizationUrl
+	}
+	return ""
+}
+
+func (x *Credential) GetRedirectUrl() string {
+	if x != nil {
+		return x.RedirectUrl
+	}
+	return ""
+}
+
+func (x *Credential) GetPendingAuthorization() *PendingAuthorization {
+	if x != nil {
+		return x.PendingAuthorization
+	}
+	return nil
+}
+
+// PendingAuthorization is an authorization flow under way.
+type PendingAuthorization struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The credential to store.
-	Credential    *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// Which grant.
+	Flow PendingAuthorization_Flow `protobuf:"varint,1,opt,name=flow,proto3,enum=tokenbroker.v1.PendingAuthorization_Flow" json:"flow,omitempty"`
+	// When it was started.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// When it expires (for a device flow, the user code's expiry).
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The client identity that started it.
+	StartedBy string `protobuf:"bytes,4,opt,name=started_by,json=startedBy,proto3" json:"started_by,omitempty"`
+	// Device flow only: the code the user enters.
+	UserCode string `protobuf:"bytes,5,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	// Device flow only: where the user enters it.
+	VerificationUri string `protobuf:"bytes,6,opt,name=verification_uri,json=verificationUri,proto3" json:"verification_uri,omitempty"`
+	// Device flow only: verification_uri with the code in it, when the IdP
+	// sends one.
+	VerificationUriComplete string `protobuf:"bytes,7,opt,name=verification_uri_complete,json=verificationUriComplete,proto3" json:"verification_uri_complete,omitempty"`
+	// Device flow only: how often the broker polls the token endpoint.
+	Interval      *durationpb.Duration `protobuf:"bytes,8,opt,name=interval,proto3" json:"interval,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
+func (x *PendingAuthorization) Reset() {
+	*x = PendingAuthorization{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PendingAuthorization) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PendingAuthorization) ProtoMessage() {}
+
+func (x *PendingAuthorization) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PendingAuthorization.ProtoReflect.Descriptor instead.
+func (*PendingAuthorization) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PendingAuthorization) GetFlow() PendingAuthorization_Flow {
+	if x != nil {
+		return x.Flow
+	}
+	return PendingAuthorization_FLOW_UNSPECIFIED
+}
+
+func (x *PendingAuthorization) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *PendingAuthorization) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *PendingAuthorization) GetStartedBy() string {
+	if x != nil {
+		return x.StartedBy
+	}
+	return ""
+}
+
+func (x *PendingAuthorization) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *PendingAuthorization) GetVerificationUri() string {
+	if x != nil {
+		return x.VerificationUri
+	}
+	return ""
+}
+
+func (x *PendingAuthorization) GetVerificationUriComplete() string {
+	if x != nil {
+		return x.VerificationUriComplete
+	}
+	return ""
+}
+
+func (x *PendingAuthorization) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+// PutCredentialRequest creates or replaces a credential.
+type PutCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credential to store.
+	Credential *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// Lets the put leave an existing credential that has allowed_clients with
+	// none: without it, such a put is refused, so that a request that merely
+	// forgot the field does not cut every reader off.
+	ClearAllowedClients bool `protobuf:"varint,2,opt,name=clear_allowed_clients,json=clearAllowedClients,proto3" json:"clear_allowed_clients,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
 func (x *PutCredentialRequest) Reset() {
 	*x = PutCredentialRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +815,7 @@ func (x *PutCredentialRequest) String() string {
 func (*PutCredentialRequest) ProtoMessage() {}
 
 func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[1]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +828,7 @@ func (x *PutCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialRequest.ProtoReflect.Descriptor instead.
 func (*PutCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PutCredentialRequest) GetCredential() *Credential {
@@ -523,6 +836,13 @@ func (x *PutCredentialRequest) GetCredential() *Credential {
 		return x.Credential
 	}
 	return nil
+}
+
+func (x *PutCredentialRequest) GetClearAllowedClients() bool {
+	if x != nil {
+		return x.ClearAllowedClients
+	}
+	return false
 }
 
 // PutCredentialResponse returns the stored credential's public view.
@@ -536,7 +856,7 @@ type PutCredentialResponse struct {
 
 func (x *PutCredentialResponse) Reset() {
 	*x = PutCredentialResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +868,7 @@ func (x *PutCredentialResponse) String() string {
 func (*PutCredentialResponse) ProtoMessage() {}
 
 func (x *PutCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[2]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +881,7 @@ func (x *PutCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutCredentialResponse.ProtoReflect.Descriptor instead.
 func (*PutCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *PutCredentialResponse) GetCredential() *Credential {
@@ -582,7 +902,7 @@ type GetCredentialRequest struct {
 
 func (x *GetCredentialRequest) Reset() {
 	*x = GetCredentialRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -594,7 +914,7 @@ func (x *GetCredentialRequest) String() string {
 func (*GetCredentialRequest) ProtoMessage() {}
 
 func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[3]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -607,7 +927,7 @@ func (x *GetCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialRequest.ProtoReflect.Descriptor instead.
 func (*GetCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetCredentialRequest) GetId() string {
@@ -628,7 +948,7 @@ type GetCredentialResponse struct {
 
 func (x *GetCredentialResponse) Reset() {
 	*x = GetCredentialResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -640,7 +960,7 @@ func (x *GetCredentialResponse) String() string {
 func (*GetCredentialResponse) ProtoMessage() {}
 
 func (x *GetCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[4]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -653,7 +973,7 @@ func (x *GetCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCredentialResponse.ProtoReflect.Descriptor instead.
 func (*GetCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetCredentialResponse) GetCredential() *Credential {
@@ -669,14 +989,18 @@ type ListCredentialsRequest struct {
 	// Maximum number of credentials to return: 1 to 1000; 0 means 100.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// The next_page_token of the previous page; empty for the first page.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only credentials in this state (as the view shows it, so
+	// PENDING_AUTHORIZATION too); unset lists all. A page may then hold fewer
+	// than page_size credentials while next_page_token is not empty.
+	State         State `protobuf:"varint,3,opt,name=state,proto3,enum=tokenbroker.v1.State" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListCredentialsRequest) Reset() {
 	*x = ListCredentialsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -688,7 +1012,7 @@ func (x *ListCredentialsRequest) String() string {
 func (*ListCredentialsRequest) ProtoMessage() {}
 
 func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[5]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -701,7 +1025,7 @@ func (x *ListCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ListCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListCredentialsRequest) GetPageSize() int32 {
@@ -718,6 +1042,13 @@ func (x *ListCredentialsRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListCredentialsRequest) GetState() State {
+	if x != nil {
+		return x.State
+	}
+	return State_STATE_UNSPECIFIED
+}
+
 // ListCredentialsResponse is one page of credentials.
 type ListCredentialsResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -731,7 +1062,7 @@ type ListCredentialsResponse struct {
 
 func (x *ListCredentialsResponse) Reset() {
 	*x = ListCredentialsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -743,7 +1074,7 @@ func (x *ListCredentialsResponse) String() string {
 func (*ListCredentialsResponse) ProtoMessage() {}
 
 func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[6]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -756,7 +1087,7 @@ func (x *ListCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ListCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListCredentialsResponse) GetCredentials() []*Credential {
@@ -784,7 +1115,7 @@ type DeleteCredentialRequest struct {
 
 func (x *DeleteCredentialRequest) Reset() {
 	*x = DeleteCredentialRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +1127,7 @@ func (x *DeleteCredentialRequest) String() string {
 func (*DeleteCredentialRequest) ProtoMessage() {}
 
 func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[7]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +1140,7 @@ func (x *DeleteCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialRequest.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *DeleteCredentialRequest) GetId() string {
@@ -828,7 +1159,7 @@ type DeleteCredentialResponse struct {
 
 func (x *DeleteCredentialResponse) Reset() {
 	*x = DeleteCredentialResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -840,7 +1171,7 @@ func (x *DeleteCredentialResponse) String() string {
 func (*DeleteCredentialResponse) ProtoMessage() {}
 
 func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[8]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -853,7 +1184,7 @@ func (x *DeleteCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteCredentialResponse.ProtoReflect.Descriptor instead.
 func (*DeleteCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 // RefreshCredentialRequest names the credential to refresh now.
@@ -867,7 +1198,7 @@ type RefreshCredentialRequest struct {
 
 func (x *RefreshCredentialRequest) Reset() {
 	*x = RefreshCredentialRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1210,7 @@ func (x *RefreshCredentialRequest) String() string {
 func (*RefreshCredentialRequest) ProtoMessage() {}
 
 func (x *RefreshCredentialRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[9]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1223,7 @@ func (x *RefreshCredentialRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshCredentialRequest.ProtoReflect.Descriptor instead.
 func (*RefreshCredentialRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RefreshCredentialRequest) GetId() string {
@@ -913,7 +1244,7 @@ type RefreshCredentialResponse struct {
 
 func (x *RefreshCredentialResponse) Reset() {
 	*x = RefreshCredentialResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -925,7 +1256,7 @@ func (x *RefreshCredentialResponse) String() string {
 func (*RefreshCredentialResponse) ProtoMessage() {}
 
 func (x *RefreshCredentialResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[10]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -938,7 +1269,7 @@ func (x *RefreshCredentialResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshCredentialResponse.ProtoReflect.Descriptor instead.
 func (*RefreshCredentialResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *RefreshCredentialResponse) GetCredential() *Credential {
@@ -961,7 +1292,7 @@ type ReencryptCredentialsRequest struct {
 
 func (x *ReencryptCredentialsRequest) Reset() {
 	*x = ReencryptCredentialsRequest{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -973,7 +1304,7 @@ func (x *ReencryptCredentialsRequest) String() string {
 func (*ReencryptCredentialsRequest) ProtoMessage() {}
 
 func (x *ReencryptCredentialsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[11]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -986,7 +1317,7 @@ func (x *ReencryptCredentialsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReencryptCredentialsRequest.ProtoReflect.Descriptor instead.
 func (*ReencryptCredentialsRequest) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReencryptCredentialsRequest) GetPageSize() int32 {
@@ -1021,7 +1352,7 @@ type ReencryptCredentialsResponse struct {
 
 func (x *ReencryptCredentialsResponse) Reset() {
 	*x = ReencryptCredentialsResponse{}
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1033,7 +1364,7 @@ func (x *ReencryptCredentialsResponse) String() string {
 func (*ReencryptCredentialsResponse) ProtoMessage() {}
 
 func (x *ReencryptCredentialsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_tokenbroker_v1_admin_proto_msgTypes[12]
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1046,7 +1377,7 @@ func (x *ReencryptCredentialsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReencryptCredentialsResponse.ProtoReflect.Descriptor instead.
 func (*ReencryptCredentialsResponse) Descriptor() ([]byte, []int) {
-	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReencryptCredentialsResponse) GetPrimaryKeyId() string {
@@ -1077,11 +1408,629 @@ func (x *ReencryptCredentialsResponse) GetNextPageToken() string {
 	return ""
 }
 
+// UpdateCredentialRequest changes some fields of a credential.
+type UpdateCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credential, with id set and the new values of the masked fields.
+	Credential *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	// The fields to change, as paths of Credential (e.g. "allowed_clients",
+	// "scopes", "client_secret", "refresh_token"); a masked field left empty
+	// is cleared, but for the secrets: "client_secret" and
+	// "fallback_client_secrets" set the secrets together (client_secret
+	// first) and keep the stored ones when empty, and a masked
+	// "refresh_token" (which re-seeds the credential) must not be empty.
+	// Omitted: the fields set in credential.
+	UpdateMask    *fieldmaskpb.FieldMask `protobuf:"bytes,2,opt,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateCredentialRequest) Reset() {
+	*x = UpdateCredentialRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateCredentialRequest) ProtoMessage() {}
+
+func (x *UpdateCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateCredentialRequest.ProtoReflect.Descriptor instead.
+func (*UpdateCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdateCredentialRequest) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+func (x *UpdateCredentialRequest) GetUpdateMask() *fieldmaskpb.FieldMask {
+	if x != nil {
+		return x.UpdateMask
+	}
+	return nil
+}
+
+// UpdateCredentialResponse returns the stored credential's public view.
+type UpdateCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The stored credential, without secrets.
+	Credential    *Credential `protobuf:"bytes,1,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateCredentialResponse) Reset() {
+	*x = UpdateCredentialResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateCredentialResponse) ProtoMessage() {}
+
+func (x *UpdateCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateCredentialResponse.ProtoReflect.Descriptor instead.
+func (*UpdateCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *UpdateCredentialResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// StartAuthorizationRequest starts an authorization code flow.
+type StartAuthorizationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the credential.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Scopes to ask for; empty uses the credential's scopes.
+	Scopes []string `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	// Further parameters of the authorization request, such as prompt,
+	// access_type or login_hint (at most 16). The parameters the flow sets
+	// itself (response_type, client_id, redirect_uri, scope, state,
+	// code_challenge, code_challenge_method) are refused.
+	ExtraParams   map[string]string `protobuf:"bytes,3,rep,name=extra_params,json=extraParams,proto3" json:"extra_params,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAuthorizationRequest) Reset() {
+	*x = StartAuthorizationRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAuthorizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAuthorizationRequest) ProtoMessage() {}
+
+func (x *StartAuthorizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAuthorizationRequest.ProtoReflect.Descriptor instead.
+func (*StartAuthorizationRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StartAuthorizationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StartAuthorizationRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *StartAuthorizationRequest) GetExtraParams() map[string]string {
+	if x != nil {
+		return x.ExtraParams
+	}
+	return nil
+}
+
+// StartAuthorizationResponse is the URL to open.
+type StartAuthorizationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The IdP's authorization URL with client_id, redirect_uri, scope, state
+	// and the S256 code_challenge: open it in a browser.
+	AuthorizationUrl string `protobuf:"bytes,1,opt,name=authorization_url,json=authorizationUrl,proto3" json:"authorization_url,omitempty"`
+	// When the flow's state expires.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// The credential, without secrets.
+	Credential    *Credential `protobuf:"bytes,3,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartAuthorizationResponse) Reset() {
+	*x = StartAuthorizationResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartAuthorizationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartAuthorizationResponse) ProtoMessage() {}
+
+func (x *StartAuthorizationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartAuthorizationResponse.ProtoReflect.Descriptor instead.
+func (*StartAuthorizationResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *StartAuthorizationResponse) GetAuthorizationUrl() string {
+	if x != nil {
+		return x.AuthorizationUrl
+	}
+	return ""
+}
+
+func (x *StartAuthorizationResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *StartAuthorizationResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// StartDeviceAuthorizationRequest starts a device authorization flow.
+type StartDeviceAuthorizationRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the credential.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Scopes to ask for; empty uses the credential's scopes.
+	Scopes        []string `protobuf:"bytes,2,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartDeviceAuthorizationRequest) Reset() {
+	*x = StartDeviceAuthorizationRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartDeviceAuthorizationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartDeviceAuthorizationRequest) ProtoMessage() {}
+
+func (x *StartDeviceAuthorizationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartDeviceAuthorizationRequest.ProtoReflect.Descriptor instead.
+func (*StartDeviceAuthorizationRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *StartDeviceAuthorizationRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *StartDeviceAuthorizationRequest) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+// StartDeviceAuthorizationResponse tells the user what to do (RFC 8628
+// section 3.3).
+type StartDeviceAuthorizationResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The code the user enters at verification_uri.
+	UserCode string `protobuf:"bytes,1,opt,name=user_code,json=userCode,proto3" json:"user_code,omitempty"`
+	// Where the user enters it.
+	VerificationUri string `protobuf:"bytes,2,opt,name=verification_uri,json=verificationUri,proto3" json:"verification_uri,omitempty"`
+	// verification_uri with the user code in it, when the IdP sends one.
+	VerificationUriComplete string `protobuf:"bytes,3,opt,name=verification_uri_complete,json=verificationUriComplete,proto3" json:"verification_uri_complete,omitempty"`
+	// When the user code expires.
+	ExpireTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	// How often the broker polls the token endpoint (longer after the IdP
+	// asks it to slow down).
+	Interval *durationpb.Duration `protobuf:"bytes,5,opt,name=interval,proto3" json:"interval,omitempty"`
+	// The credential, without secrets.
+	Credential    *Credential `protobuf:"bytes,6,opt,name=credential,proto3" json:"credential,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartDeviceAuthorizationResponse) Reset() {
+	*x = StartDeviceAuthorizationResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartDeviceAuthorizationResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartDeviceAuthorizationResponse) ProtoMessage() {}
+
+func (x *StartDeviceAuthorizationResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartDeviceAuthorizationResponse.ProtoReflect.Descriptor instead.
+func (*StartDeviceAuthorizationResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *StartDeviceAuthorizationResponse) GetUserCode() string {
+	if x != nil {
+		return x.UserCode
+	}
+	return ""
+}
+
+func (x *StartDeviceAuthorizationResponse) GetVerificationUri() string {
+	if x != nil {
+		return x.VerificationUri
+	}
+	return ""
+}
+
+func (x *StartDeviceAuthorizationResponse) GetVerificationUriComplete() string {
+	if x != nil {
+		return x.VerificationUriComplete
+	}
+	return ""
+}
+
+func (x *StartDeviceAuthorizationResponse) GetExpireTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpireTime
+	}
+	return nil
+}
+
+func (x *StartDeviceAuthorizationResponse) GetInterval() *durationpb.Duration {
+	if x != nil {
+		return x.Interval
+	}
+	return nil
+}
+
+func (x *StartDeviceAuthorizationResponse) GetCredential() *Credential {
+	if x != nil {
+		return x.Credential
+	}
+	return nil
+}
+
+// WatchCredentialsRequest starts a watch.
+type WatchCredentialsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The resume_token of the last event received, to continue after it;
+	// empty to start with the next change.
+	ResumeToken   string `protobuf:"bytes,1,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCredentialsRequest) Reset() {
+	*x = WatchCredentialsRequest{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCredentialsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCredentialsRequest) ProtoMessage() {}
+
+func (x *WatchCredentialsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCredentialsRequest.ProtoReflect.Descriptor instead.
+func (*WatchCredentialsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *WatchCredentialsRequest) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
+// WatchCredentialsResponse is one event.
+type WatchCredentialsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The event.
+	Event *CredentialEvent `protobuf:"bytes,1,opt,name=event,proto3" json:"event,omitempty"`
+	// Pass it to WatchCredentials to continue after this event.
+	ResumeToken   string `protobuf:"bytes,2,opt,name=resume_token,json=resumeToken,proto3" json:"resume_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchCredentialsResponse) Reset() {
+	*x = WatchCredentialsResponse{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchCredentialsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchCredentialsResponse) ProtoMessage() {}
+
+func (x *WatchCredentialsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchCredentialsResponse.ProtoReflect.Descriptor instead.
+func (*WatchCredentialsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *WatchCredentialsResponse) GetEvent() *CredentialEvent {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *WatchCredentialsResponse) GetResumeToken() string {
+	if x != nil {
+		return x.ResumeToken
+	}
+	return ""
+}
+
+// CredentialEvent is a change of a credential's state.
+type CredentialEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the credential.
+	CredentialId string `protobuf:"bytes,1,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// What happened.
+	Kind CredentialEvent_Kind `protobuf:"varint,2,opt,name=kind,proto3,enum=tokenbroker.v1.CredentialEvent_Kind" json:"kind,omitempty"`
+	// The credential's state afterwards (unset for DELETED).
+	State State `protobuf:"varint,3,opt,name=state,proto3,enum=tokenbroker.v1.State" json:"state,omitempty"`
+	// The state before.
+	PreviousState State `protobuf:"varint,4,opt,name=previous_state,json=previousState,proto3,enum=tokenbroker.v1.State" json:"previous_state,omitempty"`
+	// With REAUTH_REQUIRED: REAUTH_REQUIRED or REFRESH_OUTCOME_UNKNOWN, as
+	// Credential.reauth_reason.
+	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What happened, in words, without any secret (the IdP's error, who
+	// denied what).
+	Detail string `protobuf:"bytes,6,opt,name=detail,proto3" json:"detail,omitempty"`
+	// The credential's generation afterwards.
+	Generation uint64 `protobuf:"varint,7,opt,name=generation,proto3" json:"generation,omitempty"`
+	// When it happened.
+	EventTime *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=event_time,json=eventTime,proto3" json:"event_time,omitempty"`
+	// The client identity that caused it, when a caller did.
+	Actor string `protobuf:"bytes,9,opt,name=actor,proto3" json:"actor,omitempty"`
+	// The replica that made the change.
+	Replica       string `protobuf:"bytes,10,opt,name=replica,proto3" json:"replica,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CredentialEvent) Reset() {
+	*x = CredentialEvent{}
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CredentialEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CredentialEvent) ProtoMessage() {}
+
+func (x *CredentialEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CredentialEvent.ProtoReflect.Descriptor instead.
+func (*CredentialEvent) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *CredentialEvent) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *CredentialEvent) GetKind() CredentialEvent_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return CredentialEvent_KIND_UNSPECIFIED
+}
+
+func (x *CredentialEvent) GetState() State {
+	if x != nil {
+		return x.State
+	}
+	return State_STATE_UNSPECIFIED
+}
+
+func (x *CredentialEvent) GetPreviousState() State {
+	if x != nil {
+		return x.PreviousState
+	}
+	return State_STATE_UNSPECIFIED
+}
+
+func (x *CredentialEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *CredentialEvent) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *CredentialEvent) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *CredentialEvent) GetEventTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.EventTime
+	}
+	return nil
+}
+
+func (x *CredentialEvent) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *CredentialEvent) GetReplica() string {
+	if x != nil {
+		return x.Replica
+	}
+	return ""
+}
+
 var File_tokenbroker_v1_admin_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf3\b\n" +
+	"\x1atokenbroker/v1/admin.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9b\v\n" +
 	"\n" +
 	"Credential\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
@@ -1099,7 +2048,8 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"grant_type\x18\v \x01(\x0e2\x19.tokenbroker.v1.GrantTypeR\tgrantType\x12:\n" +
 	"\vreuse_grace\x18\f \x01(\v2\x19.google.protobuf.DurationR\n" +
-	"reuseGrace\x12+\n" +
+	"reuseGrace\x12A\n" +
+	"\x1drevokes_previous_access_token\x18\r \x01(\bR\x1arevokesPreviousAccessToken\x12+\n" +
 	"\x05state\x18\x14 \x01(\x0e2\x15.tokenbroker.v1.StateR\x05state\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x15 \x01(\x04R\n" +
@@ -1117,11 +2067,32 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\vupdate_time\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12B\n" +
 	"\x0fnext_attempt_at\x18\x1e \x01(\v2\x1a.google.protobuf.TimestampR\rnextAttemptAt\x12#\n" +
-	"\rreauth_reason\x18\x1f \x01(\tR\freauthReason\"R\n" +
+	"\rreauth_reason\x18\x1f \x01(\tR\freauthReason\x12+\n" +
+	"\x11authorization_url\x18( \x01(\tR\x10authorizationUrl\x128\n" +
+	"\x18device_authorization_url\x18) \x01(\tR\x16deviceAuthorizationUrl\x12!\n" +
+	"\fredirect_url\x18* \x01(\tR\vredirectUrl\x12Y\n" +
+	"\x15pending_authorization\x18+ \x01(\v2$.tokenbroker.v1.PendingAuthorizationR\x14pendingAuthorization\"\xee\x03\n" +
+	"\x14PendingAuthorization\x12=\n" +
+	"\x04flow\x18\x01 \x01(\x0e2).tokenbroker.v1.PendingAuthorization.FlowR\x04flow\x129\n" +
+	"\n" +
+	"start_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12;\n" +
+	"\vexpire_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12\x1d\n" +
+	"\n" +
+	"started_by\x18\x04 \x01(\tR\tstartedBy\x12\x1b\n" +
+	"\tuser_code\x18\x05 \x01(\tR\buserCode\x12)\n" +
+	"\x10verification_uri\x18\x06 \x01(\tR\x0fverificationUri\x12:\n" +
+	"\x19verification_uri_complete\x18\a \x01(\tR\x17verificationUriComplete\x125\n" +
+	"\binterval\x18\b \x01(\v2\x19.google.protobuf.DurationR\binterval\"E\n" +
+	"\x04Flow\x12\x14\n" +
+	"\x10FLOW_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12AUTHORIZATION_CODE\x10\x01\x12\x0f\n" +
+	"\vDEVICE_CODE\x10\x02\"\x86\x01\n" +
 	"\x14PutCredentialRequest\x12:\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
-	"credential\"S\n" +
+	"credential\x122\n" +
+	"\x15clear_allowed_clients\x18\x02 \x01(\bR\x13clearAllowedClients\"S\n" +
 	"\x15PutCredentialResponse\x12:\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
@@ -1131,11 +2102,12 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x15GetCredentialResponse\x12:\n" +
 	"\n" +
 	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
-	"credential\"T\n" +
+	"credential\"\x81\x01\n" +
 	"\x16ListCredentialsRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x02 \x01(\tR\tpageToken\"\x7f\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.tokenbroker.v1.StateR\x05state\"\x7f\n" +
 	"\x17ListCredentialsResponse\x12<\n" +
 	"\vcredentials\x18\x01 \x03(\v2\x1a.tokenbroker.v1.CredentialR\vcredentials\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\")\n" +
@@ -1156,14 +2128,84 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\x0eprimary_key_id\x18\x01 \x01(\tR\fprimaryKeyId\x12\x18\n" +
 	"\achecked\x18\x02 \x01(\x05R\achecked\x12 \n" +
 	"\vreencrypted\x18\x03 \x01(\x05R\vreencrypted\x12&\n" +
-	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken*O\n" +
+	"\x0fnext_page_token\x18\x04 \x01(\tR\rnextPageToken\"\x92\x01\n" +
+	"\x17UpdateCredentialRequest\x12:\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
+	"credential\x12;\n" +
+	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
+	"updateMask\"V\n" +
+	"\x18UpdateCredentialResponse\x12:\n" +
+	"\n" +
+	"credential\x18\x01 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
+	"credential\"\xe2\x01\n" +
+	"\x19StartAuthorizationRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\x12]\n" +
+	"\fextra_params\x18\x03 \x03(\v2:.tokenbroker.v1.StartAuthorizationRequest.ExtraParamsEntryR\vextraParams\x1a>\n" +
+	"\x10ExtraParamsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc2\x01\n" +
+	"\x1aStartAuthorizationResponse\x12+\n" +
+	"\x11authorization_url\x18\x01 \x01(\tR\x10authorizationUrl\x12;\n" +
+	"\vexpire_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x12:\n" +
+	"\n" +
+	"credential\x18\x03 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
+	"credential\"I\n" +
+	"\x1fStartDeviceAuthorizationRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06scopes\x18\x02 \x03(\tR\x06scopes\"\xd6\x02\n" +
+	" StartDeviceAuthorizationResponse\x12\x1b\n" +
+	"\tuser_code\x18\x01 \x01(\tR\buserCode\x12)\n" +
+	"\x10verification_uri\x18\x02 \x01(\tR\x0fverificationUri\x12:\n" +
+	"\x19verification_uri_complete\x18\x03 \x01(\tR\x17verificationUriComplete\x12;\n" +
+	"\vexpire_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"expireTime\x125\n" +
+	"\binterval\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\binterval\x12:\n" +
+	"\n" +
+	"credential\x18\x06 \x01(\v2\x1a.tokenbroker.v1.CredentialR\n" +
+	"credential\"<\n" +
+	"\x17WatchCredentialsRequest\x12!\n" +
+	"\fresume_token\x18\x01 \x01(\tR\vresumeToken\"t\n" +
+	"\x18WatchCredentialsResponse\x125\n" +
+	"\x05event\x18\x01 \x01(\v2\x1f.tokenbroker.v1.CredentialEventR\x05event\x12!\n" +
+	"\fresume_token\x18\x02 \x01(\tR\vresumeToken\"\xda\x04\n" +
+	"\x0fCredentialEvent\x12#\n" +
+	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x128\n" +
+	"\x04kind\x18\x02 \x01(\x0e2$.tokenbroker.v1.CredentialEvent.KindR\x04kind\x12+\n" +
+	"\x05state\x18\x03 \x01(\x0e2\x15.tokenbroker.v1.StateR\x05state\x12<\n" +
+	"\x0eprevious_state\x18\x04 \x01(\x0e2\x15.tokenbroker.v1.StateR\rpreviousState\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06detail\x18\x06 \x01(\tR\x06detail\x12\x1e\n" +
+	"\n" +
+	"generation\x18\a \x01(\x04R\n" +
+	"generation\x129\n" +
+	"\n" +
+	"event_time\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\teventTime\x12\x14\n" +
+	"\x05actor\x18\t \x01(\tR\x05actor\x12\x18\n" +
+	"\areplica\x18\n" +
+	" \x01(\tR\areplica\"\xc1\x01\n" +
+	"\x04Kind\x12\x14\n" +
+	"\x10KIND_UNSPECIFIED\x10\x00\x12\v\n" +
+	"\aCREATED\x10\x01\x12\v\n" +
+	"\aDELETED\x10\x02\x12\x13\n" +
+	"\x0fREAUTH_REQUIRED\x10\x03\x12\x0f\n" +
+	"\vBACKING_OFF\x10\x04\x12\r\n" +
+	"\tRECOVERED\x10\x05\x12\x19\n" +
+	"\x15AUTHORIZATION_STARTED\x10\x06\x12\x0e\n" +
+	"\n" +
+	"AUTHORIZED\x10\a\x12\x1b\n" +
+	"\x17AUTHORIZATION_ABANDONED\x10\b\x12\f\n" +
+	"\bRESEEDED\x10\t*j\n" +
 	"\x05State\x12\x15\n" +
 	"\x11STATE_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
 	"\x06ACTIVE\x10\x01\x12\x13\n" +
 	"\x0fREAUTH_REQUIRED\x10\x02\x12\x0e\n" +
 	"\n" +
-	"UNREADABLE\x10\x03*R\n" +
+	"UNREADABLE\x10\x03\x12\x19\n" +
+	"\x15PENDING_AUTHORIZATION\x10\x04*R\n" +
 	"\tAuthStyle\x12\x1a\n" +
 	"\x16AUTH_STYLE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10AUTH_STYLE_BASIC\x10\x01\x12\x13\n" +
@@ -1171,9 +2213,13 @@ const file_tokenbroker_v1_admin_proto_rawDesc = "" +
 	"\tGrantType\x12\x1a\n" +
 	"\x16GRANT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n" +
 	"\x18GRANT_TYPE_REFRESH_TOKEN\x10\x01\x12!\n" +
-	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x022\xf2\x04\n" +
+	"\x1dGRANT_TYPE_CLIENT_CREDENTIALS\x10\x022\xae\b\n" +
 	"\fAdminService\x12\\\n" +
-	"\rPutCredential\x12$.tokenbroker.v1.PutCredentialRequest\x1a%.tokenbroker.v1.PutCredentialResponse\x12\\\n" +
+	"\rPutCredential\x12$.tokenbroker.v1.PutCredentialRequest\x1a%.tokenbroker.v1.PutCredentialResponse\x12e\n" +
+	"\x10UpdateCredential\x12'.tokenbroker.v1.UpdateCredentialRequest\x1a(.tokenbroker.v1.UpdateCredentialResponse\x12k\n" +
+	"\x12StartAuthorization\x12).tokenbroker.v1.StartAuthorizationRequest\x1a*.tokenbroker.v1.StartAuthorizationResponse\x12}\n" +
+	"\x18StartDeviceAuthorization\x12/.tokenbroker.v1.StartDeviceAuthorizationRequest\x1a0.tokenbroker.v1.StartDeviceAuthorizationResponse\x12g\n" +
+	"\x10WatchCredentials\x12'.tokenbroker.v1.WatchCredentialsRequest\x1a(.tokenbroker.v1.WatchCredentialsResponse0\x01\x12\\\n" +
 	"\rGetCredential\x12$.tokenbroker.v1.GetCredentialRequest\x1a%.tokenbroker.v1.GetCredentialResponse\x12b\n" +
 	"\x0fListCredentials\x12&.tokenbroker.v1.ListCredentialsRequest\x1a'.tokenbroker.v1.ListCredentialsResponse\x12e\n" +
 	"\x10DeleteCredential\x12'.tokenbroker.v1.DeleteCredentialRequest\x1a(.tokenbroker.v1.DeleteCredentialResponse\x12h\n" +
@@ -1192,62 +2238,104 @@ func file_tokenbroker_v1_admin_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_admin_proto_rawDescData
 }
 
-var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_tokenbroker_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
+var file_tokenbroker_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_tokenbroker_v1_admin_proto_goTypes = []any{
-	(State)(0),                           // 0: tokenbroker.v1.State
-	(AuthStyle)(0),                       // 1: tokenbroker.v1.AuthStyle
-	(GrantType)(0),                       // 2: tokenbroker.v1.GrantType
-	(*Credential)(nil),                   // 3: tokenbroker.v1.Credential
-	(*PutCredentialRequest)(nil),         // 4: tokenbroker.v1.PutCredentialRequest
-	(*PutCredentialResponse)(nil),        // 5: tokenbroker.v1.PutCredentialResponse
-	(*GetCredentialRequest)(nil),         // 6: tokenbroker.v1.GetCredentialRequest
-	(*GetCredentialResponse)(nil),        // 7: tokenbroker.v1.GetCredentialResponse
-	(*ListCredentialsRequest)(nil),       // 8: tokenbroker.v1.ListCredentialsRequest
-	(*ListCredentialsResponse)(nil),      // 9: tokenbroker.v1.ListCredentialsResponse
-	(*DeleteCredentialRequest)(nil),      // 10: tokenbroker.v1.DeleteCredentialRequest
-	(*DeleteCredentialResponse)(nil),     // 11: tokenbroker.v1.DeleteCredentialResponse
-	(*RefreshCredentialRequest)(nil),     // 12: tokenbroker.v1.RefreshCredentialRequest
-	(*RefreshCredentialResponse)(nil),    // 13: tokenbroker.v1.RefreshCredentialResponse
-	(*ReencryptCredentialsRequest)(nil),  // 14: tokenbroker.v1.ReencryptCredentialsRequest
-	(*ReencryptCredentialsResponse)(nil), // 15: tokenbroker.v1.ReencryptCredentialsResponse
-	(*durationpb.Duration)(nil),          // 16: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),        // 17: google.protobuf.Timestamp
+	(State)(0),                               // 0: tokenbroker.v1.State
+	(AuthStyle)(0),                           // 1: tokenbroker.v1.AuthStyle
+	(GrantType)(0),                           // 2: tokenbroker.v1.GrantType
+	(PendingAuthorization_Flow)(0),           // 3: tokenbroker.v1.PendingAuthorization.Flow
+	(CredentialEvent_Kind)(0),                // 4: tokenbroker.v1.CredentialEvent.Kind
+	(*Credential)(nil),                       // 5: tokenbroker.v1.Credential
+	(*PendingAuthorization)(nil),             // 6: tokenbroker.v1.PendingAuthorization
+	(*PutCredentialRequest)(nil),             // 7: tokenbroker.v1.PutCredentialRequest
+	(*PutCredentialResponse)(nil),            // 8: tokenbroker.v1.PutCredentialResponse
+	(*GetCredentialRequest)(nil),             // 9: tokenbroker.v1.GetCredentialRequest
+	(*GetCredentialResponse)(nil),            // 10: tokenbroker.v1.GetCredentialResponse
+	(*ListCredentialsRequest)(nil),           // 11: tokenbroker.v1.ListCredentialsRequest
+	(*ListCredentialsResponse)(nil),          // 12: tokenbroker.v1.ListCredentialsResponse
+	(*DeleteCredentialRequest)(nil),          // 13: tokenbroker.v1.DeleteCredentialRequest
+	(*DeleteCredentialResponse)(nil),         // 14: tokenbroker.v1.DeleteCredentialResponse
+	(*RefreshCredentialRequest)(nil),         // 15: tokenbroker.v1.RefreshCredentialRequest
+	(*RefreshCredentialResponse)(nil),        // 16: tokenbroker.v1.RefreshCredentialResponse
+	(*ReencryptCredentialsRequest)(nil),      // 17: tokenbroker.v1.ReencryptCredentialsRequest
+	(*ReencryptCredentialsResponse)(nil),     // 18: tokenbroker.v1.ReencryptCredentialsResponse
+	(*UpdateCredentialRequest)(nil),          // 19: tokenbroker.v1.UpdateCredentialRequest
+	(*UpdateCredentialResponse)(nil),         // 20: tokenbroker.v1.UpdateCredentialResponse
+	(*StartAuthorizationRequest)(nil),        // 21: tokenbroker.v1.StartAuthorizationRequest
+	(*StartAuthorizationResponse)(nil),       // 22: tokenbroker.v1.StartAuthorizationResponse
+	(*StartDeviceAuthorizationRequest)(nil),  // 23: tokenbroker.v1.StartDeviceAuthorizationRequest
+	(*StartDeviceAuthorizationResponse)(nil), // 24: tokenbroker.v1.StartDeviceAuthorizationResponse
+	(*WatchCredentialsRequest)(nil),          // 25: tokenbroker.v1.WatchCredentialsRequest
+	(*WatchCredentialsResponse)(nil),         // 26: tokenbroker.v1.WatchCredentialsResponse
+	(*CredentialEvent)(nil),                  // 27: tokenbroker.v1.CredentialEvent
+	nil,                                      // 28: tokenbroker.v1.StartAuthorizationRequest.ExtraParamsEntry
+	(*durationpb.Duration)(nil),              // 29: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),            // 30: google.protobuf.Timestamp
+	(*fieldmaskpb.FieldMask)(nil),            // 31: google.protobuf.FieldMask
 }
 var file_tokenbroker_v1_admin_proto_depIdxs = []int32{
 	1,  // 0: tokenbroker.v1.Credential.auth_style:type_name -> tokenbroker.v1.AuthStyle
-	16, // 1: tokenbroker.v1.Credential.refresh_ahead:type_name -> google.protobuf.Duration
+	29, // 1: tokenbroker.v1.Credential.refresh_ahead:type_name -> google.protobuf.Duration
 	2,  // 2: tokenbroker.v1.Credential.grant_type:type_name -> tokenbroker.v1.GrantType
-	16, // 3: tokenbroker.v1.Credential.reuse_grace:type_name -> google.protobuf.Duration
+	29, // 3: tokenbroker.v1.Credential.reuse_grace:type_name -> google.protobuf.Duration
 	0,  // 4: tokenbroker.v1.Credential.state:type_name -> tokenbroker.v1.State
-	17, // 5: tokenbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
-	17, // 6: tokenbroker.v1.Credential.last_refresh_at:type_name -> google.protobuf.Timestamp
-	17, // 7: tokenbroker.v1.Credential.last_error_at:type_name -> google.protobuf.Timestamp
-	17, // 8: tokenbroker.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
-	17, // 9: tokenbroker.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
-	17, // 10: tokenbroker.v1.Credential.next_attempt_at:type_name -> google.protobuf.Timestamp
-	3,  // 11: tokenbroker.v1.PutCredentialRequest.credential:type_name -> tokenbroker.v1.Credential
-	3,  // 12: tokenbroker.v1.PutCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
-	3,  // 13: tokenbroker.v1.GetCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
-	3,  // 14: tokenbroker.v1.ListCredentialsResponse.credentials:type_name -> tokenbroker.v1.Credential
-	3,  // 15: tokenbroker.v1.RefreshCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
-	4,  // 16: tokenbroker.v1.AdminService.PutCredential:input_type -> tokenbroker.v1.PutCredentialRequest
-	6,  // 17: tokenbroker.v1.AdminService.GetCredential:input_type -> tokenbroker.v1.GetCredentialRequest
-	8,  // 18: tokenbroker.v1.AdminService.ListCredentials:input_type -> tokenbroker.v1.ListCredentialsRequest
-	10, // 19: tokenbroker.v1.AdminService.DeleteCredential:input_type -> tokenbroker.v1.DeleteCredentialRequest
-	12, // 20: tokenbroker.v1.AdminService.RefreshCredential:input_type -> tokenbroker.v1.RefreshCredentialRequest
-	14, // 21: tokenbroker.v1.AdminService.ReencryptCredentials:input_type -> tokenbroker.v1.ReencryptCredentialsRequest
-	5,  // 22: tokenbroker.v1.AdminService.PutCredential:output_type -> tokenbroker.v1.PutCredentialResponse
-	7,  // 23: tokenbroker.v1.AdminService.GetCredential:output_type -> tokenbroker.v1.GetCredentialResponse
-	9,  // 24: tokenbroker.v1.AdminService.ListCredentials:output_type -> tokenbroker.v1.ListCredentialsResponse
-	11, // 25: tokenbroker.v1.AdminService.DeleteCredential:output_type -> tokenbroker.v1.DeleteCredentialResponse
-	13, // 26: tokenbroker.v1.AdminService.RefreshCredential:output_type -> tokenbroker.v1.RefreshCredentialResponse
-	15, // 27: tokenbroker.v1.AdminService.ReencryptCredentials:output_type -> tokenbroker.v1.ReencryptCredentialsResponse
-	22, // [22:28] is the sub-list for method output_type
-	16, // [16:22] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	30, // 5: tokenbroker.v1.Credential.expires_at:type_name -> google.protobuf.Timestamp
+	30, // 6: tokenbroker.v1.Credential.last_refresh_at:type_name -> google.protobuf.Timestamp
+	30, // 7: tokenbroker.v1.Credential.last_error_at:type_name -> google.protobuf.Timestamp
+	30, // 8: tokenbroker.v1.Credential.create_time:type_name -> google.protobuf.Timestamp
+	30, // 9: tokenbroker.v1.Credential.update_time:type_name -> google.protobuf.Timestamp
+	30, // 10: tokenbroker.v1.Credential.next_attempt_at:type_name -> google.protobuf.Timestamp
+	6,  // 11: tokenbroker.v1.Credential.pending_authorization:type_name -> tokenbroker.v1.PendingAuthorization
+	3,  // 12: tokenbroker.v1.PendingAuthorization.flow:type_name -> tokenbroker.v1.PendingAuthorization.Flow
+	30, // 13: tokenbroker.v1.PendingAuthorization.start_time:type_name -> google.protobuf.Timestamp
+	30, // 14: tokenbroker.v1.PendingAuthorization.expire_time:type_name -> google.protobuf.Timestamp
+	29, // 15: tokenbroker.v1.PendingAuthorization.interval:type_name -> google.protobuf.Duration
+	5,  // 16: tokenbroker.v1.PutCredentialRequest.credential:type_name -> tokenbroker.v1.Credential
+	5,  // 17: tokenbroker.v1.PutCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	5,  // 18: tokenbroker.v1.GetCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	0,  // 19: tokenbroker.v1.ListCredentialsRequest.state:type_name -> tokenbroker.v1.State
+	5,  // 20: tokenbroker.v1.ListCredentialsResponse.credentials:type_name -> tokenbroker.v1.Credential
+	5,  // 21: tokenbroker.v1.RefreshCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	5,  // 22: tokenbroker.v1.UpdateCredentialRequest.credential:type_name -> tokenbroker.v1.Credential
+	31, // 23: tokenbroker.v1.UpdateCredentialRequest.update_mask:type_name -> google.protobuf.FieldMask
+	5,  // 24: tokenbroker.v1.UpdateCredentialResponse.credential:type_name -> tokenbroker.v1.Credential
+	28, // 25: tokenbroker.v1.StartAuthorizationRequest.extra_params:type_name -> tokenbroker.v1.StartAuthorizationRequest.ExtraParamsEntry
+	30, // 26: tokenbroker.v1.StartAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	5,  // 27: tokenbroker.v1.StartAuthorizationResponse.credential:type_name -> tokenbroker.v1.Credential
+	30, // 28: tokenbroker.v1.StartDeviceAuthorizationResponse.expire_time:type_name -> google.protobuf.Timestamp
+	29, // 29: tokenbroker.v1.StartDeviceAuthorizationResponse.interval:type_name -> google.protobuf.Duration
+	5,  // 30: tokenbroker.v1.StartDeviceAuthorizationResponse.credential:type_name -> tokenbroker.v1.Credential
+	27, // 31: tokenbroker.v1.WatchCredentialsResponse.event:type_name -> tokenbroker.v1.CredentialEvent
+	4,  // 32: tokenbroker.v1.CredentialEvent.kind:type_name -> tokenbroker.v1.CredentialEvent.Kind
+	0,  // 33: tokenbroker.v1.CredentialEvent.state:type_name -> tokenbroker.v1.State
+	0,  // 34: tokenbroker.v1.CredentialEvent.previous_state:type_name -> tokenbroker.v1.State
+	30, // 35: tokenbroker.v1.CredentialEvent.event_time:type_name -> google.protobuf.Timestamp
+	7,  // 36: tokenbroker.v1.AdminService.PutCredential:input_type -> tokenbroker.v1.PutCredentialRequest
+	19, // 37: tokenbroker.v1.AdminService.UpdateCredential:input_type -> tokenbroker.v1.UpdateCredentialRequest
+	21, // 38: tokenbroker.v1.AdminService.StartAuthorization:input_type -> tokenbroker.v1.StartAuthorizationRequest
+	23, // 39: tokenbroker.v1.AdminService.StartDeviceAuthorization:input_type -> tokenbroker.v1.StartDeviceAuthorizationRequest
+	25, // 40: tokenbroker.v1.AdminService.WatchCredentials:input_type -> tokenbroker.v1.WatchCredentialsRequest
+	9,  // 41: tokenbroker.v1.AdminService.GetCredential:input_type -> tokenbroker.v1.GetCredentialRequest
+	11, // 42: tokenbroker.v1.AdminService.ListCredentials:input_type -> tokenbroker.v1.ListCredentialsRequest
+	13, // 43: tokenbroker.v1.AdminService.DeleteCredential:input_type -> tokenbroker.v1.DeleteCredentialRequest
+	15, // 44: tokenbroker.v1.AdminService.RefreshCredential:input_type -> tokenbroker.v1.RefreshCredentialRequest
+	17, // 45: tokenbroker.v1.AdminService.ReencryptCredentials:input_type -> tokenbroker.v1.ReencryptCredentialsRequest
+	8,  // 46: tokenbroker.v1.AdminService.PutCredential:output_type -> tokenbroker.v1.PutCredentialResponse
+	20, // 47: tokenbroker.v1.AdminService.UpdateCredential:output_type -> tokenbroker.v1.UpdateCredentialResponse
+	22, // 48: tokenbroker.v1.AdminService.StartAuthorization:output_type -> tokenbroker.v1.StartAuthorizationResponse
+	24, // 49: tokenbroker.v1.AdminService.StartDeviceAuthorization:output_type -> tokenbroker.v1.StartDeviceAuthorizationResponse
+	26, // 50: tokenbroker.v1.AdminService.WatchCredentials:output_type -> tokenbroker.v1.WatchCredentialsResponse
+	10, // 51: tokenbroker.v1.AdminService.GetCredential:output_type -> tokenbroker.v1.GetCredentialResponse
+	12, // 52: tokenbroker.v1.AdminService.ListCredentials:output_type -> tokenbroker.v1.ListCredentialsResponse
+	14, // 53: tokenbroker.v1.AdminService.DeleteCredential:output_type -> tokenbroker.v1.DeleteCredentialResponse
+	16, // 54: tokenbroker.v1.AdminService.RefreshCredential:output_type -> tokenbroker.v1.RefreshCredentialResponse
+	18, // 55: tokenbroker.v1.AdminService.ReencryptCredentials:output_type -> tokenbroker.v1.ReencryptCredentialsResponse
+	46, // [46:56] is the sub-list for method output_type
+	36, // [36:46] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_admin_proto_init() }
@@ -1260,8 +2348,8 @@ func file_tokenbroker_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_admin_proto_rawDesc), len(file_tokenbroker_v1_admin_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   13,
+			NumEnums:      5,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

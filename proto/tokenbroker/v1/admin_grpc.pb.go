@@ -19,12 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	AdminService_PutCredential_FullMethodName        = "/tokenbroker.v1.AdminService/PutCredential"
-	AdminService_GetCredential_FullMethodName        = "/tokenbroker.v1.AdminService/GetCredential"
-	AdminService_ListCredentials_FullMethodName      = "/tokenbroker.v1.AdminService/ListCredentials"
-	AdminService_DeleteCredential_FullMethodName     = "/tokenbroker.v1.AdminService/DeleteCredential"
-	AdminService_RefreshCredential_FullMethodName    = "/tokenbroker.v1.AdminService/RefreshCredential"
-	AdminService_ReencryptCredentials_FullMethodName = "/tokenbroker.v1.AdminService/ReencryptCredentials"
+	AdminService_PutCredential_FullMethodName            = "/tokenbroker.v1.AdminService/PutCredential"
+	AdminService_UpdateCredential_FullMethodName         = "/tokenbroker.v1.AdminService/UpdateCredential"
+	AdminService_StartAuthorization_FullMethodName       = "/tokenbroker.v1.AdminService/StartAuthorization"
+	AdminService_StartDeviceAuthorization_FullMethodName = "/tokenbroker.v1.AdminService/StartDeviceAuthorization"
+	AdminService_WatchCredentials_FullMethodName         = "/tokenbroker.v1.AdminService/WatchCredentials"
+	AdminService_GetCredential_FullMethodName            = "/tokenbroker.v1.AdminService/GetCredential"
+	AdminService_ListCredentials_FullMethodName          = "/tokenbroker.v1.AdminService/ListCredentials"
+	AdminService_DeleteCredential_FullMethodName         = "/tokenbroker.v1.AdminService/DeleteCredential"
+	AdminService_RefreshCredential_FullMethodName        = "/tokenbroker.v1.AdminService/RefreshCredential"
+	AdminService_ReencryptCredentials_FullMethodName     = "/tokenbroker.v1.AdminService/ReencryptCredentials"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -35,12 +39,53 @@ const (
 // returns a refresh token or a client secret: those fields are input only.
 // Calls need an admin identity.
 type AdminServiceClient interface {
-	// PutCredential creates a credential or replaces an existing one. On an
+	// PutCredential creates a credential or replaces an existing one whole:
+	// every configuration field takes the request's value, and a field left
+	// out is cleared (use UpdateCredential to change some fields only). On an
 	// existing credential, an empty refresh_token keeps the stored refresh token
 	// and token state, and empty client secrets keep the stored ones; a
 	// non-empty refresh_token re-seeds the credential: the cached access token
-	// is dropped and the state returns to ACTIVE.
+	// is dropped and the state returns to ACTIVE. A put that would leave an
+	// existing credential with no allowed_clients while it has some is refused
+	// (INVALID_ARGUMENT, field credential.allowed_clients) unless
+	// clear_allowed_clients says so.
+	//
+	// A new credential with the refresh_token grant needs a refresh_token,
+	// unless it has an authorization_url or a device_authorization_url: it is
+	// then created in state REAUTH_REQUIRED, to be authorized with
+	// StartAuthorization or StartDeviceAuthorization.
 	PutCredential(ctx context.Context, in *PutCredentialRequest, opts ...grpc.CallOption) (*PutCredentialResponse, error)
+	// UpdateCredential changes the fields of an existing credential that
+	// update_mask names (AIP-134), and nothing else. An omitted mask names the
+	// fields set in the request; "*" is refused (PutCredential replaces a
+	// credential whole). Output-only fields, id and unknown paths are refused
+	// with INVALID_ARGUMENT, field update_mask.
+	UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*UpdateCredentialResponse, error)
+	// StartAuthorization starts an authorization code grant with PKCE (RFC
+	// 6749 section 4.1, RFC 7636 S256) for a credential with an
+	// authorization_url and a redirect_url. It returns the URL to open in a
+	// browser; the IdP sends the browser back to redirect_url, the broker's
+	// GET /oauth2/callback (--http-addr, on any replica), which exchanges the
+	// code and stores the new grant. The credential keeps its configuration,
+	// allowed clients and secrets. While the flow is open a credential in
+	// REAUTH_REQUIRED shows state PENDING_AUTHORIZATION. The state parameter
+	// is single use and expires after 10 minutes.
+	StartAuthorization(ctx context.Context, in *StartAuthorizationRequest, opts ...grpc.CallOption) (*StartAuthorizationResponse, error)
+	// StartDeviceAuthorization starts a device authorization grant (RFC 8628)
+	// for a credential with a device_authorization_url: the user opens
+	// verification_uri and enters user_code (or opens
+	// verification_uri_complete). The broker polls the token endpoint in the
+	// background, one replica at a time, and stores the new grant once the
+	// user approves. While a flow is open, a second call answers with it.
+	StartDeviceAuthorization(ctx context.Context, in *StartDeviceAuthorizationRequest, opts ...grpc.CallOption) (*StartDeviceAuthorizationResponse, error)
+	// WatchCredentials streams an event for every change of a credential's
+	// state made by any replica: created, deleted, REAUTH_REQUIRED (with the
+	// reason), backing off after refresh failures and recovered, an
+	// authorization started, completed or abandoned, a new refresh token put.
+	// Each event carries a resume_token; a watch started with one sends the
+	// events after it that the broker still keeps (the last 10,000), or fails
+	// with INVALID_ARGUMENT (field resume_token) when some of them are gone.
+	WatchCredentials(ctx context.Context, in *WatchCredentialsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCredentialsResponse], error)
 	// GetCredential returns the public view of one credential.
 	GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error)
 	// ListCredentials returns the public views of credentials in ID order, one
@@ -76,6 +121,55 @@ func (c *adminServiceClient) PutCredential(ctx context.Context, in *PutCredentia
 	}
 	return out, nil
 }
+
+func (c *adminServiceClient) UpdateCredential(ctx context.Context, in *UpdateCredentialRequest, opts ...grpc.CallOption) (*UpdateCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateCredentialResponse)
+	err := c.cc.Invoke(ctx, AdminService_UpdateCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) StartAuthorization(ctx context.Context, in *StartAuthorizationRequest, opts ...grpc.CallOption) (*StartAuthorizationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartAuthorizationResponse)
+	err := c.cc.Invoke(ctx, AdminService_StartAuthorization_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) StartDeviceAuthorization(ctx context.Context, in *StartDeviceAuthorizationRequest, opts ...grpc.CallOption) (*StartDeviceAuthorizationResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartDeviceAuthorizationResponse)
+	err := c.cc.Invoke(ctx, AdminService_StartDeviceAuthorization_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminServiceClient) WatchCredentials(ctx context.Context, in *WatchCredentialsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchCredentialsResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &AdminService_ServiceDesc.Streams[0], AdminService_WatchCredentials_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchCredentialsRequest, WatchCredentialsResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchCredentialsClient = grpc.ServerStreamingClient[WatchCredentialsResponse]
 
 func (c *adminServiceClient) GetCredential(ctx context.Context, in *GetCredentialRequest, opts ...grpc.CallOption) (*GetCredentialResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -135,12 +229,53 @@ func (c *adminServiceClient) ReencryptCredentials(ctx context.Context, in *Reenc
 // returns a refresh token or a client secret: those fields are input only.
 // Calls need an admin identity.
 type AdminServiceServer interface {
-	// PutCredential creates a credential or replaces an existing one. On an
+	// PutCredential creates a credential or replaces an existing one whole:
+	// every configuration field takes the request's value, and a field left
+	// out is cleared (use UpdateCredential to change some fields only). On an
 	// existing credential, an empty refresh_token keeps the stored refresh token
 	// and token state, and empty client secrets keep the stored ones; a
 	// non-empty refresh_token re-seeds the credential: the cached access token
-	// is dropped and the state returns to ACTIVE.
+	// is dropped and the state returns to ACTIVE. A put that would leave an
+	// existing credential with no allowed_clients while it has some is refused
+	// (INVALID_ARGUMENT, field credential.allowed_clients) unless
+	// clear_allowed_clients says so.
+	//
+	// A new credential with the refresh_token grant needs a refresh_token,
+	// unless it has an authorization_url or a device_authorization_url: it is
+	// then created in state REAUTH_REQUIRED, to be authorized with
+	// StartAuthorization or StartDeviceAuthorization.
 	PutCredential(context.Context, *PutCredentialRequest) (*PutCredentialResponse, error)
+	// UpdateCredential changes the fields of an existing credential that
+	// update_mask names (AIP-134), and nothing else. An omitted mask names the
+	// fields set in the request; "*" is refused (PutCredential replaces a
+	// credential whole). Output-only fields, id and unknown paths are refused
+	// with INVALID_ARGUMENT, field update_mask.
+	UpdateCredential(context.Context, *UpdateCredentialRequest) (*UpdateCredentialResponse, error)
+	// StartAuthorization starts an authorization code grant with PKCE (RFC
+	// 6749 section 4.1, RFC 7636 S256) for a credential with an
+	// authorization_url and a redirect_url. It returns the URL to open in a
+	// browser; the IdP sends the browser back to redirect_url, the broker's
+	// GET /oauth2/callback (--http-addr, on any replica), which exchanges the
+	// code and stores the new grant. The credential keeps its configuration,
+	// allowed clients and secrets. While the flow is open a credential in
+	// REAUTH_REQUIRED shows state PENDING_AUTHORIZATION. The state parameter
+	// is single use and expires after 10 minutes.
+	StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error)
+	// StartDeviceAuthorization starts a device authorization grant (RFC 8628)
+	// for a credential with a device_authorization_url: the user opens
+	// verification_uri and enters user_code (or opens
+	// verification_uri_complete). The broker polls the token endpoint in the
+	// background, one replica at a time, and stores the new grant once the
+	// user approves. While a flow is open, a second call answers with it.
+	StartDeviceAuthorization(context.Context, *StartDeviceAuthorizationRequest) (*StartDeviceAuthorizationResponse, error)
+	// WatchCredentials streams an event for every change of a credential's
+	// state made by any replica: created, deleted, REAUTH_REQUIRED (with the
+	// reason), backing off after refresh failures and recovered, an
+	// authorization started, completed or abandoned, a new refresh token put.
+	// Each event carries a resume_token; a watch started with one sends the
+	// events after it that the broker still keeps (the last 10,000), or fails
+	// with INVALID_ARGUMENT (field resume_token) when some of them are gone.
+	WatchCredentials(*WatchCredentialsRequest, grpc.ServerStreamingServer[WatchCredentialsResponse]) error
 	// GetCredential returns the public view of one credential.
 	GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error)
 	// ListCredentials returns the public views of credentials in ID order, one
@@ -169,6 +304,18 @@ type UnimplementedAdminServiceServer struct{}
 
 func (UnimplementedAdminServiceServer) PutCredential(context.Context, *PutCredentialRequest) (*PutCredentialResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PutCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) UpdateCredential(context.Context, *UpdateCredentialRequest) (*UpdateCredentialResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateCredential not implemented")
+}
+func (UnimplementedAdminServiceServer) StartAuthorization(context.Context, *StartAuthorizationRequest) (*StartAuthorizationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartAuthorization not implemented")
+}
+func (UnimplementedAdminServiceServer) StartDeviceAuthorization(context.Context, *StartDeviceAuthorizationRequest) (*StartDeviceAuthorizationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method StartDeviceAuthorization not implemented")
+}
+func (UnimplementedAdminServiceServer) WatchCredentials(*WatchCredentialsRequest, grpc.ServerStreamingServer[WatchCredentialsResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method WatchCredentials not implemented")
 }
 func (UnimplementedAdminServiceServer) GetCredential(context.Context, *GetCredentialRequest) (*GetCredentialResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetCredential not implemented")
@@ -223,6 +370,71 @@ func _AdminService_PutCredential_Handler(srv interface{}, ctx context.Context, d
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _AdminService_UpdateCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).UpdateCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_UpdateCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).UpdateCredential(ctx, req.(*UpdateCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_StartAuthorization_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartAuthorizationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).StartAuthorization(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_StartAuthorization_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).StartAuthorization(ctx, req.(*StartAuthorizationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_StartDeviceAuthorization_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartDeviceAuthorizationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).StartDeviceAuthorization(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_StartDeviceAuthorization_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).StartDeviceAuthorization(ctx, req.(*StartDeviceAuthorizationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _AdminService_WatchCredentials_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchCredentialsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(AdminServiceServer).WatchCredentials(m, &grpc.GenericServerStream[WatchCredentialsRequest, WatchCredentialsResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type AdminService_WatchCredentialsServer = grpc.ServerStreamingServer[WatchCredentialsResponse]
 
 func _AdminService_GetCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetCredentialRequest)
@@ -326,6 +538,18 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_PutCredential_Handler,
 		},
 		{
+			MethodName: "UpdateCredential",
+			Handler:    _AdminService_UpdateCredential_Handler,
+		},
+		{
+			MethodName: "StartAuthorization",
+			Handler:    _AdminService_StartAuthorization_Handler,
+		},
+		{
+			MethodName: "StartDeviceAuthorization",
+			Handler:    _AdminService_StartDeviceAuthorization_Handler,
+		},
+		{
 			MethodName: "GetCredential",
 			Handler:    _AdminService_GetCredential_Handler,
 		},
@@ -346,6 +570,12 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _AdminService_ReencryptCredentials_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchCredentials",
+			Handler:       _AdminService_WatchCredentials_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tokenbroker/v1/admin.proto",
 }

@@ -96,6 +96,13 @@ const (
 	// in. Unlike REAUTH_REQUIRED this is no verdict of the IdP. Not
 	// retryable.
 	ErrorReasonEnum_REFRESH_OUTCOME_UNKNOWN ErrorReasonEnum_ErrorReason = 16
+	// gRPC code FAILED_PRECONDITION. The IdP refused a request of an
+	// authorization flow (StartAuthorization, StartDeviceAuthorization, the
+	// callback): invalid_client, unauthorized_client, invalid_scope and the
+	// like, or an answer the broker cannot use (no refresh token). Nothing
+	// stored changed but the flow's end. Not retryable as is: fix the
+	// credential's configuration (UpdateCredential) or the IdP's.
+	ErrorReasonEnum_IDP_REJECTED ErrorReasonEnum_ErrorReason = 17
 )
 
 // Enum value maps for ErrorReasonEnum_ErrorReason.
@@ -118,6 +125,7 @@ var (
 		14: "INTERNAL",
 		15: "RECORD_UNREADABLE",
 		16: "REFRESH_OUTCOME_UNKNOWN",
+		17: "IDP_REJECTED",
 	}
 	ErrorReasonEnum_ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -137,6 +145,7 @@ var (
 		"INTERNAL":                 14,
 		"RECORD_UNREADABLE":        15,
 		"REFRESH_OUTCOME_UNKNOWN":  16,
+		"IDP_REJECTED":             17,
 	}
 )
 
@@ -211,8 +220,8 @@ var File_tokenbroker_v1_error_reason_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_error_reason_proto_rawDesc = "" +
 	"\n" +
-	"!tokenbroker/v1/error_reason.proto\x12\x0etokenbroker.v1\"\x93\x03\n" +
-	"\x0fErrorReasonEnum\"\xff\x02\n" +
+	"!tokenbroker/v1/error_reason.proto\x12\x0etokenbroker.v1\"\xa5\x03\n" +
+	"\x0fErrorReasonEnum\"\x91\x03\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CREDENTIAL_NOT_FOUND\x10\x01\x12\x14\n" +
@@ -231,7 +240,8 @@ const file_tokenbroker_v1_error_reason_proto_rawDesc = "" +
 	"\x11DEADLINE_EXCEEDED\x10\r\x12\f\n" +
 	"\bINTERNAL\x10\x0e\x12\x15\n" +
 	"\x11RECORD_UNREADABLE\x10\x0f\x12\x1b\n" +
-	"\x17REFRESH_OUTCOME_UNKNOWN\x10\x10BGZEgithub.com/tokenbroker/tokenbroker/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\x17REFRESH_OUTCOME_UNKNOWN\x10\x10\x12\x10\n" +
+	"\fIDP_REJECTED\x10\x11BGZEgithub.com/tokenbroker/tokenbroker/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_error_reason_proto_rawDescOnce sync.Once

@@ -279,6 +279,152 @@ func (x *InvalidateTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+// WatchTokenRequest asks for a credential's tokens as they change.
+type WatchTokenRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// ID of the credential, as given to AdminService.PutCredential.
+	CredentialId string `protobuf:"bytes,1,opt,name=credential_id,json=credentialId,proto3" json:"credential_id,omitempty"`
+	// Minimum time each token sent must stay valid, as in
+	// GetTokenRequest.min_valid. The broker refreshes the credential before the
+	// current token has less than that left.
+	MinValid      *durationpb.Duration `protobuf:"bytes,2,opt,name=min_valid,json=minValid,proto3" json:"min_valid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTokenRequest) Reset() {
+	*x = WatchTokenRequest{}
+	mi := &file_tokenbroker_v1_token_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTokenRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTokenRequest) ProtoMessage() {}
+
+func (x *WatchTokenRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_token_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTokenRequest.ProtoReflect.Descriptor instead.
+func (*WatchTokenRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_token_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *WatchTokenRequest) GetCredentialId() string {
+	if x != nil {
+		return x.CredentialId
+	}
+	return ""
+}
+
+func (x *WatchTokenRequest) GetMinValid() *durationpb.Duration {
+	if x != nil {
+		return x.MinValid
+	}
+	return nil
+}
+
+// WatchTokenResponse is one message of a WatchToken stream: a token, as in
+// GetTokenResponse, with the generation it was stored at; or, with rotating
+// set, the notice that the token of that generation is being replaced.
+type WatchTokenResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The access token, to be sent as "Authorization: <token_type> <access_token>".
+	// Empty when rotating is set.
+	AccessToken string `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	// The token type the IdP returned, normally "Bearer".
+	TokenType string `protobuf:"bytes,2,opt,name=token_type,json=tokenType,proto3" json:"token_type,omitempty"`
+	// When the access token expires.
+	ExpiresAt *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// The generation of the credential's record the token belongs to. It
+	// grows with every stored change; a higher one supersedes a lower one.
+	Generation uint64 `protobuf:"varint,4,opt,name=generation,proto3" json:"generation,omitempty"`
+	// Set, without a token, when the credential's IdP revokes the previous
+	// access token on refresh and a refresh of the token of generation has
+	// been announced: that token is about to die, so it must not be used any
+	// more. The next message carries its successor.
+	Rotating      bool `protobuf:"varint,5,opt,name=rotating,proto3" json:"rotating,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTokenResponse) Reset() {
+	*x = WatchTokenResponse{}
+	mi := &file_tokenbroker_v1_token_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTokenResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTokenResponse) ProtoMessage() {}
+
+func (x *WatchTokenResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_token_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTokenResponse.ProtoReflect.Descriptor instead.
+func (*WatchTokenResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_token_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *WatchTokenResponse) GetAccessToken() string {
+	if x != nil {
+		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *WatchTokenResponse) GetTokenType() string {
+	if x != nil {
+		return x.TokenType
+	}
+	return ""
+}
+
+func (x *WatchTokenResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *WatchTokenResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *WatchTokenResponse) GetRotating() bool {
+	if x != nil {
+		return x.Rotating
+	}
+	return false
+}
+
 var File_tokenbroker_v1_token_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_token_proto_rawDesc = "" +
@@ -302,10 +448,25 @@ const file_tokenbroker_v1_token_proto_rawDesc = "" +
 	"\n" +
 	"token_type\x18\x02 \x01(\tR\ttokenType\x129\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt2\xc1\x01\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"p\n" +
+	"\x11WatchTokenRequest\x12#\n" +
+	"\rcredential_id\x18\x01 \x01(\tR\fcredentialId\x126\n" +
+	"\tmin_valid\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bminValid\"\xcd\x01\n" +
+	"\x12WatchTokenResponse\x12!\n" +
+	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
+	"\n" +
+	"token_type\x18\x02 \x01(\tR\ttokenType\x129\n" +
+	"\n" +
+	"expires_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x04 \x01(\x04R\n" +
+	"generation\x12\x1a\n" +
+	"\brotating\x18\x05 \x01(\bR\brotating2\x98\x02\n" +
 	"\fTokenService\x12M\n" +
 	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse\x12b\n" +
-	"\x0fInvalidateToken\x12&.tokenbroker.v1.InvalidateTokenRequest\x1a'.tokenbroker.v1.InvalidateTokenResponseBGZEgithub.com/tokenbroker/tokenbroker/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
+	"\x0fInvalidateToken\x12&.tokenbroker.v1.InvalidateTokenRequest\x1a'.tokenbroker.v1.InvalidateTokenResponse\x12U\n" +
+	"\n" +
+	"WatchToken\x12!.tokenbroker.v1.WatchTokenRequest\x1a\".tokenbroker.v1.WatchTokenResponse0\x01BGZEgithub.com/tokenbroker/tokenbroker/proto/tokenbroker/v1;tokenbrokerv1b\x06proto3"
 
 var (
 	file_tokenbroker_v1_token_proto_rawDescOnce sync.Once
@@ -319,29 +480,35 @@ func file_tokenbroker_v1_token_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_token_proto_rawDescData
 }
 
-var file_tokenbroker_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_tokenbroker_v1_token_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
 var file_tokenbroker_v1_token_proto_goTypes = []any{
 	(*GetTokenRequest)(nil),         // 0: tokenbroker.v1.GetTokenRequest
 	(*GetTokenResponse)(nil),        // 1: tokenbroker.v1.GetTokenResponse
 	(*InvalidateTokenRequest)(nil),  // 2: tokenbroker.v1.InvalidateTokenRequest
 	(*InvalidateTokenResponse)(nil), // 3: tokenbroker.v1.InvalidateTokenResponse
-	(*durationpb.Duration)(nil),     // 4: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 5: google.protobuf.Timestamp
+	(*WatchTokenRequest)(nil),       // 4: tokenbroker.v1.WatchTokenRequest
+	(*WatchTokenResponse)(nil),      // 5: tokenbroker.v1.WatchTokenResponse
+	(*durationpb.Duration)(nil),     // 6: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),   // 7: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_token_proto_depIdxs = []int32{
-	4, // 0: tokenbroker.v1.GetTokenRequest.min_valid:type_name -> google.protobuf.Duration
-	5, // 1: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 2: tokenbroker.v1.InvalidateTokenRequest.min_valid:type_name -> google.protobuf.Duration
-	5, // 3: tokenbroker.v1.InvalidateTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0, // 4: tokenbroker.v1.TokenService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	2, // 5: tokenbroker.v1.TokenService.InvalidateToken:input_type -> tokenbroker.v1.InvalidateTokenRequest
-	1, // 6: tokenbroker.v1.TokenService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	3, // 7: tokenbroker.v1.TokenService.InvalidateToken:output_type -> tokenbroker.v1.InvalidateTokenResponse
-	6, // [6:8] is the sub-list for method output_type
-	4, // [4:6] is the sub-list for method input_type
-	4, // [4:4] is the sub-list for extension type_name
-	4, // [4:4] is the sub-list for extension extendee
-	0, // [0:4] is the sub-list for field type_name
+	6, // 0: tokenbroker.v1.GetTokenRequest.min_valid:type_name -> google.protobuf.Duration
+	7, // 1: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6, // 2: tokenbroker.v1.InvalidateTokenRequest.min_valid:type_name -> google.protobuf.Duration
+	7, // 3: tokenbroker.v1.InvalidateTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	6, // 4: tokenbroker.v1.WatchTokenRequest.min_valid:type_name -> google.protobuf.Duration
+	7, // 5: tokenbroker.v1.WatchTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0, // 6: tokenbroker.v1.TokenService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	2, // 7: tokenbroker.v1.TokenService.InvalidateToken:input_type -> tokenbroker.v1.InvalidateTokenRequest
+	4, // 8: tokenbroker.v1.TokenService.WatchToken:input_type -> tokenbroker.v1.WatchTokenRequest
+	1, // 9: tokenbroker.v1.TokenService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	3, // 10: tokenbroker.v1.TokenService.InvalidateToken:output_type -> tokenbroker.v1.InvalidateTokenResponse
+	5, // 11: tokenbroker.v1.TokenService.WatchToken:output_type -> tokenbroker.v1.WatchTokenResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_token_proto_init() }
@@ -355,7 +522,7 @@ func file_tokenbroker_v1_token_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_token_proto_rawDesc), len(file_tokenbroker_v1_token_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   6,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

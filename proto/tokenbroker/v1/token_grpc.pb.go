@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	TokenService_GetToken_FullMethodName        = "/tokenbroker.v1.TokenService/GetToken"
 	TokenService_InvalidateToken_FullMethodName = "/tokenbroker.v1.TokenService/InvalidateToken"
+	TokenService_WatchToken_FullMethodName      = "/tokenbroker.v1.TokenService/WatchToken"
 )
 
 // TokenServiceClient is the client API for TokenService service.
@@ -53,6 +54,27 @@ type TokenServiceClient interface {
 	// Any number of workers reporting the same rejected token cause at most one
 	// refresh.
 	InvalidateToken(ctx context.Context, in *InvalidateTokenRequest, opts ...grpc.CallOption) (*InvalidateTokenResponse, error)
+	// WatchToken sends the credential's current access token (valid for at
+	// least min_valid, refreshed first if need be), then each new one as soon
+	// as it is stored, whichever replica refreshed it. Messages carry the
+	// record's generation, which only grows on a stream: a token of a lower
+	// generation than one already received is superseded. Superseded tokens
+	// may be skipped when refreshes follow each other closely.
+	//
+	// For a credential whose IdP revokes the previous access token on refresh
+	// (revokes_previous_access_token), a message with rotating set and no
+	// token is sent once a refresh of the current token is announced, shortly
+	// before it is sent to the IdP: stop using that token; the next message
+	// brings its successor.
+	//
+	// Authorization and errors are those of GetToken (a caller not allowed,
+	// or an unknown credential, is PERMISSION_DENIED). The stream ends with
+	// the matching status when the credential is deleted, no longer allows
+	// the caller, or goes to REAUTH_REQUIRED (reason REAUTH_REQUIRED or
+	// REFRESH_OUTCOME_UNKNOWN), and with UNAVAILABLE (reason SHUTTING_DOWN)
+	// when the replica shuts down: reconnect, with backoff. A refresh that
+	// fails for a while (IdP unavailable) does not end it.
+	WatchToken(ctx context.Context, in *WatchTokenRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTokenResponse], error)
 }
 
 type tokenServiceClient struct {
@@ -83,6 +105,25 @@ func (c *tokenServiceClient) InvalidateToken(ctx context.Context, in *Invalidate
 	return out, nil
 }
 
+func (c *tokenServiceClient) WatchToken(ctx context.Context, in *WatchTokenRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchTokenResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &TokenService_ServiceDesc.Streams[0], TokenService_WatchToken_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchTokenRequest, WatchTokenResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenService_WatchTokenClient = grpc.ServerStreamingClient[WatchTokenResponse]
+
 // TokenServiceServer is the server API for TokenService service.
 // All implementations must embed UnimplementedTokenServiceServer
 // for forward compatibility.
@@ -109,6 +150,27 @@ type TokenServiceServer interface {
 	// Any number of workers reporting the same rejected token cause at most one
 	// refresh.
 	InvalidateToken(context.Context, *InvalidateTokenRequest) (*InvalidateTokenResponse, error)
+	// WatchToken sends the credential's current access token (valid for at
+	// least min_valid, refreshed first if need be), then each new one as soon
+	// as it is stored, whichever replica refreshed it. Messages carry the
+	// record's generation, which only grows on a stream: a token of a lower
+	// generation than one already received is superseded. Superseded tokens
+	// may be skipped when refreshes follow each other closely.
+	//
+	// For a credential whose IdP revokes the previous access token on refresh
+	// (revokes_previous_access_token), a message with rotating set and no
+	// token is sent once a refresh of the current token is announced, shortly
+	// before it is sent to the IdP: stop using that token; the next message
+	// brings its successor.
+	//
+	// Authorization and errors are those of GetToken (a caller not allowed,
+	// or an unknown credential, is PERMISSION_DENIED). The stream ends with
+	// the matching status when the credential is deleted, no longer allows
+	// the caller, or goes to REAUTH_REQUIRED (reason REAUTH_REQUIRED or
+	// REFRESH_OUTCOME_UNKNOWN), and with UNAVAILABLE (reason SHUTTING_DOWN)
+	// when the replica shuts down: reconnect, with backoff. A refresh that
+	// fails for a while (IdP unavailable) does not end it.
+	WatchToken(*WatchTokenRequest, grpc.ServerStreamingServer[WatchTokenResponse]) error
 	mustEmbedUnimplementedTokenServiceServer()
 }
 
@@ -124,6 +186,9 @@ func (UnimplementedTokenServiceServer) GetToken(context.Context, *GetTokenReques
 }
 func (UnimplementedTokenServiceServer) InvalidateToken(context.Context, *InvalidateTokenRequest) (*InvalidateTokenResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method InvalidateToken not implemented")
+}
+func (UnimplementedTokenServiceServer) WatchToken(*WatchTokenRequest, grpc.ServerStreamingServer[WatchTokenResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method WatchToken not implemented")
 }
 func (UnimplementedTokenServiceServer) mustEmbedUnimplementedTokenServiceServer() {}
 func (UnimplementedTokenServiceServer) testEmbeddedByValue()                      {}
@@ -182,6 +247,17 @@ func _TokenService_InvalidateToken_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _TokenService_WatchToken_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchTokenRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(TokenServiceServer).WatchToken(m, &grpc.GenericServerStream[WatchTokenRequest, WatchTokenResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type TokenService_WatchTokenServer = grpc.ServerStreamingServer[WatchTokenResponse]
+
 // TokenService_ServiceDesc is the grpc.ServiceDesc for TokenService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -198,6 +274,12 @@ var TokenService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _TokenService_InvalidateToken_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "WatchToken",
+			Handler:       _TokenService_WatchToken_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "tokenbroker/v1/token.proto",
 }
