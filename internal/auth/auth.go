@@ -16,8 +16,12 @@ package auth
 
 import (
 	"context"
+	"crypto/subtle"
 	"crypto/x509"
+	"hash/maphash"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -26,10 +30,25 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 )
 
-// Authenticator maps a call's credentials to a registered client. It is
-// immutable and safe for concurrent use.
+// Authenticator maps a call's credentials to a registered client. Its
+// registry is fixed when it is made; it is safe for concurrent use.
 type Authenticator struct {
 	reg *registry
+
+	// verified remembers the keys that were presented and matched a
+	// registered hash, so that a key's next call costs a keyed lookup and a
+	// constant-time comparison instead of a SHA-256 (see bearer). It holds
+	// at most one key per registered hash, so it is bounded by the
+	// registry, and it is replaced, never modified: readers take no lock.
+	verified atomic.Pointer[map[uint64]*verifiedKey]
+	seed     maphash.Seed
+	vmu      sync.Mutex // serializes the replacements of verified
+}
+
+// verifiedKey is a key that matched a registered hash, and its client.
+type verifiedKey struct {
+	key    string
+	client *client
 }
 
 // NewAuthenticator returns an Authenticator for clients, validated as
@@ -39,7 +58,9 @@ func NewAuthenticator(clients []Client) (*Authenticator, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Authenticator{reg: reg}, nil
+	a := &Authenticator{reg: reg, seed: maphash.MakeSeed()}
+	a.verified.Store(&map[uint64]*verifiedKey{})
+	return a, nil
 }
 
 // Authenticate returns the registered client that made the call ctx belongs
@@ -88,7 +109,15 @@ func (a *Authenticator) Authenticate(ctx context.Context) (broker.Caller, error)
 // its timing can only depend on the hash of the key the caller sent, and
 // learning how the SHA-256 of one's own guesses relates to a stored hash
 // gives no way to find a key with that hash (SHA-256 is preimage
-// resistant). The keys themselves are never compared.
+// resistant).
+//
+// A key that matched is remembered (in memory only, as it passes through
+// the process anyway), so that its next calls skip the SHA-256: they find it
+// by a hash keyed with a secret random seed, and compare it with the
+// presented key in constant time. Timing can then tell a guess only whether
+// its seeded hash collides with that of a key in use (a 64-bit value
+// unknown to the caller) and its length, never how much of it matches.
+// Unknown keys always take the SHA-256 path and are never remembered.
 func (a *Authenticator) bearer(ctx context.Context) (*client, error) {
 	vals := metadata.ValueFromIncomingContext(ctx, "authorization")
 	switch len(vals) {
@@ -102,15 +131,52 @@ func (a *Authenticator) bearer(ctx context.Context) (*client, error) {
 	if !ok || !strings.EqualFold(scheme, "bearer") {
 		return nil, unauthenticated("authorization must be \"Bearer <key>\"")
 	}
-	sum, ok := hashKey(strings.TrimLeft(key, " "))
-	if !ok {
+	key = strings.TrimLeft(key, " ")
+	if key == "" || len(key) > maxKeyLen {
 		return nil, unauthenticated("authorization must be \"Bearer <key>\"")
 	}
+	h := maphash.String(a.seed, key)
+	if v := (*a.verified.Load())[h]; v != nil && equalConstantTime(v.key, key) {
+		return v.client, nil
+	}
+	sum, _ := hashKey(key)
 	c := a.reg.byHash[sum]
 	if c == nil {
 		return nil, unauthenticated("unknown client key")
 	}
+	a.remember(h, key, c)
 	return c, nil
+}
+
+// remember adds key, which matched a registered hash and whose seeded hash
+// is h, to the verified keys. A seeded-hash collision with another verified
+// key (a 2^-64 chance) keeps the first: the second just is not cached.
+func (a *Authenticator) remember(h uint64, key string, c *client) {
+	a.vmu.Lock()
+	defer a.vmu.Unlock()
+	old := *a.verified.Load()
+	if _, ok := old[h]; ok || len(old) >= len(a.reg.byHash) {
+		return
+	}
+	next := make(map[uint64]*verifiedKey, len(old)+1)
+	for k, v := range old {
+		next[k] = v
+	}
+	next[h] = &verifiedKey{key: strings.Clone(key), client: c}
+	a.verified.Store(&next)
+}
+
+// equalConstantTime reports whether a and b are equal, in a time that
+// depends only on their lengths.
+func equalConstantTime(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	var v byte
+	for i := 0; i < len(a); i++ {
+		v |= a[i] ^ b[i]
+	}
+	return subtle.ConstantTimeByteEq(v, 0) == 1
 }
 
 // certificate returns the client the call's verified client certificate

@@ -31,30 +31,97 @@ func tokenHost(tokenURL string) string {
 	return u.Host
 }
 
-// paceTurn is a turn at the IdP obtained before a refresh began; whoever
-// is done with it first (the IdP call, or the refresh that did not need
-// one) gives it back.
+// paceTurn is a turn at the IdP obtained before a refresh began, or being
+// obtained while it begins; whoever is done with it first (the IdP call, or
+// the refresh that did not need one) gives it back.
 type paceTurn struct {
-	once    sync.Once
-	release func()
+	ready chan struct{} // closed once the Pacer answered
+
+	mu      sync.Mutex
+	arrived bool   // the Pacer answered: release or err is set
+	release func() // the turn's release, once arrived without err
+	err     error
+	used    bool // done was called
 }
 
+// heldTurn is a turn already obtained.
+func heldTurn(release func()) *paceTurn {
+	t := &paceTurn{ready: make(chan struct{}), arrived: true, release: release}
+	close(t.ready)
+	return t
+}
+
+// prefetchTurn starts asking the Pacer for an urgent turn at host, so that
+// the wait overlaps the Store's round trips before the IdP call; nil when
+// there is no Pacer or the Broker is closing. The turn must be given back
+// with done, whether or not it is used.
+func (b *Broker) prefetchTurn(host string) *paceTurn {
+	if b.cfg.Pacer == nil || host == "" || !b.enter() {
+		return nil
+	}
+	t := &paceTurn{ready: make(chan struct{})}
+	go func() {
+		defer b.wg.Done()
+		release, err := b.cfg.Pacer.Acquire(b.bg, host, true)
+		t.mu.Lock()
+		t.arrived, t.release, t.err = true, release, err
+		used := t.used
+		close(t.ready)
+		t.mu.Unlock()
+		if used && err == nil {
+			release() // given back before it arrived
+		}
+	}()
+	return t
+}
+
+// wait waits until the turn is obtained and returns its release, or the
+// Pacer's error, or ctx's.
+func (t *paceTurn) wait(ctx context.Context) (func(), error) {
+	select {
+	case <-t.ready:
+	case <-ctx.Done():
+		t.done()
+		return nil, ctx.Err()
+	}
+	if t.err != nil {
+		return nil, t.err
+	}
+	return t.done, nil
+}
+
+// done gives the turn back, now or as soon as it arrives; calling it again
+// does nothing.
 func (t *paceTurn) done() {
-	if t != nil {
-		t.once.Do(t.release)
+	if t == nil {
+		return
+	}
+	t.mu.Lock()
+	if t.used {
+		t.mu.Unlock()
+		return
+	}
+	t.used = true
+	release := t.release
+	arrived := t.arrived
+	t.mu.Unlock()
+	if arrived && release != nil {
+		release()
 	}
 }
 
 // pace waits for the Pacer's leave to call the IdP of rec, unless the
-// flight holds a turn already; without a Pacer it returns at once.
+// flight holds a turn already (or is getting one); without a Pacer it
+// returns at once.
 func (b *Broker) pace(ctx context.Context, rec *Record, f flight) (release func(), err error) {
 	switch {
 	case b.cfg.Pacer == nil:
+		if f.turn != nil {
+			f.turn.done()
+		}
 		return func() {}, nil
 	case f.turn != nil:
-		t := f.turn
-		f.turn = nil
-		return t.done, nil
+		return f.turn.wait(ctx)
 	}
 	return b.cfg.Pacer.Acquire(ctx, tokenHost(rec.TokenURL), f.reason != ReasonAhead)
 }
@@ -174,7 +241,7 @@ func (b *Broker) runAhead(id string) {
 			if err != nil {
 				return // closing
 			}
-			turn = &paceTurn{release: release}
+			turn = heldTurn(release)
 			defer turn.done()
 		}
 	}

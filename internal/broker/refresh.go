@@ -125,6 +125,16 @@ func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
 			return rec, nil
 		}
 		b.obs.LockWaited(time.Since(start), true)
+		if rec == nil && f.turn == nil {
+			// The lease came at once (nothing was read while waiting): this
+			// replica calls the IdP next unless the record says otherwise,
+			// so the IdP's turn is asked for while the record is read and
+			// the refresh announced, not after. (A flight that waited was
+			// woken by another holder, which likely refreshed already.)
+			if _, e := b.lookup(f.id); e != nil {
+				f.turn = b.prefetchTurn(e.host)
+			}
+		}
 		rec, err = b.refreshLocked(ctx, lease, f)
 		if errors.Is(err, errPendingElsewhere) {
 			// Another holder's refresh is pending: its outcome may be
@@ -183,8 +193,16 @@ func reauthErr(rec *Record) error {
 }
 
 // refreshLocked decides under lease whether to call the IdP, and if so
-// announces the refresh and starts an attempt, which takes the lease over.
+// announces the refresh and starts an attempt, which takes the lease over,
+// and the flight's turn at the IdP if it has one; otherwise it gives the
+// turn back.
 func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Record, error) {
+	started := false
+	defer func() {
+		if !started {
+			f.turn.done()
+		}
+	}()
 	m := b.mark(f.id)
 	rec, err := b.store.Get(ctx, f.id) // the freshest record, read under the lease
 	if err != nil {
@@ -235,6 +253,7 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 		return nil, storeErr(f.id, err)
 	}
 	rec.Pending = p
+	started = true
 	f.trace = ctx
 	a := b.startAttempt(lease, rec, p, f, orphan)
 	return a.await(ctx, b.cfg)

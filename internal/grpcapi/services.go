@@ -4,6 +4,8 @@ import (
 	"context"
 	"time"
 
+	"google.golang.org/protobuf/types/known/timestamppb"
+
 	"github.com/tokenbroker/tokenbroker/internal/broker"
 	pb "github.com/tokenbroker/tokenbroker/proto/tokenbroker/v1"
 )
@@ -33,11 +35,25 @@ func (s *tokenService) GetToken(ctx context.Context, req *pb.GetTokenRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetTokenResponse{
-		AccessToken: tok.AccessToken,
-		TokenType:   tok.TokenType,
-		ExpiresAt:   timestamp(tok.Expiry),
-	}, nil
+	return getTokenResponse(tok), nil
+}
+
+// tokenResponse is a GetTokenResponse and its expiry in one allocation:
+// the cached path's answer.
+type tokenResponse struct {
+	resp    pb.GetTokenResponse
+	expires timestamppb.Timestamp
+}
+
+// getTokenResponse returns the answer of GetToken for tok.
+func getTokenResponse(tok broker.Token) *pb.GetTokenResponse {
+	r := new(tokenResponse)
+	r.resp.AccessToken, r.resp.TokenType = tok.AccessToken, tok.TokenType
+	if !tok.Expiry.IsZero() {
+		r.expires.Seconds, r.expires.Nanos = tok.Expiry.Unix(), int32(tok.Expiry.Nanosecond())
+		r.resp.ExpiresAt = &r.expires
+	}
+	return &r.resp
 }
 
 func (s *tokenService) InvalidateToken(ctx context.Context, req *pb.InvalidateTokenRequest) (*pb.InvalidateTokenResponse, error) {

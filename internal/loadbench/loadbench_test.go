@@ -21,8 +21,17 @@ func tiny() Config {
 	cfg.Duration = 100 * time.Millisecond
 	cfg.StormCallers = 60
 	cfg.SDKDuration = 20 * time.Millisecond
-	cfg.Credentials = 40
+	cfg.Credentials = 60
 	cfg.Workers = 8
+	cfg.WorkingSet = 30
+	cfg.ColdSamples = 20
+	cfg.ListPage = 25
+	cfg.GrowthSizes = []int{1, 60}
+	cfg.GrowthReplicas = []int{1, 2}
+	cfg.GrowthReplicaSize = 20
+	cfg.GrowthDuration = 50 * time.Millisecond
+	cfg.PacingCredentials = 30
+	cfg.PacingRates = []int{100, 5}
 	return cfg
 }
 
@@ -59,6 +68,9 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 
 	s := rep.Storm
+	if s == nil {
+		t.Fatal("no storm")
+	}
 	if len(s.IdPCalls) != cfg.Rounds {
 		t.Fatalf("storm rounds = %d, want %d", len(s.IdPCalls), cfg.Rounds)
 	}
@@ -76,6 +88,9 @@ func TestRunEndToEnd(t *testing.T) {
 		t.Errorf("storm: %+v", s)
 	}
 
+	if rep.SDK == nil {
+		t.Fatal("no SDK figures")
+	}
 	if rep.SDK.TokenSourceNs <= 0 || rep.SDK.ReuseNs <= 0 {
 		t.Errorf("sdk: %+v", rep.SDK)
 	}
@@ -84,21 +99,41 @@ func TestRunEndToEnd(t *testing.T) {
 	}
 
 	c := rep.Scale
-	if c.Credentials != cfg.Credentials || c.CachedGets != int64(cfg.Credentials) || c.ColdFirstTokenMs <= 0 {
+	if c == nil || c.Credentials != cfg.Credentials || c.ColdFirstTokenMs <= 0 || c.ColdGets.Calls != cfg.ColdSamples ||
+		c.ListRecords != cfg.Credentials || c.ListPages != 3 || c.WorkingSet != cfg.WorkingSet ||
+		len(c.WorkingSetThroughput) != len(cfg.Concurrency) || c.RedisBytesPerCredential <= 0 {
 		t.Errorf("scale: %+v", c)
 	}
-	if c.RedisCommandsPerGet != 0 {
+	if c != nil && c.RedisCommandsPerGet != 0 {
 		t.Errorf("Redis commands per cached GetToken = %v, want 0", c.RedisCommandsPerGet)
 	}
+	if g := rep.Growth; g == nil || len(g.Rows) != 4 || len(g.Findings) == 0 {
+		t.Errorf("growth: %+v", g)
+	} else {
+		for _, r := range g.Rows {
+			if r.CPUUsPerCall <= 0 || r.RedisCommandsPerRefresh <= 0 || r.RedisCommandsPerCall != 0 {
+				t.Errorf("growth row %+v", r)
+			}
+		}
+	}
+	if p := rep.Pacing; p == nil || len(p.Runs) != 2 {
+		t.Errorf("pacing: %+v", p)
+	} else {
+		for _, r := range p.Runs {
+			if r.InTime+r.Late+r.Never != r.Credentials || r.IdPRefreshes == 0 || r.Calls == 0 {
+				t.Errorf("pacing run %+v", r)
+			}
+		}
+	}
 
-	if len(rep.Targets) != len(cfg.Concurrency)+5 {
+	if len(rep.Targets) != 2*len(cfg.Concurrency)+2+2+3+len(cfg.Concurrency)+1+2*2 {
 		t.Errorf("%d targets: %+v", len(rep.Targets), rep.Targets)
 	}
 	var table bytes.Buffer
 	if err := rep.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"1. cached GetToken", "2. refresh storm", "3. SDK", "4. scale", "targets"} {
+	for _, want := range []string{"1. cached GetToken", "2. SDK", "3. refresh storm", "4. scale", "5. cost growth", "6. refresh-ahead paced", "targets"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}
@@ -111,10 +146,10 @@ func TestRunEndToEnd(t *testing.T) {
 	if err := json.Unmarshal(b, &back); err != nil {
 		t.Fatal(err)
 	}
-	if back.Storm.Callers != cfg.StormCallers || len(back.Throughput) != len(rep.Throughput) {
+	if back.Storm == nil || back.Storm.Callers != cfg.StormCallers || len(back.Throughput) != len(rep.Throughput) || back.Growth == nil {
 		t.Errorf("JSON round trip lost figures: %s", b)
 	}
-	if !strings.Contains(progress.String(), "bench: storm:") {
+	if !strings.Contains(progress.String(), "s storm: ") {
 		t.Errorf("no progress lines: %q", progress.String())
 	}
 }
@@ -123,18 +158,20 @@ func TestProfile(t *testing.T) {
 	needRedis(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	var cpu, allocs bytes.Buffer
-	l, err := Profile(ctx, tiny(), 200*time.Millisecond, &cpu, &allocs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l.Calls == 0 || cpu.Len() == 0 || allocs.Len() == 0 {
-		t.Fatalf("calls %d, cpu profile %d bytes, allocs profile %d bytes", l.Calls, cpu.Len(), allocs.Len())
+	for _, floor := range []bool{false, true} {
+		var cpu, allocs bytes.Buffer
+		l, err := Profile(ctx, tiny(), 200*time.Millisecond, floor, &cpu, &allocs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l.Calls == 0 || cpu.Len() == 0 || allocs.Len() == 0 {
+			t.Fatalf("floor %v: calls %d, cpu profile %d bytes, allocs profile %d bytes", floor, l.Calls, cpu.Len(), allocs.Len())
+		}
 	}
 }
 
 func TestConfigValidate(t *testing.T) {
-	for _, cfg := range []Config{Full(), Smoke(), tiny()} {
+	for _, cfg := range []Config{Full(), ScaleRun(), Smoke(), tiny()} {
 		if err := cfg.validate(); err != nil {
 			t.Errorf("%s: %v", cfg.Mode, err)
 		}
@@ -145,6 +182,9 @@ func TestConfigValidate(t *testing.T) {
 		"slices":      func(c *Config) { c.Slices = 0 },
 		"ttl":         func(c *Config) { c.StormTokenTTL = 500 * time.Millisecond },
 		"credentials": func(c *Config) { c.Credentials = 1 },
+		"step":        func(c *Config) { c.Steps = []string{"nope"} },
+		"growth size": func(c *Config) { c.GrowthSizes = []int{c.Credentials + 1} },
+		"pacing":      func(c *Config) { c.PacingAhead = time.Second },
 	} {
 		cfg := Smoke()
 		mutate(&cfg)

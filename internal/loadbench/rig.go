@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -18,6 +19,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/internal/fakeidp"
 	"github.com/tokenbroker/tokenbroker/internal/redisproc"
 	"github.com/tokenbroker/tokenbroker/internal/redisstore"
+	"github.com/tokenbroker/tokenbroker/internal/seal"
 	"github.com/tokenbroker/tokenbroker/internal/server"
 )
 
@@ -33,14 +35,18 @@ const (
 
 // env is what every measurement shares: one private redis-server (bound to
 // 127.0.0.1, no persistence, noeviction as the broker requires), a client
-// of it for the rig's own commands, and the client registry. Each
-// measurement makes its own IdP and key prefix.
+// of it for the rig's own commands, the client registry and the keyring
+// that seals every record. Each measurement makes its own IdP and key
+// prefix.
 type env struct {
-	redis *redisproc.Server
-	rdb   redis.UniversalClient // the rig's own: replicas have theirs
-	auth  *auth.Authenticator
-	key   string // the bench client's bearer key
-	runID string // unique per run, starts every key prefix
+	redis    *redisproc.Server
+	rdb      redis.UniversalClient // the rig's own: replicas have theirs
+	auth     *auth.Authenticator
+	key      string // the bench client's bearer key
+	adminKey string // the admin client's
+	sealKeys string // --seal-keys of every replica: one fresh key
+	runID    string // unique per run, starts every key prefix
+	seq      atomic.Int64
 }
 
 func newEnv(ctx context.Context) (*env, error) {
@@ -48,7 +54,7 @@ func newEnv(ctx context.Context) (*env, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, adminHash, err := auth.GenerateKey()
+	adminKey, adminHash, err := auth.GenerateKey()
 	if err != nil {
 		return nil, err
 	}
@@ -56,6 +62,10 @@ func newEnv(ctx context.Context) (*env, error) {
 		{ID: benchClient, KeySHA256: []string{hash}},
 		{ID: adminClient, KeySHA256: []string{adminHash}, Admin: true},
 	})
+	if err != nil {
+		return nil, err
+	}
+	sealKey, err := seal.GenerateKey()
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +80,7 @@ func newEnv(ctx context.Context) (*env, error) {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	return &env{redis: rs, rdb: rdb, auth: a, key: key, runID: "bench" + hex.EncodeToString(b[:])}, nil
+	return &env{redis: rs, rdb: rdb, auth: a, key: key, adminKey: adminKey, sealKeys: "bench1:" + sealKey, runID: "bench" + hex.EncodeToString(b[:])}, nil
 }
 
 func (e *env) close() error { return errors.Join(e.rdb.Close(), e.redis.Close()) }
@@ -79,6 +89,12 @@ func (e *env) close() error { return errors.Join(e.rdb.Close(), e.redis.Close())
 // metadata, as clientsdk sends it.
 func (e *env) callerContext(ctx context.Context) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.key)
+}
+
+// adminCallerContext returns ctx with the admin client's key in the
+// outgoing metadata.
+func (e *env) adminCallerContext(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+e.adminKey)
 }
 
 // adminContext returns ctx carrying the admin identity, for calls made on a
@@ -120,10 +136,11 @@ func credential(idp *fakeidp.Server, id string) broker.Credential {
 }
 
 // replica is one broker replica built by server.New as cmd/broker builds
-// it in Redis mode with --clients-file and --metrics-addr, their other
-// settings at the defaults: authentication, the per-client limit, metrics
-// (with the Go and process collectors) and the audit trail on; its own
-// go-redis client and Store; its gRPC port on 127.0.0.1, without TLS.
+// it in Redis mode with --seal-keys, --clients-file and --metrics-addr,
+// their other settings at the defaults: records sealed (AES-256-GCM),
+// authentication, the per-client limit, metrics (with the Go and process
+// collectors) and the audit trail on; its own go-redis client and Store;
+// its gRPC port on 127.0.0.1, without TLS.
 type replica struct {
 	*server.Server
 	addr   string
@@ -135,15 +152,21 @@ type replicaOptions struct {
 	prefix   string
 	observer broker.Observer // told besides the metrics; may be nil
 	hook     redis.Hook      // added to the replica's client; may be nil
+	// tune, when set, changes settings of the replica's flags (as an
+	// operator would on cmd/broker's command line) before it is built.
+	tune func(*server.Config)
 }
 
 // startReplica starts a replica on e's Redis. Close it with close.
 func (e *env) startReplica(ctx context.Context, o replicaOptions) (*replica, error) {
 	cfg := server.DefaultConfig()
 	cfg.GRPCAddr, cfg.MetricsAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.RedisURL, cfg.RedisPrefix, cfg.AllowPlaintext = e.redis.URL(), o.prefix, true
+	cfg.RedisURL, cfg.RedisPrefix, cfg.SealKeys = e.redis.URL(), o.prefix, e.sealKeys
 	cfg.Authenticator, cfg.Observer, cfg.RedisHook = e.auth, o.observer, o.hook
 	cfg.ShutdownTimeout = shutdownWait
+	if o.tune != nil {
+		o.tune(&cfg)
+	}
 	srv, err := server.New(ctx, cfg, quietLogger())
 	if err != nil {
 		return nil, err

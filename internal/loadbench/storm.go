@@ -152,17 +152,41 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 		pools = append(pools, conns)
 	}
 
-	var f figures
+	fo, err := e.startFanout(cfg, &pb.GetTokenResponse{AccessToken: "floor", TokenType: "Bearer"})
+	if err != nil {
+		return res, err
+	}
+	defer fo.close()
+	// Each round's floor storm runs right after the broker's, or (odd
+	// rounds) right before, so that what else the machine does weighs on
+	// both alike.
+	var f, floor figures
 	var commands []int64
 	for round := range cfg.Rounds {
-		progress(cfg, "storm: %d callers on %d replicas, round %d/%d", cfg.StormCallers, cfg.StormReplicas, round+1, cfg.Rounds)
+		progress(cfg, "storm: %d callers on %d replicas, and on the fan-out floor, round %d/%d", cfg.StormCallers, cfg.StormReplicas, round+1, cfg.Rounds)
 		id := fmt.Sprintf("storm-%d", round)
 		if _, err := reps[0].Broker().PutCredential(adminContext(ctx), credential(idp, id), idp.Seed(idpClientID)); err != nil {
 			return res, err
 		}
-		r, calls, reuses, err := e.stormRound(ctx, cfg, idp, clock, pools, id, counter)
+		floorRound := func() error {
+			r, err := fo.round(ctx, cfg)
+			if err == nil {
+				floor.add(r)
+			}
+			return err
+		}
+		before := floorRound
+		if round%2 == 0 {
+			before = nil
+		}
+		r, calls, reuses, err := e.stormRound(ctx, cfg, idp, clock, pools, id, counter, before)
 		if err != nil {
 			return res, err
+		}
+		if before == nil {
+			if err := floorRound(); err != nil {
+				return res, err
+			}
 		}
 		res.IdPCalls = append(res.IdPCalls, calls)
 		res.Reuses += reuses
@@ -174,10 +198,6 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 	res.AfterP50Ms, res.AfterP99Ms = ms(median(f.af50)), ms(median(f.af99))
 	res.ToIdPMs = ms(median(f.toIdP))
 	res.RedisCommands = median(commands)
-	floor, err := e.fanoutFloor(ctx, cfg, &pb.GetTokenResponse{AccessToken: "floor", TokenType: "Bearer"})
-	if err != nil {
-		return res, err
-	}
 	res.FloorToIdPMs = ms(median(floor.toIdP))
 	res.FloorExcessP50Ms, res.FloorExcessP99Ms = ms(median(floor.ex50)), ms(median(floor.ex99))
 	res.FloorAfterP50Ms, res.FloorAfterP99Ms = ms(median(floor.af50)), ms(median(floor.af99))
@@ -185,9 +205,9 @@ func (e *env) storm(ctx context.Context, cfg *Config) (Storm, error) {
 }
 
 // stormRound primes every replica's cache with the credential's first
-// token, waits until that token has expired, then releases all the callers
-// at once.
-func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, clock *idpClock, pools [][]*grpc.ClientConn, id string, counter *commandCounter) (r stormRun, calls, reuses int64, err error) {
+// token, waits until that token has expired, runs before (if set), then
+// releases all the callers at once.
+func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, clock *idpClock, pools [][]*grpc.ClientConn, id string, counter *commandCounter, before func() error) (r stormRun, calls, reuses int64, err error) {
 	ctx, cancel := context.WithTimeout(e.callerContext(ctx), stormCallTimeout+cfg.StormTokenTTL)
 	defer cancel()
 	req := &pb.GetTokenRequest{CredentialId: id}
@@ -209,7 +229,12 @@ func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, 
 		return r, 0, 0, ctx.Err()
 	}
 
-	before := idp.Stats()
+	if before != nil {
+		if err := before(); err != nil {
+			return r, 0, 0, err
+		}
+	}
+	statsBefore := idp.Stats()
 	_, _, answeredBefore := clock.get()
 	counter.n.Store(0)
 	released, done, latency, err := callAll(ctx, pools, cfg.StormCallers, pb.TokenService_GetToken_FullMethodName, req)
@@ -224,7 +249,7 @@ func (e *env) stormRound(ctx context.Context, cfg *Config, idp *fakeidp.Server, 
 	}
 	r = newStormRun(released, done, latency, received, answered)
 	r.commands = commands
-	return r, after.Refreshes - before.Refreshes, after.Reuses - before.Reuses, nil
+	return r, after.Refreshes - statsBefore.Refreshes, after.Reuses - statsBefore.Reuses, nil
 }
 
 // callAll makes n calls of method at once, spread over pools, and returns
@@ -266,58 +291,74 @@ func callAll(ctx context.Context, pools [][]*grpc.ClientConn, n int, method stri
 	return released, done, latency, nil
 }
 
-// fanoutFloor measures the storm's gRPC floor (see Storm): as many
-// callers on as many bare floor servers, each call held at a gate that
-// opens once cfg.IdPLatency has passed since the first call arrived and
-// every call has arrived.
-func (e *env) fanoutFloor(ctx context.Context, cfg *Config, resp *pb.GetTokenResponse) (f figures, err error) {
-	g := &gate{}
-	var pools [][]*grpc.ClientConn
-	var floors []*floorServer
+// fanout is the storm's gRPC floor (see Storm): as many callers on as
+// many bare floor servers, each call held at a gate that opens once
+// cfg.IdPLatency has passed since the first call arrived and every call
+// has arrived.
+type fanout struct {
+	g      *gate
+	pools  [][]*grpc.ClientConn
+	floors []*floorServer
+	req    *pb.GetTokenRequest
+}
+
+func (e *env) startFanout(cfg *Config, resp *pb.GetTokenResponse) (fo *fanout, err error) {
+	fo = &fanout{g: &gate{}, req: &pb.GetTokenRequest{CredentialId: "floor"}}
 	defer func() {
-		for _, p := range pools {
-			closePool(p)
-		}
-		for _, fl := range floors {
-			err = errors.Join(err, fl.close())
+		if err != nil {
+			_ = fo.close()
 		}
 	}()
 	for range cfg.StormReplicas {
-		fl, err := startFloor(resp, g)
+		fl, err := startFloor(resp, fo.g)
 		if err != nil {
-			return f, err
+			return fo, err
 		}
-		floors = append(floors, fl)
+		fo.floors = append(fo.floors, fl)
 		conns, err := dialPool(fl.addr, max(1, cfg.Conns/2))
 		if err != nil {
-			return f, err
+			return fo, err
 		}
-		pools = append(pools, conns)
+		fo.pools = append(fo.pools, conns)
 	}
-	req := &pb.GetTokenRequest{CredentialId: "floor"}
-	for round := range cfg.Rounds {
-		progress(cfg, "storm: gRPC floor for %d callers, round %d/%d", cfg.StormCallers, round+1, cfg.Rounds)
-		rctx, cancel := context.WithTimeout(ctx, stormCallTimeout)
-		g.reset()
-		type result struct {
-			released time.Time
-			done     []time.Time
-			latency  []time.Duration
-			err      error
-		}
-		ch := make(chan result, 1)
-		go func() {
-			var r result
-			r.released, r.done, r.latency, r.err = callAll(rctx, pools, cfg.StormCallers, floorWaitMethod, req)
-			ch <- r
-		}()
-		first, opened, err := g.openWhen(rctx, cfg.StormCallers, cfg.IdPLatency)
-		r := <-ch
+	return fo, nil
+}
+
+func (fo *fanout) close() error {
+	var err error
+	for _, p := range fo.pools {
+		closePool(p)
+	}
+	for _, fl := range fo.floors {
+		err = errors.Join(err, fl.close())
+	}
+	return err
+}
+
+// round runs one storm on the floor.
+func (fo *fanout) round(ctx context.Context, cfg *Config) (stormRun, error) {
+	rctx, cancel := context.WithTimeout(ctx, stormCallTimeout)
+	defer cancel()
+	fo.g.reset()
+	type result struct {
+		released time.Time
+		done     []time.Time
+		latency  []time.Duration
+		err      error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		var r result
+		r.released, r.done, r.latency, r.err = callAll(rctx, fo.pools, cfg.StormCallers, floorWaitMethod, fo.req)
+		ch <- r
+	}()
+	first, opened, err := fo.g.openWhen(rctx, cfg.StormCallers, cfg.IdPLatency)
+	if err != nil {
 		cancel()
-		if err = cmp.Or(err, r.err); err != nil {
-			return f, err
-		}
-		f.add(newStormRun(r.released, r.done, r.latency, first, opened))
 	}
-	return f, nil
+	r := <-ch
+	if err = cmp.Or(err, r.err); err != nil {
+		return stormRun{}, err
+	}
+	return newStormRun(r.released, r.done, r.latency, first, opened), nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"time"
 
 	"google.golang.org/grpc"
@@ -19,16 +20,17 @@ const hotCredential = "hot"
 // hotRig is one replica with one cached credential, and the floor server
 // answering a response of the same size.
 type hotRig struct {
-	idp   *fakeidp.Server
-	rep   *replica
-	floor *floorServer
-	tok   *pb.GetTokenResponse // the cached token, as GetToken answers it
+	idp      *fakeidp.Server
+	rep      *replica
+	commands *commandCounter // of rep's Redis client
+	floor    *floorServer
+	tok      *pb.GetTokenResponse // the cached token, as GetToken answers it
 }
 
 // startHot starts the IdP, a replica with the hot credential cached, and
 // the floor server.
 func (e *env) startHot(ctx context.Context) (h *hotRig, err error) {
-	h = &hotRig{}
+	h = &hotRig{commands: &commandCounter{}}
 	defer func() {
 		if err != nil {
 			_ = h.close()
@@ -37,7 +39,7 @@ func (e *env) startHot(ctx context.Context) (h *hotRig, err error) {
 	if h.idp, err = startIdP(0, time.Hour, nil); err != nil {
 		return nil, err
 	}
-	if h.rep, err = e.startReplica(ctx, replicaOptions{prefix: e.runID + "-hot"}); err != nil {
+	if h.rep, err = e.startReplica(ctx, replicaOptions{prefix: e.runID + "-hot", hook: h.commands}); err != nil {
 		return nil, err
 	}
 	if _, err = h.rep.Broker().PutCredential(adminContext(ctx), credential(h.idp, hotCredential), h.idp.Seed(idpClientID)); err != nil {
@@ -92,6 +94,16 @@ type Throughput struct {
 	RoundRatios []float64 `json:"round_ratios"`
 	CPURatio    float64   `json:"cpu_ratio"`
 	OverheadUs  float64   `json:"overhead_cpu_us_per_call"`
+	// P99Ratio is the median, over every back-to-back pair of slices of
+	// every round, of the pair's broker/floor p99 latency: a stall of the
+	// machine weighs on the one pair it falls in, not on a whole round.
+	// RoundP99Ratio are the rounds' ratios (of the p99 of all their calls).
+	P99Ratio      float64   `json:"p99_ratio"`
+	PairP99Ratios []float64 `json:"pair_p99_ratios"`
+	RoundP99Ratio []float64 `json:"round_p99_ratios"`
+	// RedisCommandsPerCall is what the broker's Redis client sent per
+	// measured call (0: every call was answered from the local cache).
+	RedisCommandsPerCall float64 `json:"redis_commands_per_call"`
 }
 
 // Load is what a load run measured: medians over the rounds.
@@ -120,13 +132,19 @@ func summarize(rs []loadResult) Load {
 	}
 }
 
+// comparison is what throughput compares: calls made on the broker's
+// pool and calls made on the floor's, each goroutine's call built by its
+// newCall, and the broker's Redis command counter (may be nil).
+type comparison struct {
+	brokerConns, floorConns []*grpc.ClientConn
+	brokerCall, floorCall   func(cc *grpc.ClientConn) func(ctx context.Context) error
+	commands                *commandCounter
+}
+
 // throughput runs the comparison at every concurrency of cfg. The broker
 // and the floor are driven by the same load client over pools of the same
 // size, with the same request and the same call metadata (the bearer key,
-// which the floor ignores). A round is cfg.Slices pairs of short runs, one
-// on each server, back to back and alternating which goes first, so that
-// what else the machine does weighs on both alike; the round's ratio is
-// that of the calls each served in its slices.
+// which the floor ignores).
 func (e *env) throughput(ctx context.Context, cfg *Config, h *hotRig) ([]Throughput, error) {
 	brokerConns, err := dialPool(h.rep.addr, cfg.Conns)
 	if err != nil {
@@ -141,48 +159,83 @@ func (e *env) throughput(ctx context.Context, cfg *Config, h *hotRig) ([]Through
 
 	req := &pb.GetTokenRequest{CredentialId: hotCredential}
 	newResp := func() proto.Message { return new(pb.GetTokenResponse) }
-	callCtx := e.callerContext(ctx)
-	run := func(conns []*grpc.ClientConn, method string, n int, into *loadResult) error {
-		r, err := runLoad(callCtx, loadSpec{
-			conns: conns, concurrency: n, warmup: cfg.Warmup, duration: cfg.Duration, maxCalls: cfg.MaxCalls,
-			newCall: unaryCall(method, req, newResp),
-		})
-		if err == nil {
-			into.add(r)
-		}
-		return err
+	c := comparison{
+		brokerConns: brokerConns, floorConns: floorConns,
+		brokerCall: unaryCall(pb.TokenService_GetToken_FullMethodName, req, newResp),
+		floorCall:  unaryCall(floorMethod, req, newResp),
+		commands:   h.commands,
 	}
-
 	var out []Throughput
 	for _, n := range cfg.Concurrency {
-		t := Throughput{Concurrency: n}
-		var brokerRuns, floorRuns []loadResult
-		for round := range cfg.Rounds {
-			progress(cfg, "throughput: %d concurrent calls, round %d/%d", n, round+1, cfg.Rounds)
-			var b, f loadResult
-			for slice := range cfg.Slices {
-				first, second := func() error { return run(brokerConns, pb.TokenService_GetToken_FullMethodName, n, &b) },
-					func() error { return run(floorConns, floorMethod, n, &f) }
-				if (round+slice)%2 == 1 {
-					first, second = second, first
-				}
-				if err := first(); err != nil {
-					return nil, err
-				}
-				if err := second(); err != nil {
-					return nil, err
-				}
-			}
-			brokerRuns, floorRuns = append(brokerRuns, b), append(floorRuns, f)
-			t.RoundRatios = append(t.RoundRatios, round3(b.PerSecond()/f.PerSecond()))
-		}
-		t.Broker, t.Floor = summarize(brokerRuns), summarize(floorRuns)
-		t.Ratio = median(t.RoundRatios)
-		if t.Broker.CPUUs > 0 {
-			t.CPURatio = round3(t.Floor.CPUUs / t.Broker.CPUUs)
-			t.OverheadUs = round1(t.Broker.CPUUs - t.Floor.CPUUs)
+		t, err := e.compare(ctx, cfg, "throughput", n, cfg.Rounds, c)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, t)
 	}
 	return out, nil
+}
+
+// compare measures c at n concurrent calls, in rounds rounds. A round is
+// cfg.Slices pairs of short runs, one on each server, back to back and
+// alternating which goes first, each after a full GC, so that what else the
+// machine does weighs on both alike; the round's ratios are those of the
+// calls each served in its slices and of their p99 latencies.
+func (e *env) compare(ctx context.Context, cfg *Config, what string, n, rounds int, c comparison) (Throughput, error) {
+	callCtx := e.callerContext(ctx)
+	var last loadResult // of the latest run
+	run := func(conns []*grpc.ClientConn, newCall func(cc *grpc.ClientConn) func(ctx context.Context) error, into *loadResult) error {
+		// A collection of a large heap (the scale measurement's replica
+		// caches a million credentials) takes long enough to weigh on the
+		// one slice it falls in: each run starts after one.
+		runtime.GC()
+		r, err := runLoad(callCtx, loadSpec{
+			conns: conns, concurrency: n, warmup: cfg.Warmup, duration: cfg.Duration, maxCalls: cfg.MaxCalls,
+			newCall: newCall,
+		})
+		if err == nil {
+			into.add(r)
+			last = r
+		}
+		return err
+	}
+	t := Throughput{Concurrency: n}
+	var brokerRuns, floorRuns []loadResult
+	var commands0 int64
+	if c.commands != nil {
+		commands0 = c.commands.n.Load()
+	}
+	for round := range rounds {
+		progress(cfg, "%s: %d concurrent calls, round %d/%d", what, n, round+1, rounds)
+		var b, f loadResult
+		for slice := range cfg.Slices {
+			var bp99, fp99 time.Duration
+			first, second := func() error { err := run(c.brokerConns, c.brokerCall, &b); bp99 = last.P99(); return err },
+				func() error { err := run(c.floorConns, c.floorCall, &f); fp99 = last.P99(); return err }
+			if (round+slice)%2 == 1 {
+				first, second = second, first
+			}
+			if err := first(); err != nil {
+				return t, err
+			}
+			if err := second(); err != nil {
+				return t, err
+			}
+			t.PairP99Ratios = append(t.PairP99Ratios, round3(float64(bp99)/float64(fp99)))
+		}
+		brokerRuns, floorRuns = append(brokerRuns, b), append(floorRuns, f)
+		t.RoundRatios = append(t.RoundRatios, round3(b.PerSecond()/f.PerSecond()))
+		t.RoundP99Ratio = append(t.RoundP99Ratio, round3(float64(b.P99())/float64(f.P99())))
+	}
+	t.Broker, t.Floor = summarize(brokerRuns), summarize(floorRuns)
+	t.Ratio, t.P99Ratio = median(t.RoundRatios), median(t.PairP99Ratios)
+	if t.Broker.CPUUs > 0 {
+		t.CPURatio = round3(t.Floor.CPUUs / t.Broker.CPUUs)
+		t.OverheadUs = round1(t.Broker.CPUUs - t.Floor.CPUUs)
+	}
+	if c.commands != nil && t.Broker.Calls > 0 {
+		// Warm-up calls count too: an upper bound.
+		t.RedisCommandsPerCall = round3(float64(c.commands.n.Load()-commands0) / float64(t.Broker.Calls))
+	}
+	return t, nil
 }
