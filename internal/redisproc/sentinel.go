@@ -124,15 +124,9 @@ func startIn(ctx context.Context, dir, name string, opts Options) (*Server, erro
 	return Start(ctx, opts)
 }
 
-// MasterName is the name the sentinels monitor the master under.
-func (s *SentinelSet) MasterName() string { return s.name }
-
 // Nodes are the data nodes: first the one started as the master, then the
 // one started as its replica.
 func (s *SentinelSet) Nodes() []*Server { return s.nodes }
-
-// Sentinels are the three sentinels.
-func (s *SentinelSet) Sentinels() []*Server { return s.sentinels }
 
 // SentinelAddrs are the sentinels' host:port addresses.
 func (s *SentinelSet) SentinelAddrs() []string {
@@ -147,24 +141,6 @@ func (s *SentinelSet) SentinelAddrs() []string {
 // it: the sentinels and the master name.
 func (s *SentinelSet) URL() string {
 	return "redis+sentinel://" + strings.Join(s.SentinelAddrs(), ",") + "/" + s.name
-}
-
-// Node returns the data node listening on addr, or nil.
-func (s *SentinelSet) Node(addr string) *Server {
-	for _, n := range s.nodes {
-		if n.Addr() == addr {
-			return n
-		}
-	}
-	return nil
-}
-
-// Other returns the data node that is not n.
-func (s *SentinelSet) Other(n *Server) *Server {
-	if s.nodes[0] == n {
-		return s.nodes[1]
-	}
-	return s.nodes[0]
 }
 
 // MasterAddr returns the master's address as a majority of the sentinels

@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/tokenbroker/tokenbroker/internal/redisproc"
 )
 
@@ -26,12 +24,6 @@ func (s *Server) RestartWith(args ...string) {
 
 // Running reports whether the server runs and is not paused.
 func (s *Server) Running() bool { return s.p.Running() }
-
-// Port is the server's port on 127.0.0.1.
-func (s *Server) Port() int { return s.p.Port() }
-
-// Log returns the server's log, for failure messages.
-func (s *Server) Log() string { return s.p.Log() }
 
 func wrap(t testing.TB, ps []*redisproc.Server) []*Server {
 	out := make([]*Server, len(ps))
@@ -83,12 +75,6 @@ func StartSentinel(t testing.TB, opts ...Option) *Sentinel {
 
 // URL is the set's redis+sentinel:// URL, for redisstore.NewClient.
 func (s *Sentinel) URL() string { return s.set.URL() }
-
-// MasterName is the name the sentinels monitor the master under.
-func (s *Sentinel) MasterName() string { return s.set.MasterName() }
-
-// SentinelAddrs are the sentinels' addresses.
-func (s *Sentinel) SentinelAddrs() []string { return s.set.SentinelAddrs() }
 
 // Nodes are the two data nodes, the first started as the master.
 func (s *Sentinel) Nodes() []*Server { return s.nodes }
@@ -228,21 +214,6 @@ func (s *Sentinel) WaitReady() {
 	}
 }
 
-// NewClient returns a go-redis Sentinel client of the set that honours
-// context deadlines; it is closed when the test ends.
-func (s *Sentinel) NewClient(t testing.TB) *redis.Client {
-	c := redis.NewFailoverClient(&redis.FailoverOptions{
-		MasterName:            s.MasterName(),
-		SentinelAddrs:         s.SentinelAddrs(),
-		ContextTimeoutEnabled: true,
-		DialTimeout:           2 * time.Second,
-		ReadTimeout:           5 * time.Second,
-		WriteTimeout:          5 * time.Second,
-	})
-	t.Cleanup(func() { _ = c.Close() })
-	return c
-}
-
 func (s *Sentinel) waitFor(ctx context.Context, what string, cond func() bool) {
 	s.t.Helper()
 	if err := pollUntil(ctx, cond); err != nil {
@@ -322,18 +293,6 @@ func (c *Cluster) nodesOf(ps []*redisproc.Server) []*Server {
 		out[i] = c.node(p)
 	}
 	return out
-}
-
-// Slot is key's hash slot.
-func (c *Cluster) Slot(key string) int {
-	c.t.Helper()
-	ctx, cancel := bounded()
-	defer cancel()
-	slot, err := c.c.Slot(ctx, key)
-	if err != nil {
-		c.t.Fatalf("redistest: %v", err)
-	}
-	return slot
 }
 
 // MasterOf is the master that serves key's slot.
@@ -419,18 +378,4 @@ func (c *Cluster) WaitFailed(n *Server) {
 	if err := c.c.WaitFailed(ctx, n.p); err != nil {
 		c.t.Fatalf("redistest: %v", err)
 	}
-}
-
-// NewClient returns a go-redis Cluster client that honours context
-// deadlines; it is closed when the test ends.
-func (c *Cluster) NewClient(t testing.TB) *redis.ClusterClient {
-	cl := redis.NewClusterClient(&redis.ClusterOptions{
-		Addrs:                 c.Addrs(),
-		ContextTimeoutEnabled: true,
-		DialTimeout:           2 * time.Second,
-		ReadTimeout:           5 * time.Second,
-		WriteTimeout:          5 * time.Second,
-	})
-	t.Cleanup(func() { _ = cl.Close() })
-	return cl
 }
