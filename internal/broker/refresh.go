@@ -267,16 +267,8 @@ func (b *Broker) refreshLocked(ctx context.Context, lease Lease, f flight) (*Rec
 func (b *Broker) superseded(ctx context.Context, lease Lease, rec *Record, m readMark) error {
 	defer b.release(ctx, lease)
 	s := m.s
-	first := s.regressedAt.Load()
-	if first == 0 {
-		now := time.Now().UnixNano()
-		if s.regressedAt.CompareAndSwap(0, now) {
-			first = now
-		} else {
-			first = s.regressedAt.Load()
-		}
-	}
-	since := time.Since(time.Unix(0, first))
+	s.regressedAt.CompareAndSwap(0, time.Now().UnixNano()) // fill's regressed set it, unless a fill since cleared it
+	since := time.Since(time.Unix(0, s.regressedAt.Load()))
 	if since < b.cfg.regressionBound() {
 		return &Error{Kind: ErrStoreUnavailable, CredentialID: rec.ID, RetryAfter: max(b.cfg.PollInterval, time.Second),
 			Detail: fmt.Sprintf("the store went back to generation %d after generation %d was stored; waiting for the replica that stored it to write it again", rec.Generation, m.gen)}
@@ -309,7 +301,7 @@ func (b *Broker) mayTakeOver(rec *Record, p *Pending, now time.Time) bool {
 	if rec.GrantType == GrantClientCredentials {
 		return true // nothing single-use is at stake
 	}
-	if g := rec.ReuseGrace; g > 0 && now.Add(graceMargin(g)).Before(p.SentAt.Add(g)) {
+	if withinGrace(rec, p, now) {
 		return true
 	}
 	return !now.Before(p.SentAt.Add(b.cfg.pendingBound()))
@@ -524,7 +516,7 @@ func (b *Broker) send(bg context.Context, rec *Record, p *Pending, f flight, orp
 			lost = t0
 		}
 		replay := !lost.IsZero() || orphan != nil
-		if class != Permanent && !lost.IsZero() && replays < maxReplays && b.mayReplay(rec, p, now.Add(replayPause)) {
+		if class != Permanent && !lost.IsZero() && replays < maxReplays && withinGrace(rec, p, now.Add(replayPause)) {
 			// Within the grace the IdP answers a replay of the refresh
 			// token with the successor (Dex) or a new pair (Okta).
 			b.obs.Refreshed(RefreshEvent{CredentialID: rec.ID, Caller: f.caller, Reason: f.reason,
@@ -565,10 +557,10 @@ const (
 	replayPause = 100 * time.Millisecond
 )
 
-// mayReplay says whether a refresh token whose request's answer was lost
-// may be presented again: while the replay reaches the IdP within the
-// credential's reuse grace counted from when it was first sent.
-func (b *Broker) mayReplay(rec *Record, p *Pending, now time.Time) bool {
+// withinGrace says whether the refresh token of rec, whose refresh p
+// announced, may be presented again at now: while the replay reaches the IdP
+// within the credential's reuse grace counted from when p was sent.
+func withinGrace(rec *Record, p *Pending, now time.Time) bool {
 	g := rec.ReuseGrace
 	return g > 0 && now.Add(graceMargin(g)).Before(p.SentAt.Add(g))
 }
