@@ -373,10 +373,7 @@ func (b *Broker) recheckSettled() {
 		defer b.wg.Done()
 		for _, id := range ids {
 			ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
-			m := b.mark(id)
-			if rec, err := b.store.Get(ctx, id); err == nil {
-				b.fill(rec, m)
-			}
+			_, _ = b.read(ctx, id) // a failed read leaves the entry as it was
 			cancel()
 		}
 	}()
@@ -405,6 +402,18 @@ func (b *Broker) mark(id string) readMark {
 		s.mu.Unlock()
 	}
 	return m
+}
+
+// read reads a credential's record from the Store and caches it. Its
+// errors are the Store's.
+func (b *Broker) read(ctx context.Context, id string) (*Record, error) {
+	m := b.mark(id)
+	rec, err := b.store.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	b.fill(rec, m)
+	return rec, nil
 }
 
 // fill caches rec, read after m was taken, unless the cache has since seen
@@ -531,11 +540,9 @@ func (b *Broker) verify(id string, e *entry) {
 		defer b.wg.Done()
 		ctx, cancel := context.WithTimeout(b.bg, b.cfg.LockWait)
 		defer cancel()
-		m := b.mark(id)
-		rec, err := b.store.Get(ctx, id)
+		_, err := b.read(ctx, id)
 		switch {
 		case err == nil:
-			b.fill(rec, m)
 		case errors.Is(err, ErrNotFound):
 			b.drop(id)
 		default:

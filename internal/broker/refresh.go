@@ -97,12 +97,10 @@ func (b *Broker) runFlight(ctx context.Context, f flight) (*Record, error) {
 			if b.attemptOf(f.id) != nil {
 				return true, errJoin
 			}
-			m := b.mark(f.id)
-			r, err := b.store.Get(ctx, f.id)
+			r, err := b.read(ctx, f.id)
 			if err != nil {
 				return true, storeErr(f.id, err)
 			}
-			b.fill(r, m)
 			rec = r
 			done, err := b.settled(r, f)
 			if done || err != nil {

@@ -208,13 +208,7 @@ func (b *Broker) readShared(ctx context.Context, id string) (*Record, error) {
 	ch := b.flights.DoChan("read\x00"+id, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), b.cfg.LockWait)
 		defer cancel()
-		m := b.mark(id)
-		rec, err := b.store.Get(rctx, id)
-		if err != nil {
-			return nil, err
-		}
-		b.fill(rec, m)
-		return rec, nil
+		return b.read(rctx, id)
 	})
 	select {
 	case r := <-ch:

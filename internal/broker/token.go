@@ -120,8 +120,7 @@ func (b *Broker) InvalidateToken(ctx context.Context, id, rejected string, minVa
 // that the caller may read it. A caller that may not read a credential
 // cannot tell whether it exists.
 func (b *Broker) load(ctx context.Context, caller Caller, id string) (*Record, error) {
-	m := b.mark(id)
-	rec, err := b.store.Get(ctx, id)
+	rec, err := b.read(ctx, id)
 	if err != nil {
 		// A missing record, and one whose allowed clients cannot be read,
 		// look forbidden to all but admins: a caller cannot learn that a
@@ -131,7 +130,6 @@ func (b *Broker) load(ctx context.Context, caller Caller, id string) (*Record, e
 		}
 		return nil, storeErr(id, err)
 	}
-	b.fill(rec, m)
 	if !b.mayRead(caller, rec.AllowedClients) {
 		return nil, &Error{Kind: ErrPermissionDenied, CredentialID: id}
 	}
