@@ -102,6 +102,18 @@ func files(t testing.TB, dir string) []string {
 	return names
 }
 
+// mode is a journal's way of writing entries: in plaintext, or sealed with
+// a keyring.
+type mode struct {
+	name string
+	k    *seal.Keyring // nil: plaintext
+}
+
+// modes is each way a journal writes entries, for a test to run in both.
+func modes(tb testing.TB) []mode {
+	return []mode{{"plaintext", nil}, {"sealed", keyring(tb, "k1", 1)}}
+}
+
 func noSecrets(t testing.TB, what string, b []byte) {
 	t.Helper()
 	for _, s := range secrets {
@@ -112,13 +124,7 @@ func noSecrets(t testing.TB, what string, b []byte) {
 }
 
 func TestRoundTrip(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		k    *seal.Keyring
-	}{
-		{"plaintext", nil},
-		{"sealed", keyring(t, "k1", 1)},
-	} {
+	for _, tc := range modes(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			j := open(t, dir, tc.k)
@@ -281,13 +287,7 @@ func TestWrongKey(t *testing.T) {
 }
 
 func TestTruncated(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		k    *seal.Keyring
-	}{
-		{"plaintext", nil},
-		{"sealed", keyring(t, "k1", 1)},
-	} {
+	for _, tc := range modes(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			j := open(t, dir, tc.k)
@@ -330,13 +330,7 @@ func TestTruncated(t *testing.T) {
 
 // TestSwapped: an entry moved to another entry's name does not open.
 func TestSwapped(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		k    *seal.Keyring
-	}{
-		{"plaintext", nil},
-		{"sealed", keyring(t, "k1", 1)},
-	} {
+	for _, tc := range modes(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			j := open(t, dir, tc.k)
@@ -406,13 +400,7 @@ func TestLeftoverTempFiles(t *testing.T) {
 // TestCrashBeforeRename: a Save that wrote and fsynced its temporary file
 // but died before the rename leaves no entry.
 func TestCrashBeforeRename(t *testing.T) {
-	for _, tc := range []struct {
-		name string
-		k    *seal.Keyring
-	}{
-		{"plaintext", nil},
-		{"sealed", keyring(t, "k1", 1)},
-	} {
+	for _, tc := range modes(t) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			j := open(t, dir, tc.k)
@@ -643,13 +631,7 @@ func TestOpen(t *testing.T) {
 }
 
 func BenchmarkSave(b *testing.B) {
-	for _, bc := range []struct {
-		name string
-		k    *seal.Keyring
-	}{
-		{"plaintext", nil},
-		{"sealed", keyring(b, "k1", 1)},
-	} {
+	for _, bc := range modes(b) {
 		b.Run(bc.name, func(b *testing.B) {
 			j := open(b, b.TempDir(), bc.k)
 			ctx := context.Background()
