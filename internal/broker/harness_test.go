@@ -115,6 +115,15 @@ func (e *env) accepted(tok string) bool {
 	return resp.StatusCode == http.StatusOK
 }
 
+// rotatedOnce fails the test unless the IdP saw exactly one refresh
+// request and no spent refresh token.
+func (e *env) rotatedOnce() {
+	e.t.Helper()
+	if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
+		e.t.Fatalf("IdP saw %d refresh requests, %d reuses; want 1, 0", st.RefreshRequests, st.Reuses)
+	}
+}
+
 // stored returns the stored record of a credential.
 func (e *env) stored(id string) *broker.Record {
 	e.t.Helper()

@@ -185,9 +185,7 @@ func TestSuccessorKeptThroughStoreOutage(t *testing.T) {
 		if err != nil || tok.AccessToken != rec.Token.AccessToken || !e.accepted(tok.AccessToken) {
 			t.Fatalf("after the outage: %v; want the stored, valid token", err)
 		}
-		if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
-			t.Fatalf("IdP saw %d refresh requests, %d reuses; want 1, 0", st.RefreshRequests, st.Reuses)
-		}
+		e.rotatedOnce()
 	})
 }
 
@@ -219,9 +217,7 @@ func TestLateAnswerIsStored(t *testing.T) {
 		if err != nil || !e.accepted(tok.AccessToken) {
 			t.Fatalf("after the late answer: %v", err)
 		}
-		if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
-			t.Fatalf("IdP saw %d refresh requests, %d reuses; want 1, 0", st.RefreshRequests, st.Reuses)
-		}
+		e.rotatedOnce()
 	})
 }
 
@@ -256,9 +252,7 @@ func TestPendingRefreshHoldsOffOtherReplicas(t *testing.T) {
 		if err != nil || !e.accepted(tok.AccessToken) {
 			t.Fatalf("replica B after A stored its outcome: %v", err)
 		}
-		if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
-			t.Fatalf("IdP saw %d refresh requests, %d reuses; want 1, 0", st.RefreshRequests, st.Reuses)
-		}
+		e.rotatedOnce()
 	})
 }
 
@@ -361,9 +355,7 @@ func TestJournaledSuccessorStoredAfterRestart(t *testing.T) {
 		if err != nil || !e.accepted(tok.AccessToken) {
 			t.Fatalf("after the restart: %v", err)
 		}
-		if st := e.idp.Stats(); st.RefreshRequests != 1 || st.Reuses != 0 {
-			t.Fatalf("IdP saw %d refresh requests, %d reuses; want 1, 0", st.RefreshRequests, st.Reuses)
-		}
+		e.rotatedOnce()
 	})
 }
 
