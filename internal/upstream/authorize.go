@@ -83,18 +83,10 @@ func (c *Client) PollDevice(ctx context.Context, r broker.UpstreamRequest, devic
 // client_id and scope, authenticated as the token requests are.
 func (c *Client) DeviceAuth(ctx context.Context, r broker.UpstreamRequest, deviceAuthURL string) (*broker.DeviceAuthorization, error) {
 	if e := validateDeviceAuth(deviceAuthURL); e != nil {
-		return nil, &broker.UpstreamError{Class: e.Class, Err: e}
+		return nil, e.upstream()
 	}
 	hc := c.httpClient()
-	secrets := r.ClientSecrets
-	if len(secrets) == 0 {
-		secrets = noSecret
-	}
-	for i, secret := range secrets {
-		if err := ctx.Err(); err != nil {
-			e := newError(ctx, &r, err, exchangeSeen{})
-			return nil, &broker.UpstreamError{Class: e.Class, Err: e}
-		}
+	out, e := trySecrets(ctx, &r, func(secret string) (*broker.DeviceAuthorization, *Error) {
 		rec := &exchangeRecorder{next: transportOf(hc)}
 		withRec := *hc
 		withRec.Transport = &clientAuth{next: rec, style: r.AuthStyle, id: r.ClientID, secret: secret}
@@ -108,24 +100,22 @@ func (c *Client) DeviceAuth(ctx context.Context, r broker.UpstreamRequest, devic
 			opts = append(opts, oauth2.SetAuthURLParam("client_secret", secret))
 		}
 		da, err := cfg.DeviceAuth(context.WithValue(ctx, oauth2.HTTPClient, &withRec), opts...)
-		if err == nil {
-			out := &broker.DeviceAuthorization{
-				DeviceCode:              da.DeviceCode,
-				UserCode:                da.UserCode,
-				VerificationURI:         da.VerificationURI,
-				VerificationURIComplete: da.VerificationURIComplete,
-				ExpiresAt:               da.Expiry,
-				Interval:                time.Duration(da.Interval) * time.Second,
-			}
-			return out, nil
+		if err != nil {
+			return nil, newError(ctx, &r, err, rec.exchangeSeen)
 		}
-		e := newError(ctx, &r, err, rec.exchangeSeen)
-		if e.clientRejected && i < len(secrets)-1 {
-			continue
-		}
-		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Code: e.Code, Err: e}
+		return &broker.DeviceAuthorization{
+			DeviceCode:              da.DeviceCode,
+			UserCode:                da.UserCode,
+			VerificationURI:         da.VerificationURI,
+			VerificationURIComplete: da.VerificationURIComplete,
+			ExpiresAt:               da.Expiry,
+			Interval:                time.Duration(da.Interval) * time.Second,
+		}, nil
+	})
+	if e != nil {
+		return nil, e.upstream()
 	}
-	panic("unreachable")
+	return out, nil
 }
 
 func validateDeviceAuth(u string) *Error {
@@ -141,41 +131,32 @@ func validateDeviceAuth(u string) *Error {
 // outcome as Exchange does.
 func (c *Client) withSecrets(ctx context.Context, r *broker.UpstreamRequest, do func(hc *http.Client, secret string) (*oauth2.Token, error)) (*broker.UpstreamToken, error) {
 	if e := validateTokenEndpoint(r); e != nil {
-		return nil, &broker.UpstreamError{Class: e.Class, Err: e}
+		return nil, e.upstream()
 	}
 	hc := c.httpClient()
-	secrets := r.ClientSecrets
-	if len(secrets) == 0 {
-		secrets = noSecret
-	}
-	for i, secret := range secrets {
-		if err := ctx.Err(); err != nil {
-			e := newError(ctx, r, err, exchangeSeen{})
-			return nil, &broker.UpstreamError{Class: e.Class, Err: e}
-		}
+	tok, e := trySecrets(ctx, r, func(secret string) (*broker.UpstreamToken, *Error) {
 		rec := &exchangeRecorder{next: transportOf(hc)}
 		withRec := *hc
 		withRec.Transport = rec
 		tk, err := do(&withRec, secret)
-		if err == nil {
-			t := &broker.UpstreamToken{
-				AccessToken:  tk.AccessToken,
-				TokenType:    tk.TokenType,
-				RefreshToken: tk.RefreshToken,
-				Expiry:       tk.Expiry,
-			}
-			if t.TokenType == "" {
-				t.TokenType = "Bearer"
-			}
-			return t, nil
+		if err != nil {
+			return nil, newError(ctx, r, err, rec.exchangeSeen)
 		}
-		e := newError(ctx, r, err, rec.exchangeSeen)
-		if e.clientRejected && i < len(secrets)-1 {
-			continue
+		t := &broker.UpstreamToken{
+			AccessToken:  tk.AccessToken,
+			TokenType:    tk.TokenType,
+			RefreshToken: tk.RefreshToken,
+			Expiry:       tk.Expiry,
 		}
-		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Code: e.Code, Err: e}
+		if t.TokenType == "" {
+			t.TokenType = "Bearer"
+		}
+		return t, nil
+	})
+	if e != nil {
+		return nil, e.upstream()
 	}
-	panic("unreachable")
+	return tok, nil
 }
 
 func validateTokenEndpoint(r *broker.UpstreamRequest) *Error {

@@ -71,50 +71,44 @@ var noSecret = []string{""}
 //
 // Every error is an *Error; see its doc for the classification.
 func (c *Client) Exchange(ctx context.Context, r broker.UpstreamRequest) (*broker.UpstreamToken, error) {
-	tok, e := c.exchange(ctx, r)
+	if e := validate(&r); e != nil {
+		return nil, e.upstream()
+	}
+	hc := c.httpClient()
+	tok, e := trySecrets(ctx, &r, func(secret string) (*broker.UpstreamToken, *Error) {
+		return exchangeOnce(ctx, hc, &r, secret)
+	})
 	if e != nil {
-		return nil, &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Code: e.Code, Err: e}
+		return nil, e.upstream()
 	}
 	return tok, nil
 }
 
-func (c *Client) exchange(ctx context.Context, r broker.UpstreamRequest) (*broker.UpstreamToken, *Error) {
-	if e := validate(&r); e != nil {
-		return nil, e
-	}
-	hc := c.HTTPClient
-	if hc == nil {
-		hc = defaultHTTPClient()
-	}
+// trySecrets calls try with each of r's client secrets in order (one empty
+// secret for a public client), moving on only when the IdP rejected the
+// client, so that each secret costs at most one request. It stops before a
+// try once ctx has ended.
+func trySecrets[T any](ctx context.Context, r *broker.UpstreamRequest, try func(secret string) (T, *Error)) (T, *Error) {
 	secrets := r.ClientSecrets
 	if len(secrets) == 0 {
 		secrets = noSecret
 	}
 	for i, secret := range secrets {
 		if err := ctx.Err(); err != nil {
-			return nil, newError(ctx, &r, err, exchangeSeen{})
+			var zero T
+			return zero, newError(ctx, r, err, exchangeSeen{})
 		}
-		tok, e := exchangeOnce(ctx, hc, &r, secret)
-		if e == nil {
-			return tok, nil
+		v, e := try(secret)
+		if e == nil || !e.clientRejected || i == len(secrets)-1 {
+			return v, e
 		}
-		if e.clientRejected && i < len(secrets)-1 {
-			continue
-		}
-		return nil, e
 	}
 	panic("unreachable")
 }
 
 func validate(r *broker.UpstreamRequest) *Error {
-	u, err := url.Parse(r.TokenURL)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return invalidRequest("token URL is not an absolute http(s) URL")
-	}
-	switch r.AuthStyle {
-	case broker.AuthStyleBasic, broker.AuthStylePost:
-	default:
-		return invalidRequest("unknown auth style")
+	if e := validateTokenEndpoint(r); e != nil {
+		return e
 	}
 	switch r.GrantType {
 	case broker.GrantRefreshToken:
@@ -136,10 +130,7 @@ func validate(r *broker.UpstreamRequest) *Error {
 // always explicit, never AuthStyleAutoDetect, whose retry in the other style
 // would present a refresh token twice.
 func exchangeOnce(ctx context.Context, hc *http.Client, r *broker.UpstreamRequest, secret string) (*broker.UpstreamToken, *Error) {
-	rec := &exchangeRecorder{next: hc.Transport}
-	if rec.next == nil {
-		rec.next = http.DefaultTransport
-	}
+	rec := &exchangeRecorder{next: transportOf(hc)}
 	withRec := *hc
 	withRec.Transport = rec
 

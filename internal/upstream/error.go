@@ -205,6 +205,12 @@ const maxRetryAfter = 24 * time.Hour
 const maxText = 200
 
 // invalidRequest is the Error for a Request that Exchange does not send.
+// upstream is e as the broker sees it, the one conversion at this
+// package's boundary.
+func (e *Error) upstream() *broker.UpstreamError {
+	return &broker.UpstreamError{Class: e.Class, RetryAfter: e.RetryAfter, Code: e.Code, Err: e}
+}
+
 func invalidRequest(reason string) *Error {
 	return &Error{Class: broker.Transient, Err: ErrInvalidRequest, detail: "invalid request: " + reason}
 }
