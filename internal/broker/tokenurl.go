@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -43,7 +44,7 @@ func (p TokenURLPolicy) Check(field, u string) error {
 	isIP := ipErr == nil
 	if isIP {
 		ip = ip.Unmap()
-		if ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || contains(metadataAddrs, ip) {
+		if ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || slices.Contains(metadataAddrs, ip) {
 			return invalidArg(field, "must not name a link-local or cloud metadata address (%s)", ip)
 		}
 		if ip.IsUnspecified() {
@@ -59,15 +60,6 @@ func (p TokenURLPolicy) Check(field, u string) error {
 		return invalidArg(field, "must be https (http only to a loopback host, or with --allow-insecure-token-urls)")
 	}
 	return nil
-}
-
-func contains(addrs []netip.Addr, ip netip.Addr) bool {
-	for _, a := range addrs {
-		if a == ip {
-			return true
-		}
-	}
-	return false
 }
 
 // matchAny reports whether host matches one of the patterns.

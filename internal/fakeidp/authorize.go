@@ -8,6 +8,7 @@ import (
 	"html/template"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -137,12 +138,9 @@ func (s *Server) RegisterRedirect(clientID, uri string) {
 	a := s.az
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, have := range a.redirects[clientID] {
-		if have == uri {
-			return
-		}
+	if !slices.Contains(a.redirects[clientID], uri) {
+		a.redirects[clientID] = append(a.redirects[clientID], uri)
 	}
-	a.redirects[clientID] = append(a.redirects[clientID], uri)
 }
 
 // SetConsent switches how later authorization requests are answered.
@@ -343,12 +341,7 @@ func (s *Server) redirectOK(clientID, uri string) bool {
 	a := s.az
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, have := range a.redirects[clientID] {
-		if have == uri {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(a.redirects[clientID], uri)
 }
 
 // codeGrant serves grant_type=authorization_code.

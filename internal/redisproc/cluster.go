@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -219,12 +220,7 @@ type ClusterNode struct {
 // Has reports whether the node carries flag, e.g. "master", "fail" or
 // "fail?".
 func (n ClusterNode) Has(flag string) bool {
-	for _, f := range n.Flags {
-		if f == flag {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(n.Flags, flag)
 }
 
 // ClusterNodes returns what the node at addr says about the cluster's nodes.
