@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"google.golang.org/grpc"
@@ -156,39 +157,41 @@ func TestWatchReplacesCachesOnPush(t *testing.T) {
 // After a rotating notice the old token is not handed out: callers wait for
 // the successor the stream brings, without asking the broker.
 func TestWatchRotatingNoticeHoldsTheOldToken(t *testing.T) {
-	f := newWatchBroker()
-	c := startWatchBroker(t, f)
-	ts := c.TokenSource("cred")
-	old := mustToken(t, ts)
-	waitFor(t, "the stream", func() bool { return f.open.Load() == 1 })
-	gets := f.gets.Load()
-	f.announce()
-	waitFor(t, "the notice", func() bool { return clientsdk.Cached(ts) == nil })
-	got := make(chan string, 10)
-	for range 10 {
-		go func() {
-			tok, err := ts.Token()
-			if err != nil {
-				t.Error(err)
-				got <- ""
-				return
-			}
-			got <- tok.AccessToken
-		}()
-	}
-	time.Sleep(50 * time.Millisecond)
-	if len(got) != 0 {
-		t.Fatalf("a caller got %q while the token was being replaced", <-got)
-	}
-	next := f.rotateAndPush()
-	for range 10 {
-		if tok := <-got; tok != next || tok == old.AccessToken {
-			t.Fatalf("a caller got %q; want the successor %q", tok, next)
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchBroker()
+		c := startWatchBroker(t, f)
+		ts := c.TokenSource("cred")
+		old := mustToken(t, ts)
+		waitFor(t, "the stream", func() bool { return f.open.Load() == 1 })
+		gets := f.gets.Load()
+		f.announce()
+		waitFor(t, "the notice", func() bool { return clientsdk.Cached(ts) == nil })
+		got := make(chan string, 10)
+		for range 10 {
+			go func() {
+				tok, err := ts.Token()
+				if err != nil {
+					t.Error(err)
+					got <- ""
+					return
+				}
+				got <- tok.AccessToken
+			}()
 		}
-	}
-	if f.gets.Load() != gets {
-		t.Fatalf("%d GetToken calls while waiting for the successor; want none", f.gets.Load()-gets)
-	}
+		synctest.Wait() // every caller is waiting
+		if len(got) != 0 {
+			t.Fatalf("a caller got %q while the token was being replaced", <-got)
+		}
+		next := f.rotateAndPush()
+		for range 10 {
+			if tok := <-got; tok != next || tok == old.AccessToken {
+				t.Fatalf("a caller got %q; want the successor %q", tok, next)
+			}
+		}
+		if f.gets.Load() != gets {
+			t.Fatalf("%d GetToken calls while waiting for the successor; want none", f.gets.Load()-gets)
+		}
+	})
 }
 
 // A broker reply that lags behind the stream (a token already superseded)
@@ -234,42 +237,47 @@ func TestWatchReconnects(t *testing.T) {
 
 // A broker without WatchToken: one attempt, then unary calls as before.
 func TestWatchUnimplementedFallsBackToGetToken(t *testing.T) {
-	f := newFakeBroker()
-	var watches atomic.Int64
-	dialer := serveBufconn(t, func(s *grpc.Server) { tbv1.RegisterTokenServiceServer(s, f) },
-		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
-			watches.Add(1)
-			return h(srv, ss)
-		}))
-	c, err := clientsdk.Dial(bufconnTarget, clientsdk.WithInsecure(), clientsdk.WithDialOptions(dialer))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	ts := c.TokenSource("cred")
-	mustToken(t, ts)
-	waitFor(t, "the watch attempt", func() bool { return watches.Load() == 1 })
-	f.rotate()
-	if tok, err := ts.Invalidate(context.Background(), "tok-1"); err != nil || tok.AccessToken == "tok-1" {
-		t.Fatalf("Invalidate: %v", err)
-	}
-	time.Sleep(300 * time.Millisecond) // well past the first reconnect delays
-	if n := watches.Load(); n != 1 {
-		t.Fatalf("%d WatchToken calls to a broker without it; want 1 (the next after a minute)", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newFakeBroker()
+		var watches atomic.Int64
+		dialer := serveBufconn(t, func(s *grpc.Server) { tbv1.RegisterTokenServiceServer(s, f) },
+			grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+				watches.Add(1)
+				return h(srv, ss)
+			}))
+		c, err := clientsdk.Dial(bufconnTarget, clientsdk.WithInsecure(), clientsdk.WithDialOptions(dialer))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		ts := c.TokenSource("cred")
+		mustToken(t, ts)
+		waitFor(t, "the watch attempt", func() bool { return watches.Load() == 1 })
+		f.rotate()
+		if tok, err := ts.Invalidate(context.Background(), "tok-1"); err != nil || tok.AccessToken == "tok-1" {
+			t.Fatalf("Invalidate: %v", err)
+		}
+		time.Sleep(300 * time.Millisecond) // well past the first reconnect delays, on the bubble's clock
+		synctest.Wait()
+		if n := watches.Load(); n != 1 {
+			t.Fatalf("%d WatchToken calls to a broker without it; want 1 (the next after a minute)", n)
+		}
+	})
 }
 
 // WithoutWatch (Client) and WithWatch(false) (TokenSource) open no stream.
 func TestWithoutWatch(t *testing.T) {
-	f := newWatchBroker()
-	off := startWatchBroker(t, f, clientsdk.WithoutWatch())
-	mustToken(t, off.TokenSource("cred"))
-	on := startWatchBroker(t, f)
-	mustToken(t, on.TokenSource("other", clientsdk.WithWatch(false)))
-	time.Sleep(100 * time.Millisecond)
-	if n := f.opened.Load(); n != 0 {
-		t.Fatalf("%d streams opened; want none", n)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		f := newWatchBroker()
+		off := startWatchBroker(t, f, clientsdk.WithoutWatch())
+		mustToken(t, off.TokenSource("cred"))
+		on := startWatchBroker(t, f)
+		mustToken(t, on.TokenSource("other", clientsdk.WithWatch(false)))
+		synctest.Wait()
+		if n := f.opened.Load(); n != 0 {
+			t.Fatalf("%d streams opened; want none", n)
+		}
+	})
 }
 
 // The stream ends once no TokenSource of the credential is left, and at
